@@ -1,0 +1,208 @@
+"""The `specbench` command line: thin wrappers that parse, then call the module that does the work.
+
+Heavy libraries (torch, transformers, faiss, pandas) are imported inside the command bodies, so
+`specbench --help` and `specbench ls` answer instantly.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .types import SpecbenchError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    help=(
+        "Benchmark retrieval-based speculative decoding: which drafting method makes a model faster "
+        "on a workload, by how much, and is the output unchanged?\n\n"
+        "Quick start: [bold]specbench eval --model smollm2-135m --suite mt-bench --methods ar,pld "
+        "--limit 3 --out results/try[/bold]"
+    ),
+)
+console = Console(stderr=True)
+if not console.is_terminal:
+    # Logs and CI: rich would assume 80 columns and squeeze the summary table unreadably.
+    console = Console(stderr=True, width=160)
+
+
+def stdout_console() -> Console:
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
+
+
+@contextmanager
+def user_errors():
+    """Turn a SpecbenchError into one line on stderr and exit code 2; Ctrl-C into a resumable stop."""
+    try:
+        yield
+    except SpecbenchError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/yellow]: finished answers are saved; rerun with --resume to continue"
+        )
+        raise typer.Exit(130) from None
+
+
+def split_csv(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command("ls")
+def ls_command() -> None:
+    """List methods, suites and model aliases, one line each."""
+    from .models import ALIASES
+    from .registry import DRAFTERS
+    from .suites import SUITES
+
+    out = stdout_console()
+    out.print("[bold]methods[/bold]")
+    for name in DRAFTERS.names():
+        out.print(f"  {name:<12} {DRAFTERS.describe(name)}", highlight=False)
+    out.print("[bold]suites[/bold]")
+    for name, desc in SUITES.items():
+        out.print(f"  {name:<12} {desc}", highlight=False)
+    out.print("[bold]models[/bold]")
+    for name, desc in ALIASES.items():
+        out.print(f"  {name:<20} {desc}", highlight=False)
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[
+        str, typer.Option(help="Target model: alias, Hugging Face id, local folder or .gguf file.")
+    ],
+    suite: Annotated[list[str], typer.Option(help="Suite NAME[:PATH][#CATEGORY]; repeat or comma-separate.")],
+    out: Annotated[Path, typer.Option(help="Run folder, e.g. results/RUN.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods (see `specbench ls`).")] = "ar,pld",
+    draft_model: Annotated[str | None, typer.Option(help="Draft model for sps (same tokenizer).")] = None,
+    datastore: Annotated[
+        list[Path] | None, typer.Option(help="Datastore folder from build-index; repeatable.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Questions per suite (spread over categories).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per turn.")] = 256,
+    temperature: Annotated[
+        float, typer.Option(help="0 = greedy; > 0 samples (distribution-preserving).")
+    ] = 0.0,
+    dtype: Annotated[
+        str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16.")
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for sampling and suite subsets.")] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an existing run folder, skipping finished questions.")
+    ] = False,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up generations per method.")] = 1,
+    engine: Annotated[str, typer.Option(help="Execution path: eager.")] = "eager",
+    method_opt: Annotated[
+        list[str] | None, typer.Option(help="METHOD.KEY=VALUE override, e.g. pld.num_pred=8.")
+    ] = None,
+    force_datastore: Annotated[
+        bool, typer.Option(help="Use a datastore even if it overlaps the suite (reported).")
+    ] = False,
+) -> None:
+    """Run suites across drafting methods and write answers, env and the report into --out."""
+    with user_errors():
+        from .evaluate import EvalConfig, parse_method_options, run_eval
+
+        cfg = EvalConfig(
+            model=model,
+            suites=split_csv(suite),
+            methods=split_csv([methods]),
+            out=out,
+            draft_model=draft_model,
+            datastores=list(datastore or []),
+            limit=limit,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            dtype=dtype,
+            device=device,
+            seed=seed,
+            resume=resume,
+            warmup=warmup,
+            engine=engine,
+            force_datastore=force_datastore,
+            method_options=parse_method_options(method_opt or []),
+        )
+        run_eval(cfg, console)
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
+) -> None:
+    """Print the summary table and write summary.{json,md,csv,tex} and plots/ into the run folder."""
+    with user_errors():
+        from .report import make_report
+
+        make_report(run, console=stdout_console())
+
+
+@app.command("build-index")
+def build_index_command(
+    method: Annotated[
+        str, typer.Option(help="Datastore kind: rest (suffix array), dresd (dense), sam (automaton).")
+    ],
+    model: Annotated[
+        str, typer.Option(help="Target model whose tokenizer (and hidden states) the store uses.")
+    ],
+    corpus: Annotated[
+        str, typer.Option(help="FILE.jsonl|FILE.json|FILE.txt|FOLDER|stdlib|generate:SUITE_OR_FILE")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    text_key: Annotated[
+        list[str] | None, typer.Option(help="JSON key(s) holding text; repeat to join.")
+    ] = None,
+    glob: Annotated[
+        str | None, typer.Option(help="File pattern inside a corpus folder, e.g. '**/*.py'.")
+    ] = None,
+    max_docs: Annotated[int | None, typer.Option(help="Use at most this many documents.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Batch size for model passes (generate:, dense keys).")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length for generate: corpora.")] = 256,
+    layer: Annotated[int, typer.Option(help="dresd: hidden layer used as key (-1 = final).")] = -1,
+    dim: Annotated[int, typer.Option(help="dresd: PCA dimensions.")] = 64,
+    index: Annotated[str, typer.Option(help="dresd: FAISS factory string, or 'auto'.")] = "auto",
+    nprobe: Annotated[int, typer.Option(help="dresd: IVF cells searched.")] = 250,
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Build a retrieval datastore from a corpus, with a manifest that eval checks."""
+    with user_errors():
+        from .datastores import build_index
+        from .evaluate import resolve_device
+
+        dev, dt = resolve_device(device, dtype)
+        options = {
+            "text_key": list(text_key or []),
+            "glob": glob,
+            "max_docs": max_docs,
+            "force": force,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "layer": layer,
+            "dim": dim,
+            "index": index,
+            "nprobe": nprobe,
+            "dtype": dt,
+            "device": dev,
+        }
+        build_index(method, model, corpus, out, options, console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

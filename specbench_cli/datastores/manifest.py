@@ -1,0 +1,143 @@
+"""`manifest.json`: what a datastore was built from, so `eval` can refuse one that does not fit.
+
+Every datastore method writes the same top-level fields (the method adds its own under "files" and
+"build.params"):
+
+    format_version   int, FORMAT_VERSION when written
+    method           "rest" | "dresd" | ...
+    specbench_version, created (UTC, ISO 8601)
+    tokenizer        {"name", "fingerprint", "vocab_size"}
+    corpus           {"spec", "kind", "description", "sha256", "files": [{"name", "sha256"}],
+                      "suite", "suite_sha256"}   (suite fields only for `generate:` corpora)
+    tokens, documents
+    build            {"params", "seconds", "peak_rss_mb", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..types import SpecbenchError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+def new_manifest(method: str, tokenizer: dict, corpus: dict, params: dict) -> dict:
+    """The fields known before a build starts; the builder adds counts, timings and files."""
+    from .. import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "specbench_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": dict(tokenizer),
+        "corpus": dict(corpus),
+        "build": {"params": dict(params)},
+    }
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write manifest.json atomically (a reader never sees half a file)."""
+    path = Path(folder) / MANIFEST_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise SpecbenchError(
+            f"{folder} is not a datastore (no {MANIFEST_FILE}); build one with `specbench build-index`"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpecbenchError(f"{path} is not valid JSON ({e}); rebuild the datastore with --force") from e
+    if not isinstance(manifest, dict) or "method" not in manifest:
+        raise SpecbenchError(f"{path} has no 'method' field; rebuild the datastore with --force")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise SpecbenchError(
+            f"{path} has format version {version!r}; this specbench reads version {FORMAT_VERSION}: "
+            "rebuild the datastore with --force"
+        )
+    return manifest
+
+
+def _base_suite(label: str) -> str:
+    # "spec-bench#summarization" was drawn from the same file as "spec-bench".
+    return label.split("#", 1)[0]
+
+
+def suite_overlap(manifest: dict, suite_label: str | None, suite_sha256: str | None) -> str | None:
+    """Why the datastore's corpus contains the suite being evaluated, or None when it does not."""
+    corpus: dict[str, Any] = manifest.get("corpus") or {}
+    if suite_sha256:
+        hashes = {corpus.get("sha256"), corpus.get("suite_sha256")}
+        hashes |= {f.get("sha256") for f in corpus.get("files") or [] if isinstance(f, dict)}
+        if suite_sha256 in hashes:
+            return f"its corpus ({corpus.get('description', corpus.get('spec'))}) contains the question file of suite '{suite_label}' (sha256 {suite_sha256[:12]})"
+    built_from = corpus.get("suite")
+    if suite_label and built_from and _base_suite(built_from) == _base_suite(suite_label):
+        return f"it was generated from suite '{built_from}', which is the suite being evaluated ('{suite_label}')"
+    return None
+
+
+def check_datastore(
+    folder: Path,
+    method: str,
+    tokenizer_fingerprint: str,
+    suite_label: str | None,
+    suite_sha256: str | None,
+    force: bool,
+) -> dict:
+    """Refuse a datastore that does not fit this evaluation; returns a short summary for config.json.
+
+    Another method or another tokenizer is always refused (the drafts would be meaningless). A corpus
+    that holds the evaluated suite (eval questions leaking into the drafts) is refused unless `force`,
+    and then the summary's "note" says so, for the report.
+    """
+    manifest = read_manifest(folder)
+    built_for = manifest.get("method")
+    if built_for != method:
+        raise SpecbenchError(
+            f"datastore {folder} was built with `build-index --method {built_for}`, but method '{method}' needs "
+            f"one built with `--method {method}`"
+        )
+    tok = manifest.get("tokenizer") or {}
+    if tok.get("fingerprint") != tokenizer_fingerprint:
+        raise SpecbenchError(
+            f"datastore {folder} was built with the tokenizer of '{tok.get('name')}' (fingerprint "
+            f"{str(tok.get('fingerprint'))[:12]}), which differs from the model's ({tokenizer_fingerprint[:12]}); "
+            "rebuild it with this --model"
+        )
+    note = None
+    leak = suite_overlap(manifest, suite_label, suite_sha256)
+    if leak:
+        if not force:
+            raise SpecbenchError(
+                f"datastore {folder} leaks the evaluation questions: {leak}; build it from another corpus "
+                "(or pass --force-datastore, and the report will say so)"
+            )
+        note = f"datastore used despite a leak (--force-datastore): {leak}"
+    corpus = manifest.get("corpus") or {}
+    return {
+        "path": str(folder),
+        "method": built_for,
+        "tokenizer": tok.get("name"),
+        "corpus": corpus.get("description", corpus.get("spec")),
+        "corpus_sha256": corpus.get("sha256"),
+        "tokens": manifest.get("tokens"),
+        "documents": manifest.get("documents"),
+        "forced": note is not None,
+        "note": note,
+    }

@@ -1,0 +1,41 @@
+"""The drafter contract: a method only proposes draft trees.
+
+A drafter never calls the target model and never touches its KV cache; the shared verifier does.
+Subclass `Drafter`, set the class flags, implement `propose`, and add one line to
+`specbench_cli.registry.DRAFTERS`. The lossless test picks the new method up by itself.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..types import DraftContext, DraftTree, MethodSetup, StepFeedback
+
+
+class Drafter:
+    name: ClassVar[str] = "base"
+    needs_hidden_states: ClassVar[bool] = False  # ctx.hidden = target's last hidden state
+    needs_logits: ClassVar[bool] = False  # ctx.logits = target's logits at the last position
+    needs_draft_model: ClassVar[bool] = False  # setup.draft must be given (--draft-model)
+    datastore_kind: ClassVar[str | None] = None  # which `build-index --method` this drafter reads
+    lossless: ClassVar[bool] = True  # False: the report keeps it out of lossless rankings
+
+    def __init__(self, setup: MethodSetup):
+        self.setup = setup
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        """Called once per generated turn, before the first step."""
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        raise NotImplementedError
+
+    def update(self, feedback: StepFeedback) -> None:
+        """Called after every verification step (acceptance feedback, dynamic indexes)."""
+
+    def verify_options(self) -> dict:
+        """Extra verifier settings (ReSpec's relaxed rule); lossless drafters return {}."""
+        return {}
+
+    def describe(self) -> dict:
+        """Parameters recorded in config.json."""
+        return {}

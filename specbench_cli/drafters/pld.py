@@ -1,0 +1,47 @@
+"""`pld`: prompt lookup decoding, with Spec-Bench's defaults.
+
+For n = 3 down to 1, the last n committed tokens (the root included) are searched for in the whole
+context; the first occurrence (in text order) that has `num_pred` tokens after it, and is not the
+suffix itself, gives those tokens as a chain draft. No match: an empty draft (a plain decoding step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..types import DraftContext, DraftTree, MethodSetup
+from .base import Drafter
+
+
+def find_candidate(tokens: np.ndarray, max_ngram: int = 3, num_pred: int = 10) -> np.ndarray:
+    """The draft for `tokens` (1-D int array); empty when nothing matches."""
+    length = len(tokens)
+    for n in range(min(max_ngram, length), 0, -1):
+        # A usable match leaves num_pred tokens after it and its continuation starts before the
+        # suffix itself (Spec-Bench: end <= length and start + n < length - n).
+        last_start = min(length - n - num_pred, length - 2 * n - 1)
+        if last_start < 0:
+            continue
+        windows = sliding_window_view(tokens[: last_start + n], n)
+        hits = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
+        if len(hits):
+            start = int(hits[0]) + n
+            return tokens[start : start + num_pred]
+    return tokens[:0]
+
+
+class PromptLookup(Drafter):
+    name = "pld"
+
+    def __init__(self, setup: MethodSetup):
+        super().__init__(setup)
+        self.max_ngram = int(setup.options.get("max_ngram", 3))
+        self.num_pred = int(setup.options.get("num_pred", 10))
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        draft = find_candidate(np.asarray(ctx.tokens, dtype=np.int64), self.max_ngram, self.num_pred)
+        return DraftTree.chain(draft[: ctx.max_nodes].tolist())
+
+    def describe(self) -> dict:
+        return {"max_ngram": self.max_ngram, "num_pred": self.num_pred}

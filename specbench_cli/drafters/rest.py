@@ -1,0 +1,145 @@
+"""`rest`: Retrieval-Based Speculative Decoding (He et al., NAACL 2024) on our suffix-array datastore.
+
+Each step: find the longest suffix of the committed context (root included, 16 down to 2 tokens) that
+occurs in the datastore, take the 10 tokens after each of its first 5,000 matches, count every
+prefix of those continuations and keep the 64 most frequent as a trie hanging off the root.
+
+Unlike the official retriever (a hash-map heap, so ties fall in hash order), ties are broken by rule:
+count descending, then shorter prefix, then lexicographic token order. A prefix never counts less
+than its extensions, so under that order a parent always ranks before its children and the kept set
+is a closed tree: no pruning pass is needed, and any prefix of the node list is a valid tree too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..datastores.suffix import SENTINEL, SuffixDatastore, njit
+from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
+from .base import Drafter
+
+DEFAULTS = {"max_span": 16, "min_span": 2, "max_matches": 5000, "length": 10, "num_draft": 64}
+
+
+@njit(cache=True, nogil=True)
+def _count_prefixes(rows, sentinel):
+    """Every distinct prefix of the sorted rows as a run: (count, depth, first row), plus run_of[d-1, r],
+    the first row of the depth-d run that holds row r (to find a prefix's parent)."""
+    m, length = rows.shape
+    run_of = np.empty((length, m), dtype=np.int64)
+    counts = np.empty(m * length, dtype=np.int64)
+    depths = np.empty(m * length, dtype=np.int64)
+    starts = np.empty(m * length, dtype=np.int64)
+    n = 0
+    for d in range(length):
+        r = 0
+        while r < m:
+            # The run of rows sharing the depth-(d+1) prefix of row r.
+            end = r + 1
+            while end < m and rows[end, d] == rows[r, d] and (d == 0 or run_of[d - 1, end] == run_of[d - 1, r]):
+                end += 1
+            for i in range(r, end):
+                run_of[d, i] = r
+            if rows[r, d] != sentinel:  # a run of padding is no prefix
+                counts[n], depths[n], starts[n] = end - r, d + 1, r
+                n += 1
+            r = end
+    return counts[:n], depths[:n], starts[:n], run_of
+
+
+def top_prefix_tree(rows: np.ndarray, num_nodes: int) -> DraftTree:
+    """Trie of the `num_nodes` most frequent prefixes of the continuation rows.
+
+    `rows` is (matches, length), SENTINEL-padded after a cut continuation, and sorted lexicographically
+    (suffix-array order gives that for free). Sorted rows turn prefix counting into run lengths: the
+    rows sharing a prefix are contiguous, and within one depth a run's first row orders prefixes
+    lexicographically.
+    """
+    m, length = rows.shape
+    if m == 0 or num_nodes <= 0:
+        return DraftTree.empty()
+    count, depth, start, run_of = _count_prefixes(rows, SENTINEL)
+    # One int64 key for (count desc, depth asc, first row asc): a linear-time partial sort picks the
+    # top num_nodes even when thousands of prefixes tie at the threshold count.
+    key = ((m - count) * (length + 1) + depth) * m + start
+    top = np.argpartition(key, num_nodes - 1)[:num_nodes] if key.size > num_nodes else np.arange(key.size)
+    top = top[np.argsort(key[top])]
+
+    node_of: dict[tuple[int, int], int] = {}  # (depth, first row of its run) -> node index
+    tokens: list[int] = []
+    parents: list[int] = []
+    for i in top.tolist():
+        d, s = int(depth[i]), int(start[i])
+        node_of[(d, s)] = len(tokens)
+        tokens.append(int(rows[s, d - 1]))
+        parents.append(-1 if d == 1 else node_of[(d - 1, int(run_of[d - 2, s]))])
+    return DraftTree(tuple(tokens), tuple(parents))
+
+
+class Rest(Drafter):
+    name = "rest"
+    datastore_kind = "rest"
+
+    def __init__(self, setup: MethodSetup):
+        super().__init__(setup)
+        path = setup.datastores.get("rest")
+        if path is None:
+            raise SpecbenchError(
+                "method 'rest' needs a datastore: build one with `specbench build-index --method rest "
+                "--model M --corpus SPEC --out DIR` and pass it with --datastore DIR"
+            )
+        unknown = set(setup.options) - set(DEFAULTS)
+        if unknown:
+            raise SpecbenchError(
+                f"unknown rest option(s) {', '.join(sorted(unknown))}; choose from: {', '.join(DEFAULTS)}"
+            )
+        params = DEFAULTS | dict(setup.options)
+        for key, value in params.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecbenchError(f"rest option {key} must be a positive integer, got {value!r}")
+        if params["min_span"] > params["max_span"]:
+            raise SpecbenchError(
+                f"rest option min_span ({params['min_span']}) exceeds max_span ({params['max_span']})"
+            )
+        self.params = params
+        self.store = SuffixDatastore(Path(path))
+        self.lookup_seconds: list[float] = []  # one per propose() call, read by bench/ and the report
+        self.match_spans: list[int] = []  # matched suffix length per call (0 = no hit)
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        t0 = time.perf_counter()
+        p = self.params
+        tree = DraftTree.empty()
+        budget = min(p["num_draft"], ctx.max_nodes)
+        match = self.store.longest_match(ctx.tokens[-p["max_span"] :], p["min_span"], p["max_span"])
+        if match.span and budget > 0:
+            rows = self.store.continuation_matrix(
+                match.lo, match.hi, match.span, p["max_matches"], p["length"]
+            )
+            tree = top_prefix_tree(rows, budget)
+        self.match_spans.append(match.span)
+        self.lookup_seconds.append(time.perf_counter() - t0)
+        return tree
+
+    def latency_percentiles(self) -> dict:
+        """p50 / p99 lookup time in milliseconds over every propose() so far."""
+        if not self.lookup_seconds:
+            return {"calls": 0}
+        ms = np.asarray(self.lookup_seconds) * 1e3
+        return {
+            "calls": int(ms.size),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "hit_rate": float(np.mean(np.asarray(self.match_spans) > 0)),
+        }
+
+    def describe(self) -> dict:
+        manifest = self.store.manifest
+        return dict(self.params) | {
+            "datastore": str(self.store.path),
+            "datastore_tokens": manifest.get("tokens"),
+            "datastore_corpus": (manifest.get("corpus") or {}).get("description"),
+        }

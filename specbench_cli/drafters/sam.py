@@ -1,0 +1,145 @@
+"""`sam`: SAM-Decoding (Hu et al., ACL 2025; methods.md §1.3) with its defaults.
+
+Two suffix automata (datastores/sam.py): a static one over a corpus, built by
+`build-index --method sam` and memory-mapped, and a dynamic one over the prompt and everything
+generated, extended by the committed tokens after every step (amortised O(1) per token). Each step:
+- dynamic match: the longest suffix of the committed text (root included) that occurs earlier in it;
+  the automaton keeps it up to date by construction (see SuffixAutomaton.repeat);
+- static match: the longest suffix that occurs in the corpus, carried from step to step as
+  (state, length) and advanced token by token with suffix-link fallback; len_bias (5) is taken off it;
+- if the longer of the two (the dynamic one on ties) reaches len_threshold (5), draft the chain that
+  follows the match's first occurrence: n_predicts - 1 tokens, so that with the root the target
+  verifies n_predicts (40) positions, as in the official code. A dynamic match climbs suffix links
+  (the official `to_anc`) until a whole chain follows it; a static chain stops at its document's end;
+- otherwise ask the auxiliary drafter. The official default is Token Recycling (EAGLE-2 in Spec-Bench),
+  which we do not have: ours is `pld`, or `sps-tree` when a --draft-model is given (option `fallback`;
+  `none` drafts nothing). Options `fallback.KEY=VALUE` go to it.
+Option `static=false` ignores the corpus automaton (the README's advice for models far from the
+corpus's); the datastore is still required by `eval` so that runs stay comparable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..datastores.sam import FrozenAutomaton, SuffixAutomaton
+from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
+from .base import Drafter
+
+OPTIONS = {"n_predicts": 40, "len_threshold": 5, "len_bias": 5, "static": True, "fallback": None}
+FALLBACKS = ("pld", "sps-tree", "none")
+
+
+def as_bool(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "on", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "off", "0", "no"):
+        return False
+    raise SpecbenchError(f"sam option {name}={value!r} is not a boolean; use true or false")
+
+
+class SamDecoding(Drafter):
+    name = "sam"
+    datastore_kind = "sam"
+
+    def __init__(self, setup: MethodSetup):
+        super().__init__(setup)
+        mine = {k: v for k, v in setup.options.items() if not k.startswith("fallback.")}
+        unknown = sorted(set(mine) - set(OPTIONS))
+        if unknown:
+            raise SpecbenchError(
+                f"unknown sam option(s) {', '.join(unknown)}; choose from: {', '.join(OPTIONS)}, fallback.KEY"
+            )
+        opts = OPTIONS | mine
+        self.n_predicts = int(opts["n_predicts"])
+        self.len_threshold = int(opts["len_threshold"])
+        self.len_bias = int(opts["len_bias"])
+        self.use_static = as_bool(opts["static"], "static")
+        store = setup.datastores.get("sam")
+        # Without a datastore (a drafter built in code) the method runs on the dynamic automaton alone.
+        self.static = FrozenAutomaton.load(store) if self.use_static and store is not None else None
+
+        self.fallback_name = opts["fallback"] or ("sps-tree" if setup.draft is not None else "pld")
+        if self.fallback_name not in FALLBACKS:
+            raise SpecbenchError(
+                f"sam option fallback={self.fallback_name!r}; choose from: {', '.join(FALLBACKS)}"
+            )
+        self.fallback: Drafter | None = None
+        if self.fallback_name != "none":
+            from ..registry import DRAFTERS
+
+            sub = {
+                k.removeprefix("fallback."): v for k, v in setup.options.items() if k.startswith("fallback.")
+            }
+            fb_setup = MethodSetup(
+                setup.target, setup.draft, setup.datastores, sub, setup.temperature, setup.seed
+            )
+            self.fallback = DRAFTERS.get(self.fallback_name)(fb_setup)
+
+        self.dynamic = SuffixAutomaton()
+        self.fed = 0  # committed tokens already in the dynamic automaton and the static match
+        self.state, self.length = 0, 0  # static match: automaton state and matched length
+        self.sources: Counter[str] = Counter()  # steps drafted by each source, for benchmarks and tests
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        self.dynamic = SuffixAutomaton(capacity=2 * len(prompt_ids) + 256)
+        self.fed, self.state, self.length = 0, 0, 0
+        self._feed(prompt_ids)
+        if self.fallback is not None:
+            self.fallback.reset(prompt_ids)
+
+    def _feed(self, tokens: list[int]) -> None:
+        """Add tokens[self.fed:] to both matches (the engine only ever appends to the committed text)."""
+        new = tokens[self.fed :]
+        if not new:
+            return
+        self.dynamic.extend(new)
+        if self.static is not None:
+            self.state, self.length = self.static.walk(new, self.state, self.length)
+        self.fed = len(tokens)
+
+    def update(self, feedback: StepFeedback) -> None:
+        # feedback.tokens[self.fed:] is exactly feedback.committed (the accepted drafts + the bonus).
+        self._feed(feedback.tokens)
+        if self.fallback is not None:
+            self.fallback.update(feedback)
+
+    def dynamic_chain(self, n: int) -> tuple[int, np.ndarray]:
+        """(match length, the n tokens after its first occurrence, climbing suffix links until n follow)."""
+        match = self.dynamic.repeat()
+        state, text = match.state, self.dynamic.text
+        while self.dynamic.link(state) > 0 and len(text) - 1 - self.dynamic.first_end(state) < n:
+            state = self.dynamic.link(state)
+        end = self.dynamic.first_end(state)
+        return match.length, text[end + 1 : end + 1 + n]
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        self._feed(ctx.tokens)  # the first root arrives here, before any update
+        n = min(self.n_predicts - 1, ctx.max_nodes)
+        dyn_len = self.dynamic.repeat().length
+        static_len = self.length - self.len_bias if self.static is not None else -1
+        if n > 0 and max(dyn_len, static_len) >= self.len_threshold:
+            if dyn_len >= static_len:
+                source, chain = "dynamic", self.dynamic_chain(n)[1]
+            else:
+                source, chain = "static", self.static.continuation(self.static.first_end(self.state), n)
+            if len(chain):
+                self.sources[source] += 1
+                return DraftTree.chain(chain.tolist())
+        self.sources["fallback"] += 1
+        return self.fallback.propose(ctx) if self.fallback is not None else DraftTree.empty()
+
+    def describe(self) -> dict:
+        return {
+            "n_predicts": self.n_predicts,
+            "len_threshold": self.len_threshold,
+            "len_bias": self.len_bias,
+            "static": self.static is not None,
+            "static_states": self.static.n_states if self.static is not None else None,
+            "fallback": self.fallback_name,
+            "fallback_params": self.fallback.describe() if self.fallback is not None else {},
+        }

@@ -1,0 +1,76 @@
+"""`sps`: draft-model speculative decoding with a chain of k tokens (default 5).
+
+The drafter owns a small model with its own slot cache (the target's cache is never touched). Before
+drafting it rolls its cache back to the longest prefix it shares with the committed tokens, feeds
+what it has not seen, then decodes k tokens greedily. Greedy drafting is the right choice at any
+temperature here: the verifier's shared-draw rule accepts a drafted token with probability p(x), which
+the draft model's most likely token maximises when it approximates the target.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine.runner import ModelRunner
+from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
+from .base import Drafter
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class DraftModelChain(Drafter):
+    name = "sps"
+    needs_draft_model = True
+
+    def __init__(self, setup: MethodSetup):
+        super().__init__(setup)
+        if setup.draft is None:
+            raise SpecbenchError(
+                "method 'sps' needs --draft-model (a small model with the target's tokenizer)"
+            )
+        self.k = int(setup.options.get("k", 5))
+        self.runner = ModelRunner(setup.draft.model, 4096)
+        self.seen: list[int] = []  # tokens whose K/V sit in the draft cache, in order
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        self.runner.reset()
+        self.seen = []
+
+    def catch_up(self, tokens: list[int]) -> torch.Tensor:
+        """Bring the draft cache to `tokens`; return the draft logits after the last one."""
+        keep = common_prefix(self.seen, tokens)
+        keep = min(keep, len(tokens) - 1)  # always run at least the last token to get its logits
+        self.runner.rewind(keep)
+        todo = tokens[keep:]
+        if self.runner.length + len(todo) + self.k + 1 > self.runner.max_len:
+            self.runner.reset()
+            self.runner.ensure_capacity(len(tokens) + self.k + 64)
+            keep, todo = 0, tokens
+        logits, _ = self.runner.forward(todo, last_only=True)
+        self.runner.commit(list(range(len(todo))))
+        self.seen = list(tokens)
+        return logits[-1]
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        k = min(self.k, ctx.max_nodes)
+        if k <= 0:
+            return DraftTree.empty()
+        logits = self.catch_up(ctx.tokens)
+        draft: list[int] = []
+        for i in range(k):
+            tok = int(logits.argmax())
+            draft.append(tok)
+            if i + 1 < k:
+                logits, _ = self.runner.forward([tok], last_only=True)
+                self.runner.commit([0])
+                self.seen.append(tok)
+        return DraftTree.chain(draft)
+
+    def describe(self) -> dict:
+        return {"k": self.k, "draft_model": self.setup.draft.name if self.setup.draft else None}

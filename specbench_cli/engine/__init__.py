@@ -1,0 +1,1 @@
+"""The speculative-decoding engine: slot KV cache, model runner, verifier, decode loop."""

@@ -1,0 +1,154 @@
+"""The one decode loop every method runs through.
+
+    engine = Engine(loaded_model, max_len=4096)
+    gen = generate(engine, drafter, prompt_ids, max_new_tokens=256)
+
+Each step: the drafter proposes a tree below the root (the last committed token), the target runs
+once over [root] + tree, the verifier picks the accepted path and a bonus token, the runner keeps the
+accepted K/V, and the bonus becomes the next root. `ar` proposes nothing, so the baseline runs the
+very same code with one-token forwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..drafters.base import Drafter
+from ..types import DraftContext, DraftTree, Generation, LoadedModel, StepFeedback, StepRecord
+from .runner import ModelRunner
+from .verifier import sample_tokens, verify
+
+DEFAULT_MAX_NODES = 128
+
+
+class StepClock:
+    """Device-synchronised wall clock: on CUDA it waits for queued kernels before reading the time."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+@dataclass
+class Engine:
+    """The target model with its cache. `kind="compiled"` swaps in the CUDA-graph runner."""
+
+    loaded: LoadedModel
+    max_len: int = 4096
+    max_nodes: int = DEFAULT_MAX_NODES
+    kind: str = "eager"
+
+    def __post_init__(self) -> None:
+        if self.kind == "compiled":
+            from .compiled import CompiledRunner
+
+            self.runner = CompiledRunner(self.loaded.model, self.max_len, self.max_nodes)
+        else:
+            self.runner = ModelRunner(self.loaded.model, self.max_len)
+        self.eos = set(self.loaded.eos_ids)
+        self.vocab_size = self.loaded.vocab_size
+        self.clock = StepClock(self.runner.device)
+
+
+def sanitize(tree: DraftTree, vocab_size: int, max_nodes: int) -> DraftTree:
+    """Cut a drafter's tree at its first malformed node and at the node budget.
+
+    A bad tree can cost speed but never correctness: the verifier only needs parents before children
+    and token ids the model can embed.
+    """
+    keep = 0
+    for i, (tok, parent) in enumerate(zip(tree.tokens, tree.parents)):
+        if i >= max_nodes or not (0 <= tok < vocab_size) or not (-1 <= parent < i):
+            break
+        keep = i + 1
+    if keep == len(tree):
+        return tree
+    relaxed = tree.relaxed[:keep] if tree.relaxed is not None else None
+    return DraftTree(tuple(tree.tokens[:keep]), tuple(tree.parents[:keep]), relaxed)
+
+
+def generate(
+    engine: Engine,
+    drafter: Drafter,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    runner, clock = engine.runner, engine.clock
+    want_hidden = drafter.needs_hidden_states
+    want_logits = drafter.needs_logits
+    vopts = drafter.verify_options()
+    runner.reset()
+    runner.ensure_capacity(len(prompt_ids) + max_new_tokens + engine.max_nodes + 2)
+
+    start = clock.now()
+    drafter.reset(list(prompt_ids))
+    logits, hidden = runner.forward(list(prompt_ids), want_hidden=want_hidden, last_only=True)
+    runner.commit(list(range(len(prompt_ids))))
+    root = sample_tokens(logits[-1:], temperature, generator)[0]
+    prefill_done = clock.now()
+    out = [root]
+    steps = [StepRecord(0, 0, 0, 1, t_verify=prefill_done - start)]
+    stop = "eos" if root in engine.eos else ""
+    last_logits, last_hidden = logits[-1], (hidden[-1] if hidden is not None else None)
+
+    while not stop and len(out) < max_new_tokens:
+        t0 = clock.now()
+        room = runner.max_len - runner.length - 1
+        if room < 1:
+            stop = "cache"
+            break
+        ctx = DraftContext(
+            tokens=list(prompt_ids) + out,
+            max_nodes=min(engine.max_nodes, room - 1),
+            temperature=temperature,
+            hidden=last_hidden if want_hidden else None,
+            logits=last_logits if want_logits else None,
+        )
+        tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
+        t1 = clock.now()
+
+        parents = [-1] + [p + 1 for p in tree.parents]
+        logits, hidden = runner.forward([root, *tree.tokens], parents, want_hidden=want_hidden)
+        verdict = verify(tree, logits, temperature, generator, **vopts)
+        t2 = clock.now()
+
+        kept = [0] + [n + 1 for n in verdict.accepted_nodes]
+        runner.commit(kept)
+        last = kept[-1]
+        last_logits = logits[last]
+        last_hidden = hidden[last] if hidden is not None else None
+        committed = [tree.tokens[n] for n in verdict.accepted_nodes] + [verdict.bonus]
+        # Stop exactly where plain decoding would: after the first EOS, or at the length budget.
+        for i, tok in enumerate(committed):
+            if tok in engine.eos:
+                committed, stop = committed[: i + 1], "eos"
+                break
+        if len(out) + len(committed) >= max_new_tokens:
+            committed = committed[: max_new_tokens - len(out)]
+            stop = stop or "length"
+        out.extend(committed)
+        root = committed[-1]
+        drafter.update(StepFeedback(tree, verdict.accepted_nodes, committed, list(prompt_ids) + out))
+        t3 = clock.now()
+        steps.append(
+            StepRecord(
+                draft_nodes=len(tree),
+                draft_depth=tree.depth(),
+                accepted=len(verdict.accepted_nodes),
+                committed=len(committed),
+                t_draft=t1 - t0,
+                t_verify=t2 - t1,
+                t_other=t3 - t2,
+            )
+        )
+    end = clock.now()
+    return Generation(out, steps, end - start, prefill_done - start, stop or "length")

@@ -1,0 +1,85 @@
+"""Acceptance: which draft nodes the target agrees with, and the bonus token after them.
+
+Inputs to the verification forward are [root] + tree nodes, so input i+1 is tree node i and the
+logits of input i predict the token after it. Walking down from the root:
+- greedy: move to the child whose token is the target's argmax; stop when none is;
+- sampling: draw y ~ p at the current node ONCE, shared by all its children, and move to the child
+  whose token is y (methods.md §0). Every emitted token is then a draw from the target's own
+  distribution, whatever the draft was, so the output distribution is exactly the target's.
+The bonus is the argmax (or the draw y) at the node where the walk stops.
+
+Relaxed acceptance (ReSpec, lossy) may additionally take a child marked `relaxed` when its token is
+in the target's top-k or has probability >= min_prob at the current node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..types import DraftTree
+
+
+@dataclass
+class Verdict:
+    accepted_nodes: list[int]  # tree node indices along the accepted path
+    bonus: int
+    relaxed_accepts: int = 0  # how many accepted nodes only the relaxed rule let through
+
+
+def children_by_input(tree: DraftTree) -> list[dict[int, int]]:
+    """For every input (0 = root, i+1 = node i): token -> input index of its first child with that token."""
+    kids: list[dict[int, int]] = [{} for _ in range(len(tree) + 1)]
+    for node, (tok, parent) in enumerate(zip(tree.tokens, tree.parents)):
+        kids[parent + 1].setdefault(tok, node + 1)
+    return kids
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> list[int]:
+    """One token per row: argmax at temperature 0, otherwise one draw from softmax(logits / T)."""
+    if temperature <= 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
+
+
+def verify(
+    tree: DraftTree,
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    relaxed_topk: int = 0,
+    relaxed_min_prob: float = 1.1,
+) -> Verdict:
+    """logits: (len(tree) + 1, V), row 0 for the root."""
+    # One draw (or argmax) per input, made up front: a single host sync. Draws at inputs the walk
+    # never visits are simply unused, so this is the same as drawing on the way down.
+    picks = sample_tokens(logits, temperature, generator)
+    kids = children_by_input(tree)
+    use_relaxed = tree.relaxed is not None and (relaxed_topk > 0 or relaxed_min_prob <= 1.0)
+    accepted: list[int] = []
+    relaxed_accepts = 0
+    cur = 0
+    while True:
+        nxt = kids[cur].get(picks[cur])
+        if nxt is None and use_relaxed and kids[cur]:
+            nxt = _relaxed_child(tree, kids[cur], logits[cur], temperature, relaxed_topk, relaxed_min_prob)
+            relaxed_accepts += nxt is not None
+        if nxt is None:
+            return Verdict(accepted, picks[cur], relaxed_accepts)
+        accepted.append(nxt - 1)
+        cur = nxt
+
+
+def _relaxed_child(tree, kids, row, temperature, topk, min_prob) -> int | None:
+    probs = torch.softmax(row / max(temperature, 1e-6) if temperature > 0 else row, dim=-1)
+    top = set(probs.topk(topk).indices.tolist()) if topk > 0 else set()
+    best, best_p = None, -1.0
+    for tok, inp in kids.items():
+        if not tree.relaxed[inp - 1]:
+            continue
+        p = float(probs[tok])
+        if (tok in top or p >= min_prob) and p > best_p:
+            best, best_p = inp, p
+    return best

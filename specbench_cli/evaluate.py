@@ -1,0 +1,347 @@
+"""`specbench eval`: questions x methods through one engine, answers as Spec-Bench JSONL.
+
+Order of work: everything the user gave is validated first (methods, suites, models, datastores,
+the run folder), so a bad input writes nothing. Then, per question, every method runs in turn on the
+same engine, which keeps drift (clocks, thermals) out of the speedup. Each finished question is one
+appended line; `--resume` skips the question ids a method already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .registry import DRAFTERS
+from .types import Generation, MethodSetup, SpecbenchError
+
+# Settings that must match when a run is resumed (methods and limits may grow).
+RESUME_KEYS = ("model", "draft_model", "max_new_tokens", "temperature", "dtype", "seed", "engine")
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    suites: list[str]
+    methods: list[str]
+    out: Path
+    draft_model: str | None = None
+    datastores: list[Path] = field(default_factory=list)
+    limit: int | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    warmup: int = 1
+    engine: str = "eager"
+    force_datastore: bool = False
+    method_options: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["datastores"] = [str(p) for p in self.datastores]
+        return d
+
+
+def parse_method_options(items: list[str]) -> dict[str, dict]:
+    """`--method-opt pld.num_pred=8` -> {"pld": {"num_pred": 8}} (ints, floats, true/false parsed)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise SpecbenchError(f"bad --method-opt '{item}'; expected METHOD.KEY=VALUE, e.g. pld.num_pred=8")
+        DRAFTERS.check(method)
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        if raw.lower() in ("true", "false", "on", "off"):
+            value = raw.lower() in ("true", "on")
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecbenchError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise SpecbenchError(f"unknown --device '{device}'; choose from: auto, cpu, cuda, cuda:N")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise SpecbenchError(f"unknown --dtype '{dtype}'; choose from: auto, float32, float16, bfloat16")
+    return device, dtype
+
+
+def validate_cheap(cfg: EvalConfig) -> None:
+    """Checks that need no model: run before anything heavy is loaded."""
+    if not cfg.methods:
+        raise SpecbenchError("--methods is empty; choose from: " + ", ".join(DRAFTERS.names()))
+    for m in cfg.methods:
+        DRAFTERS.check(m)
+    if len(set(cfg.methods)) != len(cfg.methods):
+        raise SpecbenchError(f"--methods lists a method twice: {','.join(cfg.methods)}")
+    if cfg.max_new_tokens <= 0:
+        raise SpecbenchError(f"--max-new-tokens must be positive, got {cfg.max_new_tokens}")
+    if cfg.temperature < 0:
+        raise SpecbenchError(f"--temperature must be >= 0, got {cfg.temperature}")
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise SpecbenchError(f"--limit must be positive, got {cfg.limit}")
+    if cfg.engine not in ("eager",):
+        raise SpecbenchError(f"unknown --engine '{cfg.engine}'; choose from: eager")
+    if cfg.out.exists() and not cfg.resume:
+        raise SpecbenchError(
+            f"run folder {cfg.out} already exists; pass --resume to continue it or choose another --out"
+        )
+    for m in cfg.method_options:
+        if m not in cfg.methods:
+            raise SpecbenchError(f"--method-opt names method '{m}', which is not in --methods")
+
+
+def check_resume(cfg: EvalConfig, device: str, dtype: str) -> None:
+    """A resumed run must keep the settings that change the numbers (methods may be added)."""
+    import json
+
+    if not (cfg.resume and cfg.out.exists()):
+        return
+    try:
+        old = json.loads((cfg.out / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SpecbenchError(
+            f"--resume: {cfg.out} has no readable config.json ({e.__class__.__name__})"
+        ) from None
+    mine = cfg.to_json() | {"device": device, "dtype": dtype}
+    for key in RESUME_KEYS + ("device",):
+        if old.get(key) != mine.get(key):
+            raise SpecbenchError(
+                f"--resume: {key} was {old.get(key)!r} in {cfg.out}, now {mine.get(key)!r}; use another --out"
+            )
+
+
+def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
+    from .datastores.manifest import read_manifest
+
+    found: dict[str, Path] = {}
+    for p in paths:
+        method = read_manifest(p)["method"]
+        if method in found:
+            raise SpecbenchError(f"two --datastore folders serve method '{method}': {found[method]} and {p}")
+        found[method] = p
+    return found
+
+
+def question_seed(seed: int, question_id, turn: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{question_id}:{turn}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def answer_question(
+    engine, drafter, tokenizer, question, cfg: EvalConfig, device: str
+) -> tuple[dict, list[Generation]]:
+    import torch
+
+    from .suites import build_prompt_ids
+
+    answers: list[str] = []
+    gens: list[Generation] = []
+    for turn in range(len(question.turns)):
+        prompt_ids = build_prompt_ids(tokenizer, list(question.turns[: turn + 1]), answers)
+        gen = None
+        if cfg.temperature > 0:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(question_seed(cfg.seed, question.question_id, turn))
+        from .engine.decode import generate
+
+        g = generate(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen)
+        gens.append(g)
+        answers.append(tokenizer.decode(g.output_ids, skip_special_tokens=True))
+    steps = [s for g in gens for s in g.steps]
+    choice = {
+        "index": 0,
+        "turns": answers,
+        "new_tokens": [g.new_tokens for g in gens],
+        "wall_time": [g.wall_time for g in gens],
+        "decoding_steps": [len(g.steps) for g in gens],
+        "accept_lengths": [s.committed for s in steps],
+        "draft_nodes": [s.draft_nodes for s in steps],
+        "draft_depth": [s.draft_depth for s in steps],
+        "accepted": [s.accepted for s in steps],
+        "t_draft": [s.t_draft for s in steps],
+        "t_verify": [s.t_verify for s in steps],
+        "t_other": [s.t_other for s in steps],
+        "prefill_time": [g.prefill_time for g in gens],
+        "output_ids": [g.output_ids for g in gens],
+        "stop_reason": [g.stop_reason for g in gens],
+    }
+    return choice, gens
+
+
+def run_eval(cfg: EvalConfig, console) -> Path:
+    import json
+
+    import torch
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .datastores.manifest import check_datastore
+    from .engine.decode import Engine, generate
+    from .env import collect_env
+    from .models import load_model, tokenizer_fingerprint
+    from .report import make_report
+    from .results import RunPaths, append_answer, done_question_ids, write_json_atomic
+    from .suites import build_prompt_ids, load_suite
+
+    validate_cheap(cfg)
+    device, dtype = resolve_device(cfg.device, cfg.dtype)
+    check_resume(cfg, device, dtype)
+    suites = [load_suite(s, cfg.limit, cfg.seed) for s in cfg.suites]
+    for s in suites:
+        if not s.questions:
+            raise SpecbenchError(f"suite '{s.name}' has no questions")
+    classes = {m: DRAFTERS.get(m) for m in cfg.methods}
+    needs_draft = [m for m, c in classes.items() if c.needs_draft_model]
+    if needs_draft and not cfg.draft_model:
+        raise SpecbenchError(f"method(s) {', '.join(needs_draft)} need --draft-model")
+    stores = datastores_by_method(cfg.datastores)
+    for m, c in classes.items():
+        if c.datastore_kind and c.datastore_kind not in stores:
+            raise SpecbenchError(
+                f"method '{m}' needs a datastore: build one with `specbench build-index --method "
+                f"{c.datastore_kind}` and pass it with --datastore DIR"
+            )
+
+    console.print(f"loading {cfg.model} ({dtype}, {device})")
+    target = load_model(cfg.model, dtype=dtype, device=device)
+    draft = load_model(cfg.draft_model, dtype=dtype, device=device) if cfg.draft_model else None
+    if draft is not None and tokenizer_fingerprint(draft.tokenizer) != tokenizer_fingerprint(
+        target.tokenizer
+    ):
+        raise SpecbenchError(f"--draft-model {cfg.draft_model} has a different tokenizer from {cfg.model}")
+    fingerprint = tokenizer_fingerprint(target.tokenizer)
+    store_notes = {}
+    for kind, path in stores.items():
+        for s in suites:
+            store_notes[f"{kind}:{s.name}"] = check_datastore(
+                path, kind, fingerprint, s.name, s.sha256, cfg.force_datastore
+            )
+
+    drafters = {}
+    for m, cls in classes.items():
+        setup = MethodSetup(
+            target=target,
+            draft=draft,
+            datastores=stores,
+            options=cfg.method_options.get(m, {}),
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+        )
+        drafters[m] = cls(setup)
+
+    # Everything checked: from here on the run folder is written.
+    paths = RunPaths(cfg.out)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    config = cfg.to_json() | {
+        "device": device,
+        "dtype": dtype,
+        "methods_params": {m: d.describe() for m, d in drafters.items()},
+        "lossless_methods": {m: bool(c.lossless) for m, c in classes.items()},
+        "suites_info": [
+            {"name": s.name, "source": s.source, "sha256": s.sha256, "questions": len(s.questions)}
+            for s in suites
+        ],
+        "datastores_info": {k: {"path": str(p), "check": store_notes} for k, p in stores.items()},
+    }
+    if cfg.resume and paths.config.exists():
+        old = json.loads(paths.config.read_text())
+        config["methods"] = list(dict.fromkeys(old.get("methods", []) + cfg.methods))
+    write_json_atomic(paths.config, config)
+    env = collect_env(
+        [m for m in (target, draft) if m is not None],
+        [Path(s.source) for s in suites if Path(s.source).is_file()],
+        {"seed": cfg.seed},
+        dtype,
+        device,
+    )
+    write_json_atomic(paths.env, env)
+
+    engine = Engine(target, max_len=2048)
+    torch.manual_seed(cfg.seed)
+    if cfg.warmup > 0:
+        # Warm-up on the first question (not recorded): allocator, kernels and lazy init settle first.
+        q0 = suites[0].questions[0]
+        ids = build_prompt_ids(target.tokenizer, [q0.turns[0]], [])
+        for m in cfg.methods:
+            for _ in range(cfg.warmup):
+                generate(engine, drafters[m], ids, min(cfg.max_new_tokens, 32))
+
+    todo = []
+    for s in suites:
+        done = {m: done_question_ids(paths.answers_file(s.name, m)) for m in cfg.methods}
+        for q in s.questions:
+            for m in cfg.methods:
+                if q.question_id not in done[m]:
+                    todo.append((s, q, m))
+    total = sum(len(s.questions) for s in suites) * len(cfg.methods)
+    console.print(
+        f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
+    )
+
+    live = {m: [0, 0, 0.0] for m in cfg.methods}  # tokens, steps, seconds
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
+        for s, q, m in todo:
+            progress.update(task, description=f"{s.name} {m}")
+            choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device)
+            record = {
+                "question_id": q.question_id,
+                "category": q.category,
+                "answer_id": uuid.uuid4().hex,
+                "model_id": cfg.model,
+                "method": m,
+                "suite": s.name,
+                "lossless_method": bool(classes[m].lossless),
+                "tstamp": time.time(),
+                "choices": [choice],
+            }
+            append_answer(paths.answers_file(s.name, m), record)
+            acc = live[m]
+            acc[0] += sum(g.new_tokens for g in gens)
+            acc[1] += sum(len(g.steps) for g in gens)
+            acc[2] += sum(g.wall_time for g in gens)
+            stats = "  ".join(
+                f"{k}: {v[0] / max(v[2], 1e-9):.1f} tok/s, MAT {v[0] / max(v[1], 1):.2f}"
+                for k, v in live.items()
+                if v[1]
+            )
+            progress.update(task, advance=1, stats=stats)
+    make_report(paths.root, console=console)
+    return paths.root

@@ -1,0 +1,204 @@
+"""Summary metrics of a run: every metric of the report is defined here, once (see `summarise`).
+
+Usage: `df = summarise(records)` where each record is one answer line (docs/results.md) carrying its
+`suite` and `method`. Everything is counted from the recorded token ids and counts, never by
+re-tokenising decoded text (Spec-Bench's speed.py re-tokenises the baseline, which skews its counts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from ..types import SpecbenchError
+
+BASELINE = "ar"  # speedup and lossless are measured against this method of the same run
+OVERALL = "overall"  # `category` of the row that pools every category of one suite
+ALL = "all"  # `suite` and `category` of the row that pools every suite of one method
+
+COLUMNS = [
+    "suite",
+    "category",
+    "method",
+    "lossless_method",
+    "questions",
+    "new_tokens",
+    "steps",
+    "mean_accepted_length",
+    "acceptance_rate",
+    "accepted_per_depth",
+    "tokens_per_s",
+    "speedup",
+    "speedup_mean",
+    "lossless",
+    "t_draft_ms",
+    "t_verify_ms",
+    "t_other_ms",
+    "overhead_frac",
+]
+
+NAN = float("nan")
+
+
+def summarise(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per (suite, category, method), each suite closed by one `overall` row per method, and
+    last one `all`/`all` row per method. Sums are taken over the questions of the row, per-step values over
+    all of their steps (the prefill counts as one step: accept length 1, no draft).
+
+    Columns:
+      lossless_method      the method claims to be lossless (answer field `lossless_method`; a missing
+                           field reads as true). Lossy methods are never ranked as "best lossless".
+      questions            answered questions in the row.
+      new_tokens           Σ generated tokens (the recorded `new_tokens` of every turn).
+      steps                Σ decoding steps = target forwards, prefill included (`decoding_steps`).
+      mean_accepted_length new_tokens / steps: tokens committed per target forward, bonus token
+                           included, so `ar` scores exactly 1.00.
+      acceptance_rate      Σ accepted draft tokens / Σ draft nodes, where a step accepted
+                           accept_length - 1 drafts (clipped at 0). NaN when nothing was drafted (`ar`).
+      accepted_per_depth   Σ accepted draft tokens / Σ draft depth: the accepted share of the longest
+                           draft path. A 64-node tree with one useful branch looks bad by the plain
+                           rate by construction; this one compares trees with chains.
+      tokens_per_s         Σ new_tokens / Σ wall_time (ratio of totals over the row's questions).
+      speedup              ratio of totals over the questions that both this method and `ar` answered
+                           in the same suite: (Σnew / Σwall) of the method / (Σnew / Σwall) of `ar`.
+      speedup_mean         mean over those same questions of the per-question tok/s ratio (Spec-Bench's
+                           speed.py style; weighs short answers as much as long ones).
+      lossless             fraction of those questions whose output token ids, over all turns, equal
+                           `ar`'s. Questions without recorded ids on either side are left out.
+      t_draft_ms, t_verify_ms, t_other_ms
+                           mean milliseconds per recorded step spent drafting, in the target's
+                           verification forward (the prefill step counts its forward here), and on
+                           everything else (acceptance, KV compaction, bookkeeping).
+      overhead_frac        (t_draft + t_other) / (t_draft + t_verify + t_other): the share of the step
+                           outside the target forward.
+    Without `ar` answers, speedup, speedup_mean and lossless are NaN.
+    """
+    questions = per_question(records)
+    methods = _method_order(questions["method"].unique())
+    suites = sorted(questions["suite"].unique(), key=str)
+    rows: list[dict[str, Any]] = []
+    for suite in suites:
+        in_suite = questions[questions["suite"] == suite]
+        for category in sorted(in_suite["category"].unique(), key=str):
+            in_category = in_suite[in_suite["category"] == category]
+            rows += _rows_per_method(in_category, suite, category, methods)
+        rows += _rows_per_method(in_suite, suite, OVERALL, methods)
+    rows += _rows_per_method(questions, ALL, ALL, methods)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.astype({"questions": "int64", "new_tokens": "int64", "steps": "int64", "lossless_method": bool})
+
+
+def per_question(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per answered question with its sums, paired with `ar`'s answer to the same question.
+
+    Extra columns: `paired` (ar answered it too), `ar_new_tokens`, `ar_wall_time`, `speed_ratio`
+    (this question's tok/s over ar's) and `same_output` (1.0 / 0.0, NaN when unpaired or ids are missing).
+    """
+    rows = [_question_row(record) for record in records]
+    if not rows:
+        raise SpecbenchError("no answer records to summarise")
+    baseline = {(row["suite"], row["question_id"]): row for row in rows if row["method"] == BASELINE}
+    paired_rows = []
+    for row in rows:
+        base = baseline.get((row["suite"], row["question_id"]))
+        ids, base_ids = row["output_ids"], base["output_ids"] if base else None
+        paired_rows.append(
+            {
+                **{key: value for key, value in row.items() if key != "output_ids"},
+                "paired": base is not None,
+                "ar_new_tokens": base["new_tokens"] if base else NAN,
+                "ar_wall_time": base["wall_time"] if base else NAN,
+                "speed_ratio": _ratio(
+                    _ratio(row["new_tokens"], row["wall_time"]),
+                    _ratio(base["new_tokens"], base["wall_time"]) if base else NAN,
+                ),
+                "same_output": NAN if ids is None or base_ids is None else float(ids == base_ids),
+            }
+        )
+    return pd.DataFrame(paired_rows)
+
+
+def _question_row(record: dict) -> dict[str, Any]:
+    suite, method, qid = record.get("suite"), record.get("method"), record.get("question_id")
+    try:
+        choice = record["choices"][0]
+        # The per-step lists are optional so that plain Spec-Bench answer files still summarise.
+        timed = [choice.get(key) or [] for key in ("t_draft", "t_verify", "t_other")]
+        output_ids = choice.get("output_ids")
+        return {
+            "suite": str(suite),
+            "method": str(method),
+            "question_id": qid,
+            "category": str(record.get("category", "")),
+            "lossless_method": bool(record.get("lossless_method", True)),
+            "new_tokens": int(sum(choice["new_tokens"])),
+            "steps": int(sum(choice["decoding_steps"])),
+            "wall_time": float(sum(choice["wall_time"])),
+            "accepted": int(sum(max(int(n) - 1, 0) for n in choice.get("accept_lengths") or [])),
+            "draft_nodes": int(sum(choice.get("draft_nodes") or [])),
+            "draft_depth": int(sum(choice.get("draft_depth") or [])),
+            "t_draft": float(sum(timed[0])),
+            "t_verify": float(sum(timed[1])),
+            "t_other": float(sum(timed[2])),
+            "timed_steps": max(len(t) for t in timed),
+            "output_ids": None if output_ids is None else [list(map(int, turn)) for turn in output_ids],
+        }
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise SpecbenchError(
+            f"answer for question {qid!r} in {suite}/{method} is malformed ({type(err).__name__}: {err}); "
+            "expected the fields listed in docs/results.md"
+        ) from None
+
+
+def _rows_per_method(questions: pd.DataFrame, suite: str, category: str, methods: list[str]) -> list[dict]:
+    rows = []
+    for method in methods:
+        group = questions[questions["method"] == method]
+        if len(group):
+            rows.append({"suite": suite, "category": category, "method": method, **_aggregate(group)})
+    return rows
+
+
+def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
+    paired = g[g["paired"]]
+    ratios = paired["speed_ratio"][paired["speed_ratio"].map(math.isfinite)]
+    same = paired["same_output"].dropna()
+    t_draft, t_verify, t_other = (float(g[key].sum()) for key in ("t_draft", "t_verify", "t_other"))
+    timed_steps = int(g["timed_steps"].sum())
+    new_tokens, steps, accepted = int(g["new_tokens"].sum()), int(g["steps"].sum()), int(g["accepted"].sum())
+    return {
+        "lossless_method": bool(g["lossless_method"].all()),
+        "questions": len(g),
+        "new_tokens": new_tokens,
+        "steps": steps,
+        "mean_accepted_length": _ratio(new_tokens, steps),
+        "acceptance_rate": _ratio(accepted, g["draft_nodes"].sum()),
+        "accepted_per_depth": _ratio(accepted, g["draft_depth"].sum()),
+        "tokens_per_s": _ratio(new_tokens, g["wall_time"].sum()),
+        "speedup": _ratio(
+            _ratio(paired["new_tokens"].sum(), paired["wall_time"].sum()),
+            _ratio(paired["ar_new_tokens"].sum(), paired["ar_wall_time"].sum()),
+        ),
+        "speedup_mean": float(ratios.mean()) if len(ratios) else NAN,
+        "lossless": float(same.mean()) if len(same) else NAN,
+        "t_draft_ms": 1000 * _ratio(t_draft, timed_steps),
+        "t_verify_ms": 1000 * _ratio(t_verify, timed_steps),
+        "t_other_ms": 1000 * _ratio(t_other, timed_steps),
+        "overhead_frac": _ratio(t_draft + t_other, t_draft + t_verify + t_other),
+    }
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, or NaN when the denominator is zero or either side is not a finite number."""
+    num, den = float(num), float(den)
+    if den == 0 or not math.isfinite(num) or not math.isfinite(den):
+        return NAN
+    return num / den
+
+
+def _method_order(methods: Iterable[str]) -> list[str]:
+    # The baseline first, so every table reads "ar, then what beats it".
+    return sorted(methods, key=lambda m: (m != BASELINE, m))

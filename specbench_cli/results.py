@@ -1,0 +1,213 @@
+"""The run folder on disk: crash-safe answer files and atomic writes.
+
+Usage: `paths = RunPaths(Path("results/run1")); append_answer(paths.answers_file("mt-bench", "pld"), rec)`.
+
+Layout of `results/RUN/` (docs/results.md describes every field):
+    config.json, env.json, answers/<suite_label>/<method>.jsonl,
+    summary.json, summary.md, summary.csv, summary.tex, plots/*.png
+No torch or pandas here: `eval --resume` reads these files before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .types import SpecbenchError
+
+
+def append_answer(path: Path, record: dict) -> None:
+    """Append one answer record as a single JSON line and fsync it.
+
+    The whole newline-terminated line goes out in one `os.write` on an O_APPEND descriptor, so a killed
+    run leaves at worst one partial trailing line, which `read_answers` ignores. If the file already
+    ends in such a fragment (an earlier run died mid-write) it is repaired first, so the new line
+    never gets glued onto it.
+    """
+    # NaN is allowed here (Python reads it back): a long run must not die over one odd timing.
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not _ends_with_newline(path):
+        read_answers(path, repair=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, line)
+        # A regular file takes the whole buffer unless the disk is full; finish the line if not.
+        while written < len(line):
+            written += os.write(fd, line[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_answers(path: Path, repair: bool = False) -> list[dict]:
+    """Read an answer file, one record per question_id (the last line for an id wins).
+
+    A trailing line that does not parse is what a killed writer leaves behind: it is ignored, and
+    with `repair=True` cut off the file (atomically, by rewriting the good prefix). A bad line
+    anywhere before the last one means the file was damaged some other way: SpecbenchError.
+    """
+    data = Path(path).read_bytes()
+    raw_lines = data.split(b"\n")
+    # Index of the last non-blank line: the only one allowed to be a partial write.
+    last = max((i for i, raw in enumerate(raw_lines) if raw.strip()), default=-1)
+    by_id: dict[Any, dict] = {}
+    good_end = 0  # byte offset just past the last good line
+    offset = 0
+    for i, raw in enumerate(raw_lines):
+        start, offset = offset, offset + len(raw) + 1
+        if not raw.strip():
+            continue
+        record = _parse_record(raw)
+        if record is None:
+            if i == last:
+                good_end = start
+                break
+            raise SpecbenchError(
+                f"{path}: line {i + 1} is not a valid answer record (JSON object with a question_id); "
+                "fix or delete that line"
+            )
+        by_id.pop(record["question_id"], None)  # re-insert, so the order follows the kept lines
+        by_id[record["question_id"]] = record
+        good_end = min(offset, len(data))
+    if repair:
+        fixed = data[:good_end]
+        if fixed and not fixed.endswith(b"\n"):
+            fixed += b"\n"  # a complete last record that only lost its newline
+        if fixed != data:
+            write_bytes_atomic(Path(path), fixed)
+    return list(by_id.values())
+
+
+def done_question_ids(path: Path) -> set:
+    """question_ids already answered in `path` (empty if the file does not exist), for --resume."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {record["question_id"] for record in read_answers(path)}
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file in the same folder, fsync, then os.replace it over `path`.
+
+    Readers see either the old file or the new one, never half of one, and a failure leaves no temp file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Pretty JSON, written atomically. NaN/inf are refused (strict JSON): turn them into None first."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_to_jsonable)
+    write_text_atomic(path, text + "\n")
+
+
+@dataclass
+class RunPaths:
+    """Every path of one run folder, so no other module spells out file names."""
+
+    root: Path
+    config: Path = field(init=False)
+    env: Path = field(init=False)
+    answers_dir: Path = field(init=False)
+    summary_json: Path = field(init=False)
+    summary_md: Path = field(init=False)
+    summary_csv: Path = field(init=False)
+    summary_tex: Path = field(init=False)
+    plots_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.config = self.root / "config.json"
+        self.env = self.root / "env.json"
+        self.answers_dir = self.root / "answers"
+        self.summary_json = self.root / "summary.json"
+        self.summary_md = self.root / "summary.md"
+        self.summary_csv = self.root / "summary.csv"
+        self.summary_tex = self.root / "summary.tex"
+        self.plots_dir = self.root / "plots"
+
+    def answers_file(self, suite_label: str, method: str) -> Path:
+        return (
+            self.answers_dir
+            / _check_name("suite label", suite_label)
+            / f"{_check_name('method', method)}.jsonl"
+        )
+
+    def iter_answer_files(self) -> Iterator[tuple[str, str, Path]]:
+        """(suite_label, method, path) for every answer file, sorted; temp and hidden files skipped."""
+        if not self.answers_dir.is_dir():
+            return
+        for path in sorted(self.answers_dir.glob("*/*.jsonl")):
+            if path.is_file() and not path.name.startswith(".") and not path.parent.name.startswith("."):
+                yield path.parent.name, path.stem, path
+
+
+def _parse_record(raw: bytes) -> dict | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        return None
+    if not isinstance(record, dict) or "question_id" not in record:
+        return None
+    return record
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True  # empty: nothing to glue onto
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _check_name(kind: str, name: str) -> str:
+    # Labels become folder and file names: refuse anything that could leave the run folder.
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise SpecbenchError(
+            f"invalid {kind} '{name}' for a results file name; use letters, digits, '-', '_', ':' or '#'"
+        )
+    return name
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read the umask is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def _to_jsonable(obj: Any) -> Any:
+    # json.dumps calls this only for types it cannot write itself.
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):  # numpy arrays
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")

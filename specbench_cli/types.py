@@ -1,0 +1,202 @@
+"""Plain data shared by the engine, the drafters, the suites and the report.
+
+Nothing here imports torch at module level, so `specbench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class SpecbenchError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """A draft hanging off the root (the last committed token, which is not stored here).
+
+    `parents[i]` is the index of node i's parent, or -1 for a child of the root. Parents always come
+    before their children, so any prefix of the node list is itself a valid tree.
+    `relaxed[i]` marks nodes that a lossy verifier may accept by its relaxed rule (ReSpec); None = none.
+    """
+
+    tokens: tuple[int, ...] = ()
+    parents: tuple[int, ...] = ()
+    relaxed: tuple[bool, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.parents):
+            raise ValueError("DraftTree: tokens and parents differ in length")
+        if self.relaxed is not None and len(self.relaxed) != len(self.tokens):
+            raise ValueError("DraftTree: relaxed and tokens differ in length")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def empty(cls) -> DraftTree:
+        return cls()
+
+    @classmethod
+    def chain(cls, tokens: list[int] | tuple[int, ...]) -> DraftTree:
+        toks = tuple(int(t) for t in tokens)
+        return cls(toks, tuple(range(-1, len(toks) - 1)))
+
+    @classmethod
+    def from_paths(cls, paths: list[list[int]], max_nodes: int | None = None) -> DraftTree:
+        """Merge token paths into a trie (shared prefixes become one node), in insertion order.
+
+        Paths are taken in the order given (put the best first); nodes beyond `max_nodes` are dropped,
+        which keeps the tree valid because parents precede children.
+        """
+        tokens: list[int] = []
+        parents: list[int] = []
+        children: dict[tuple[int, int], int] = {}  # (parent index, token) -> node index
+        for path in paths:
+            parent = -1
+            for tok in path:
+                key = (parent, int(tok))
+                node = children.get(key)
+                if node is None:
+                    if max_nodes is not None and len(tokens) >= max_nodes:
+                        break
+                    node = len(tokens)
+                    tokens.append(int(tok))
+                    parents.append(parent)
+                    children[key] = node
+                parent = node
+        return cls(tuple(tokens), tuple(parents))
+
+    def depths(self) -> list[int]:
+        """Depth of every node (children of the root have depth 1)."""
+        out: list[int] = []
+        for p in self.parents:
+            out.append(1 if p < 0 else out[p] + 1)
+        return out
+
+    def depth(self) -> int:
+        return max(self.depths(), default=0)
+
+    def paths(self) -> list[list[int]]:
+        """Every root-to-leaf token path (for tests and debugging)."""
+        has_child = set(p for p in self.parents if p >= 0)
+        out = []
+        for i in range(len(self.tokens)):
+            if i in has_child:
+                continue
+            path, node = [], i
+            while node >= 0:
+                path.append(self.tokens[node])
+                node = self.parents[node]
+            out.append(path[::-1])
+        return out
+
+
+@dataclass
+class DraftContext:
+    """What a drafter sees before each verification step.
+
+    `tokens` holds every committed token: the prompt, the generated text, and last the root token
+    (chosen by the target but not yet run through it). `hidden` and `logits` are the target's final
+    hidden state and logits at the position that produced the root (only filled in when the drafter
+    sets `needs_hidden_states` / `needs_logits`), taken from the verifier's own forward.
+    """
+
+    tokens: list[int]
+    max_nodes: int
+    temperature: float = 0.0
+    hidden: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class StepFeedback:
+    """What the verifier tells the drafter after a step."""
+
+    tree: DraftTree
+    accepted_nodes: list[int]  # indices into tree.tokens along the accepted path, root excluded
+    committed: list[int]  # tokens committed by this step: accepted drafts + the bonus token
+    tokens: list[int]  # all committed tokens after this step (ends with the new root)
+
+
+@dataclass
+class StepRecord:
+    """Per-step counts and times (seconds, device-synchronised)."""
+
+    draft_nodes: int
+    draft_depth: int
+    accepted: int  # draft tokens accepted (bonus excluded)
+    committed: int  # tokens this step added to the output (after EOS / length truncation)
+    t_draft: float = 0.0
+    t_verify: float = 0.0
+    t_other: float = 0.0
+
+
+@dataclass
+class Generation:
+    """One generated turn."""
+
+    output_ids: list[int]
+    steps: list[StepRecord]
+    wall_time: float
+    prefill_time: float
+    stop_reason: str  # "eos" | "length" | "cache"
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.output_ids)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One benchmark item in Spec-Bench's question.jsonl shape."""
+
+    question_id: int | str
+    category: str
+    turns: tuple[str, ...]
+    reference: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, plus what env.json needs to record about it."""
+
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers tokenizer
+    name: str  # alias, hub id or path as the user gave it
+    source: str  # resolved local path or hub id
+    sha256: str | None  # of the weights file(s) when known
+    dtype: str
+    device: str
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return []
+        return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+
+@dataclass
+class MethodSetup:
+    """Everything a drafter may be built from. A drafter never receives the target's KV cache."""
+
+    target: LoadedModel
+    draft: LoadedModel | None = None
+    datastores: dict[str, Path] = field(default_factory=dict)  # method name -> datastore folder
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific overrides
+    temperature: float = 0.0
+    seed: int = 0

@@ -1,0 +1,172 @@
+"""The compiled runner must compute what the eager runner computes, pads and buckets notwithstanding.
+
+On CPU the CompiledRunner runs its static-shape code without CUDA graphs: the padding to buckets,
+the mask built from [tokens | parents | start], the full-length static cache and the compaction are
+all exercised here; only the graph capture itself needs a GPU (bench/gpu_bench.py checks it there).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from specbench_cli.drafters.ar import Autoregressive
+from specbench_cli.drafters.base import Drafter
+from specbench_cli.drafters.pld import PromptLookup
+from specbench_cli.drafters.sps import DraftModelChain
+from specbench_cli.engine.compiled import CompiledRunner, ancestor_closure
+from specbench_cli.engine.decode import Engine, generate
+from specbench_cli.engine.runner import ModelRunner, ancestor_matrix
+from specbench_cli.types import DraftContext, DraftTree, MethodSetup, SpecbenchError
+
+MAX_NEW = 40
+
+
+def random_parents(rng: random.Random, n: int) -> list[int]:
+    """Parents of n inputs, input 0 the root: sometimes a chain, sometimes a bushy tree."""
+    if rng.random() < 0.3:
+        return list(range(-1, n - 1))
+    return [-1] + [rng.randint(max(0, i - rng.choice([1, 3, i])), i - 1) for i in range(1, n)]
+
+
+def test_ancestor_closure_matches_host_matrix():
+    rng = random.Random(0)
+    for n in [1, 2, 3, 5, 16, 17, 33, 65, 129]:
+        for _ in range(3):
+            parents = random_parents(rng, n)
+            got = ancestor_closure(torch.tensor(parents), torch.arange(n))
+            assert torch.equal(got, torch.from_numpy(ancestor_matrix(parents)))
+    chain = list(range(-1, 128))  # the deepest tree the largest default bucket holds
+    assert torch.equal(
+        ancestor_closure(torch.tensor(chain), torch.arange(129)), torch.ones(129, 129).tril().bool()
+    )
+
+
+@pytest.mark.parametrize("attention", ["packed", "sdpa"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forwards_match_eager_runner(tiny, attention, seed):
+    """Step by step against ModelRunner: long (eager) and short (bucketed) prefills, random trees of
+    every bucket size including the largest, random accepted paths compacted, rewinds."""
+    rng = random.Random(seed)
+    vocab = tiny.vocab_size
+    compiled = CompiledRunner(tiny.model, 300, max_nodes=40, attention=attention)
+    eager = ModelRunner(tiny.model, 300)
+    assert compiled.buckets == [1, 16, 32, 41]
+    for prompt_len in (60, 9):  # longer than the largest bucket (eager path), then bucketed
+        prompt = [rng.randrange(vocab) for _ in range(prompt_len)]
+        for runner in (compiled, eager):
+            runner.reset()
+        lc, _ = compiled.forward(prompt, last_only=True)
+        le, _ = eager.forward(prompt, last_only=True)
+        torch.testing.assert_close(lc, le, atol=1e-4, rtol=1e-4)
+        for runner in (compiled, eager):
+            runner.commit(list(range(prompt_len)))
+        for n in [1, 16, 41, 2, 33, 7, 1, 41, 12]:
+            parents = random_parents(rng, n)
+            tokens = [rng.randrange(vocab) for _ in range(n)]
+            lc, hc = compiled.forward(tokens, parents, want_hidden=True)
+            le, he = eager.forward(tokens, parents, want_hidden=True)
+            assert lc.shape == (n, vocab) and lc.dtype == torch.float32
+            torch.testing.assert_close(lc, le, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(hc, he, atol=1e-4, rtol=1e-4)
+            path, node = [], rng.randrange(n)  # accept the path to a random input
+            while node >= 0:
+                path.append(node)
+                node = parents[node]
+            for runner in (compiled, eager):
+                runner.commit(sorted(path))
+            if rng.random() < 0.25:  # what a draft model does when the target disagrees
+                back = rng.randint(prompt_len, compiled.length)
+                compiled.rewind(back)
+                eager.rewind(back)
+            assert compiled.length == eager.length
+
+
+def test_last_only_and_hidden_shapes(tiny):
+    runner = CompiledRunner(tiny.model, 200, max_nodes=20)
+    logits, hidden = runner.forward([1, 2, 3], want_hidden=True, last_only=True)
+    assert logits.shape == (1, tiny.vocab_size) and hidden.shape == (1, tiny.model.config.hidden_size)
+    runner.commit([0, 1, 2])
+    logits, hidden = runner.forward(list(range(30)), want_hidden=False, last_only=True)  # eager path
+    assert logits.shape == (1, tiny.vocab_size) and hidden is None
+
+
+class RandomTrees(Drafter):
+    """Random trees (right or wrong): exercises every bucket and the compaction of bushy paths."""
+
+    name = "random-trees"
+
+    def __init__(self, setup: MethodSetup, seed: int):
+        super().__init__(setup)
+        self.rng = random.Random(seed)
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        n = min(self.rng.choice([0, 3, 15, 31, 63]), ctx.max_nodes)
+        vocab = self.setup.target.vocab_size
+        # Half of the nodes copy tokens from the context so that some of them get accepted.
+        tokens = [
+            self.rng.choice(ctx.tokens) if self.rng.random() < 0.5 else self.rng.randrange(vocab)
+            for _ in range(n)
+        ]
+        parents = [self.rng.randint(-1, i - 1) for i in range(n)]
+        return DraftTree(tuple(tokens), tuple(parents))
+
+
+def prompts(vocab: int) -> list[list[int]]:
+    rng = random.Random(3)
+    rep = [rng.randrange(vocab) for _ in range(7)]
+    return [
+        [rng.randrange(vocab) for _ in range(25)],
+        rep * 5 + [rng.randrange(vocab) for _ in range(4)],  # repetitive: prompt lookup finds matches
+        [rng.randrange(vocab) for _ in range(150)],  # longer than the largest bucket: eager prefill
+        [5],
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    engine = Engine(tiny, max_len=320, max_nodes=64)
+    ar = Autoregressive(MethodSetup(target=tiny))
+    return [generate(engine, ar, p, MAX_NEW).output_ids for p in prompts(tiny.vocab_size)]
+
+
+@pytest.mark.parametrize("method", ["ar", "pld", "sps", "sps-compiled-draft", "random-trees"])
+def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
+    engine = Engine(tiny, max_len=320, max_nodes=64, kind="compiled")
+    assert isinstance(engine.runner, CompiledRunner)
+    setup = MethodSetup(target=tiny, draft=tiny_draft)
+    if method == "ar":
+        drafter = Autoregressive(setup)
+    elif method == "pld":
+        drafter = PromptLookup(setup)
+    elif method.startswith("sps"):
+        drafter = DraftModelChain(setup)
+        if method == "sps-compiled-draft":  # how bench/gpu_bench.py runs the draft model
+            drafter.runner = CompiledRunner(tiny_draft.model, 320, max_nodes=15)
+    else:
+        drafter = RandomTrees(setup, seed=4)
+    accepted = 0
+    for prompt, ref in zip(prompts(tiny.vocab_size), reference):
+        gen = generate(engine, drafter, prompt, MAX_NEW)
+        assert gen.output_ids == ref
+        accepted += sum(s.accepted for s in gen.steps)
+    if method != "ar":
+        assert accepted > 0  # drafts were accepted, so compaction ran
+
+
+def test_static_cache_too_small_is_a_user_error(tiny):
+    engine = Engine(tiny, max_len=64, max_nodes=16, kind="compiled")
+    drafter = Autoregressive(MethodSetup(target=tiny))
+    with pytest.raises(SpecbenchError, match="static"):
+        generate(engine, drafter, list(range(40)), 32)
+    # A generation that fits still works afterwards.
+    assert len(generate(engine, drafter, [1, 2, 3], 8).output_ids) == 8
+
+
+def test_bad_options_are_rejected(tiny):
+    with pytest.raises(SpecbenchError, match="attention"):
+        CompiledRunner(tiny.model, 64, attention="flashy")
+    with pytest.raises(SpecbenchError, match="backend"):
+        CompiledRunner(tiny.model, 64, backend="magic")

@@ -1,0 +1,277 @@
+"""DReSD: the dense datastore (scaling + PCA + L2, FAISS, values, manifest) and the `dresd` drafter."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from specbench_cli.datastores.dense import (
+    PAD,
+    VALUE_LEN,
+    DenseStore,
+    MomentAccumulator,
+    build_from_token_docs,
+    exact_search,
+    fit_transform,
+    make_index,
+    next_token_values,
+    ordered,
+    set_search_params,
+)
+from specbench_cli.drafters.dresd import DReSD, candidate_paths
+from specbench_cli.types import DraftContext, LoadedModel, MethodSetup, SpecbenchError
+
+
+def _dresd_store(tmp, loaded, docs):
+    """The lossless test's builder (tests/test_lossless.py TEST_DATASTORES)."""
+    return build_from_token_docs(docs, tmp / "dresd", loaded)
+
+
+def _docs(vocab: int, n: int = 6, length: int = 40, seed: int = 3) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(4, vocab) for _ in range(length + 3 * i)] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def store(tiny, tmp_path_factory):
+    """A store whose PCA is fitted on the first 100 keys only, so both the sample and the streamed
+    projection paths write keys."""
+    docs = _docs(tiny.vocab_size)
+    path = build_from_token_docs(
+        docs, tmp_path_factory.mktemp("dresd") / "store", tiny, dim=16, pca_sample=100
+    )
+    return path, docs
+
+
+def _hidden_states(loaded: LoadedModel, doc: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        out = loaded.model(input_ids=torch.tensor([doc]), output_hidden_states=True)
+    return out.hidden_states[-1][0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scaling + PCA
+
+
+def test_pca_round_trip_and_unit_norms():
+    rng = np.random.default_rng(0)
+    rank, hidden, dim = 6, 24, 8
+    # Data of rank 6 with very different per-dimension scales and offsets: z-scored, it lies in a
+    # 6-dimensional subspace, which an 8-dim PCA must keep exactly.
+    x = rng.normal(size=(500, rank)) @ rng.normal(size=(rank, hidden))
+    x = x * rng.uniform(0.1, 50, size=hidden) + rng.normal(scale=100, size=hidden)
+    t = fit_transform(x.astype(np.float32), dim)
+    assert t.components.shape == (dim, hidden)
+    np.testing.assert_allclose(t.components @ t.components.T, np.eye(dim), atol=1e-4)
+    z = (x - t.mean) / t.std
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-3)
+    projected = z @ t.components.T
+    np.testing.assert_allclose(projected @ t.components, z, atol=2e-3)  # nothing lost
+    assert t.explained_variance == pytest.approx(1.0, abs=1e-5)
+    keys = t.apply(x)
+    np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(keys, projected / np.linalg.norm(projected, axis=1, keepdims=True), atol=1e-4)
+    # The torch path used at query time gives the same keys.
+    np.testing.assert_allclose(
+        t.to_torch("cpu")(torch.from_numpy(x.astype(np.float32))).numpy(), keys, atol=1e-4
+    )
+
+
+def test_streamed_moments_equal_one_shot_fit_and_sign_is_fixed():
+    x = np.random.default_rng(1).normal(size=(300, 10)).astype(np.float32) * 3 + 1
+    acc = MomentAccumulator(10, "cpu")
+    for part in np.array_split(x, 7):
+        acc.add(torch.from_numpy(part))
+    streamed, once = acc.fit(4), fit_transform(x, 4)
+    np.testing.assert_allclose(streamed.components, once.components, atol=1e-5)
+    pivots = np.abs(once.components).argmax(1)
+    assert (once.components[np.arange(4), pivots] > 0).all()
+
+
+def test_constant_dimension_does_not_blow_up():
+    x = np.random.default_rng(2).normal(size=(200, 5)).astype(np.float32)
+    x[:, 2] = 7.0
+    t = fit_transform(x, 3)
+    assert t.std[2] == 1.0 and np.isfinite(t.apply(x)).all()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Index and values
+
+
+def test_exact_index_returns_the_true_nearest_neighbours():
+    rng = np.random.default_rng(4)
+    keys = rng.normal(size=(2000, 16)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    queries = rng.normal(size=(25, 16)).astype(np.float32)
+    index = make_index("Flat", keys.astype(np.float16))
+    _, ids = index.search(queries, 10)
+    truth = np.argsort(-(queries @ keys.astype(np.float16).astype(np.float32).T), axis=1)[:, :10]
+    assert (ids == truth).all()
+    assert (
+        exact_search(keys, queries, 10, chunk=300) == np.argsort(-(queries @ keys.T), axis=1)[:, :10]
+    ).all()
+    # An IVF index that probes every list is exhaustive, hence exact too.
+    ivf = make_index("IVF8,Flat", keys.astype(np.float16))
+    assert set_search_params(ivf, 8, 10)["nprobe"] == 8
+    assert (ivf.search(queries, 10)[1] == ids).all()
+
+
+def test_ordered_breaks_ties_by_id_and_drops_fillers():
+    s, i = ordered(np.array([0.5, 0.9, 0.5, 0.1, -3.0]), np.array([9, 4, 2, 7, -1]))
+    assert i.tolist() == [4, 2, 9, 7] and s.tolist() == [0.9, 0.5, 0.5, 0.1]
+
+
+def test_values_hold_the_next_tokens_and_stop_at_the_document_end():
+    doc = np.arange(100, 130)
+    v = next_token_values(doc)
+    assert v.shape == (29, VALUE_LEN)
+    assert v[0].tolist() == list(range(101, 121))
+    assert v[-1].tolist() == [129] + [PAD] * (VALUE_LEN - 1)
+    assert v[15].tolist() == list(range(116, 130)) + [PAD] * 6
+
+
+# ----------------------------------------------------------------------------------------------------
+# The built store
+
+
+def test_manifest_fields(store, tiny):
+    path, docs = store
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["method"] == "dresd" and m["format_version"] >= 1
+    assert m["vectors"] == sum(len(d) - 1 for d in docs)  # exact index: nothing held out
+    assert m["documents"] == len(docs) and m["tokens"] == sum(len(d) for d in docs)
+    assert (m["dim"], m["layer"], m["index"], m["value_len"]) == (16, -1, "Flat", VALUE_LEN)
+    assert m["model"]["hidden_size"] == tiny.model.config.hidden_size
+    assert m["pca_fitted_on"] == 100
+    assert m["recall"]["at_10"] == 1.0 and m["self_retrieval"] == 1.0
+    assert 0 < m["explained_variance"] <= 1
+    assert m["tokenizer"]["fingerprint"] and m["build"]["seconds"] > 0
+    assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # no temp folder left
+
+
+def test_store_keys_match_fresh_hidden_states(store, tiny):
+    """Keys written from the PCA sample and from the streamed projection both find their own position."""
+    path, docs = store
+    ds = DenseStore(path, tiny, k=5)
+    keys = np.load(path / "keys.npy")
+    assert keys.dtype == np.float16 and keys.shape == (ds.manifest["vectors"], 16)
+    np.testing.assert_allclose(np.linalg.norm(keys.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    for doc in docs:
+        hidden = _hidden_states(tiny, doc)
+        for pos in (0, len(doc) // 2, len(doc) - 2):
+            scores, ids = ds.search(hidden[pos])
+            assert scores[0] > 0.999
+            assert ds.values[ids[0]].tolist() == next_token_values(np.array(doc))[pos].tolist()
+
+
+def test_ivf_index_measures_recall_on_held_out_keys(tiny, tmp_path):
+    docs = _docs(tiny.vocab_size, n=8, length=60, seed=5)
+    path = build_from_token_docs(docs, tmp_path / "ivf", tiny, dim=8, index="IVF4,Flat", nprobe=4)
+    m = json.loads((path / "manifest.json").read_text())
+    n_keys = sum(len(d) - 1 for d in docs)
+    held = m["recall"]["queries"]
+    assert held == n_keys // 100 and m["vectors"] == n_keys - held
+    assert m["recall"]["at_10"] == 1.0  # every list probed: the IVF search is exhaustive
+    assert m["nprobe"] == 4 and len(np.load(path / "values.npy", mmap_mode="r")) == m["vectors"]
+
+
+def test_bad_factory_string_is_a_user_error(tiny, tmp_path):
+    with pytest.raises(SpecbenchError, match="factory"):
+        build_from_token_docs(_docs(tiny.vocab_size, n=2), tmp_path / "x", tiny, dim=8, index="NotAnIndex")
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
+
+
+def test_other_model_or_tokenizer_is_refused(store, tiny, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path, _ = store
+    cfg = LlamaConfig(
+        vocab_size=tiny.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    other = LoadedModel(
+        LlamaForCausalLM(cfg).eval(), tiny.tokenizer, "other-32", "code", None, "float32", "cpu"
+    )
+    with pytest.raises(SpecbenchError, match="hidden states of size 64"):
+        DReSD(MethodSetup(target=other, datastores={"dresd": path}))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for f in path.iterdir():
+        (foreign / f.name).write_bytes(f.read_bytes())
+    m = json.loads((foreign / "manifest.json").read_text())
+    m["tokenizer"]["fingerprint"] = "0" * 64
+    (foreign / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SpecbenchError, match="tokenizer"):
+        DReSD(MethodSetup(target=tiny, datastores={"dresd": foreign}))
+    m["tokenizer"]["fingerprint"], m["method"] = (
+        json.loads((path / "manifest.json").read_text())["tokenizer"]["fingerprint"],
+        "rest",
+    )
+    (foreign / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(SpecbenchError, match="not 'dresd'"):
+        DReSD(MethodSetup(target=tiny, datastores={"dresd": foreign}))
+
+
+def test_non_final_layer_is_refused_by_the_drafter(tiny, tmp_path):
+    path = build_from_token_docs(_docs(tiny.vocab_size, n=2), tmp_path / "l1", tiny, dim=8, layer=1)
+    assert json.loads((path / "manifest.json").read_text())["layer"] == 1
+    with pytest.raises(SpecbenchError, match="layer 1"):
+        DReSD(MethodSetup(target=tiny, datastores={"dresd": path}))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The drafter
+
+
+def test_first_token_filter():
+    rows = np.array(
+        [
+            [5, 1, 2, 3, 4],
+            [6, 9, 9, 9, 9],  # wrong first token: dropped
+            [5, 1, 2, PAD, PAD],  # cut at the document end
+            [5, PAD, PAD, PAD, PAD],  # nothing after the root: dropped
+            [5, 1, 2, 3, 4],  # duplicate
+            [5, 7, 8, 9, 10],
+        ],
+        dtype=np.int32,
+    )
+    assert candidate_paths(rows, 5, num_drafts=10, draft_len=3) == [[1, 2, 3], [1, 2], [1, 2, 3], [7, 8, 9]]
+    assert candidate_paths(rows, 5, num_drafts=2, draft_len=10) == [[1, 2, 3, 4], [1, 2]]
+    assert candidate_paths(rows, 5, num_drafts=10, draft_len=4, distinct=True) == [
+        [1, 2, 3, 4],
+        [1, 2],
+        [7, 8, 9, 10],
+    ]
+    assert candidate_paths(rows, 42) == []
+
+
+def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
+    path, docs = store
+    drafter = DReSD(MethodSetup(target=tiny, datastores={"dresd": path}, options={"draft_len": 6}))
+    doc = docs[2]
+    hidden = _hidden_states(tiny, doc)
+    pos = 10  # the root is doc[pos + 1], produced by the hidden state at pos
+    ctx = DraftContext(tokens=doc[: pos + 2], max_nodes=64, hidden=hidden[pos])
+    tree = drafter.propose(ctx)
+    assert doc[pos + 2 : pos + 8] in tree.paths()
+    assert len(tree) <= 6 * 10 and len(set(zip(tree.parents, tree.tokens, strict=True))) == len(
+        tree
+    )  # shared prefixes once
+    assert drafter.propose(
+        DraftContext(tokens=doc[: pos + 2], max_nodes=3, hidden=hidden[pos])
+    ).tokens == tuple(doc[pos + 2 : pos + 5])
+    assert drafter.propose(DraftContext(tokens=doc[: pos + 2], max_nodes=64, hidden=None)).tokens == ()
+    assert len(drafter.retrieval_seconds) == 2 and all(t >= 0 for t in drafter.retrieval_seconds)
+    assert drafter.describe()["backend"] == "faiss-cpu"
+    # Same query, same tree: ties are broken by id.
+    assert drafter.propose(ctx) == tree

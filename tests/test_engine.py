@@ -1,0 +1,124 @@
+"""Tree masks, positions and KV compaction against plain sequential forwards; verifier rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from specbench_cli.engine.decode import sanitize
+from specbench_cli.engine.runner import ModelRunner, ancestor_matrix
+from specbench_cli.engine.verifier import verify
+from specbench_cli.types import DraftTree
+
+
+def random_tree(rng: random.Random, n: int, vocab: int) -> DraftTree:
+    parents = [rng.randint(-1, i - 1) for i in range(n)]
+    return DraftTree(tuple(rng.randrange(vocab) for _ in range(n)), tuple(parents))
+
+
+def sequential_logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+def test_from_paths_merges_prefixes_and_respects_budget():
+    tree = DraftTree.from_paths([[1, 2, 3], [1, 2, 4], [5]], max_nodes=10)
+    assert sorted(tree.paths()) == [[1, 2, 3], [1, 2, 4], [5]]
+    assert len(tree) == 5  # 1, 2, 3, 4, 5: the shared prefix 1-2 stored once
+    small = DraftTree.from_paths([[1, 2, 3], [1, 2, 4], [5]], max_nodes=3)
+    assert small.paths() == [[1, 2, 3]]
+
+
+def test_ancestor_matrix_matches_parent_walk():
+    rng = random.Random(0)
+    tree = random_tree(rng, 30, 10)
+    parents = [-1] + [p + 1 for p in tree.parents]
+    anc = ancestor_matrix(parents)
+    for i in range(len(parents)):
+        walk, node = set(), i
+        while node >= 0:
+            walk.add(node)
+            node = parents[node]
+        assert set(anc[i].nonzero()[0].tolist()) == walk
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tree_forward_equals_sequential_path_forwards(tiny, seed):
+    rng = random.Random(seed)
+    vocab = tiny.vocab_size
+    prompt = [rng.randrange(vocab) for _ in range(13)]
+    runner = ModelRunner(tiny.model, 128)
+    runner.forward(prompt)
+    runner.commit(list(range(len(prompt))))
+    root = rng.randrange(vocab)
+    tree = random_tree(rng, 12, vocab)
+    logits, _ = runner.forward([root, *tree.tokens], [-1] + [p + 1 for p in tree.parents])
+    for node in range(len(tree)):
+        path, cur = [], node
+        while cur >= 0:
+            path.append(tree.tokens[cur])
+            cur = tree.parents[cur]
+        ref = sequential_logits(tiny.model, prompt + [root] + path[::-1])[-1]
+        torch.testing.assert_close(logits[node + 1], ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        logits[0], sequential_logits(tiny.model, prompt + [root])[-1], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_commit_compacts_kv_like_a_recomputed_cache(tiny):
+    rng = random.Random(5)
+    vocab = tiny.vocab_size
+    prompt = [rng.randrange(vocab) for _ in range(9)]
+    tree = DraftTree((3, 4, 5, 6, 7), (-1, -1, 1, 2, 1))  # root -> {3, 4 -> {5 -> 6, 7}}
+    runner = ModelRunner(tiny.model, 64)
+    runner.forward(prompt)
+    runner.commit(list(range(len(prompt))))
+    runner.forward([11, *tree.tokens], [-1] + [p + 1 for p in tree.parents])
+    kept = [0, 2, 3, 4]  # root, node 1 (4), node 2 (5), node 3 (6)
+    runner.commit(kept)
+    fresh = ModelRunner(tiny.model, 64)
+    fresh.forward(prompt + [11, 4, 5, 6])
+    fresh.commit(list(range(len(prompt) + 4)))
+    assert runner.length == fresh.length == len(prompt) + 4
+    for a, b in zip(runner.cache.layers, fresh.cache.layers):
+        torch.testing.assert_close(
+            a.keys[:, :, : runner.length], b.keys[:, :, : fresh.length], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            a.values[:, :, : runner.length], b.values[:, :, : fresh.length], atol=1e-5, rtol=1e-5
+        )
+    # And decoding continues from the compacted cache exactly as from the recomputed one.
+    nxt_a, _ = runner.forward([9])
+    nxt_b, _ = fresh.forward([9])
+    torch.testing.assert_close(nxt_a, nxt_b, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_verify_walks_the_argmax_path():
+    tree = DraftTree((1, 2, 3, 2), (-1, -1, 0, 1))  # root -> 1 -> 3 ; root -> 2 -> 2
+    logits = torch.full((5, 6), -5.0)
+    logits[0, 2] = 5  # root wants 2 -> node 1
+    logits[2, 2] = 5  # node 1 (input 2) wants 2 -> node 3
+    logits[4, 0] = 5  # node 3 (input 4) wants 0: no child, bonus 0
+    v = verify(tree, logits)
+    assert v.accepted_nodes == [1, 3] and v.bonus == 0
+
+
+def test_relaxed_rule_accepts_top_k_only_on_marked_nodes():
+    logits = torch.tensor([[0.0, 3.0, 2.0, -9.0]])
+    logits = torch.cat([logits, torch.zeros(1, 4)])
+    marked = DraftTree((2,), (-1,), relaxed=(True,))
+    plain = DraftTree((2,), (-1,))
+    assert verify(marked, logits, relaxed_topk=2).accepted_nodes == [0]  # 2 is second best: in top-2
+    assert verify(marked, logits, relaxed_topk=1).accepted_nodes == []
+    assert verify(plain, logits, relaxed_topk=2).accepted_nodes == []  # unmarked: strict
+    far = DraftTree((3,), (-1,), relaxed=(True,))
+    assert verify(far, logits, relaxed_topk=2, relaxed_min_prob=0.5).accepted_nodes == []
+
+
+def test_sanitize_cuts_bad_nodes_and_budget():
+    tree = DraftTree((1, 2, 999, 3), (-1, 0, 1, 2))
+    assert sanitize(tree, 100, 10).tokens == (1, 2)
+    assert sanitize(DraftTree((1, 2), (-1, 5)), 100, 10).tokens == (1,)
+    assert len(sanitize(DraftTree.chain(list(range(20))), 100, 7)) == 7

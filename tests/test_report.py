@@ -1,0 +1,267 @@
+"""Report metrics against an independent computation from hand-built answer records, and the files it writes.
+
+The run below has suites s1 (two categories) and s2, methods `ar`, `pld` (lossless, but its output
+differs from ar on one question, as bf16 noise would make it) and `fast` (lossy: marked so, faster
+than everything, so it must never be called the best lossless method). pld also answers a question ar
+did not, which must stay out of speedup and lossless.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import uuid
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from specbench_cli.report import make_report
+from specbench_cli.report.metrics import ALL, COLUMNS, OVERALL, summarise
+from specbench_cli.results import RunPaths, append_answer
+from specbench_cli.types import SpecbenchError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_answer(rng, suite, qid, category, method, turns_ids, max_accept, tokens_per_s, lossless=True):
+    """One answer line whose per-step lists are consistent with its token ids (prefill = first step)."""
+    choice = {
+        k: [] for k in ("accept_lengths", "draft_nodes", "draft_depth", "t_draft", "t_verify", "t_other")
+    }
+    choice.update(index=0, turns=[], new_tokens=[], wall_time=[], decoding_steps=[], prefill_time=[])
+    choice.update(output_ids=[], stop_reason=[])
+    for ids in turns_ids:
+        accepts = [1]  # the prefill commits one token
+        while sum(accepts) < len(ids):
+            accepts.append(min(rng.randint(1, max_accept), len(ids) - sum(accepts)))
+        depths = [0] + [0 if max_accept == 1 else max_accept - 1 for _ in accepts[1:]]
+        nodes = [0] + [d * rng.randint(1, 3) for d in depths[1:]]  # a tree has at least `depth` nodes
+        choice["accept_lengths"] += accepts
+        choice["draft_depth"] += depths
+        choice["draft_nodes"] += nodes
+        for _ in accepts:
+            choice["t_draft"].append(rng.uniform(0, 0.002) if max_accept > 1 else 0.0)
+            choice["t_verify"].append(rng.uniform(0.01, 0.02))
+            choice["t_other"].append(rng.uniform(0, 0.001))
+        choice["turns"].append(" ".join(map(str, ids)))
+        choice["new_tokens"].append(len(ids))
+        choice["wall_time"].append(len(ids) / tokens_per_s * rng.uniform(0.8, 1.25))
+        choice["decoding_steps"].append(len(accepts))
+        choice["prefill_time"].append(0.01)
+        choice["output_ids"].append(list(ids))
+        choice["stop_reason"].append("length")
+    return {
+        "question_id": qid,
+        "category": category,
+        "answer_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+        "model_id": "tiny-random",
+        "method": method,
+        "suite": suite,
+        "lossless_method": lossless,
+        "tstamp": 1.0,
+        "choices": [choice],
+    }
+
+
+def synthetic_run(with_ar=True) -> list[dict]:
+    rng = random.Random(1234)
+    questions = [("s1", q, "writing" if q < 3 else "coding") for q in range(6)] + [
+        ("s2", q, "qa") for q in range(2)
+    ]
+    records = []
+    for suite, qid, category in questions:
+        turns = [[rng.randrange(500) for _ in range(rng.randint(5, 40))] for _ in range(rng.randint(1, 2))]
+        if with_ar:
+            records.append(make_answer(rng, suite, qid, category, "ar", turns, 1, 50.0))
+        pld_turns = turns if (suite, qid) != ("s1", 4) else [turns[0][:-1] + [999]] + turns[1:]
+        records.append(make_answer(rng, suite, qid, category, "pld", pld_turns, 4, 90.0))
+        lossy_turns = [t[:3] + [7] + t[4:] for t in turns] if qid % 2 else turns
+        records.append(make_answer(rng, suite, qid, category, "fast", lossy_turns, 6, 400.0, lossless=False))
+    # Answered by pld only: counts for pld's own rows, never for speedup or lossless.
+    records.append(make_answer(rng, "s1", 100, "coding", "pld", [[1, 2, 3, 4, 5, 6]], 4, 10.0))
+    return records
+
+
+def expected_row(records, suite, category, method) -> dict:
+    """The metrics of one summary row, computed straight from the records with plain loops."""
+
+    def selected(rec, m):
+        return (
+            rec["method"] == m
+            and suite in (ALL, rec["suite"])
+            and category in (ALL, OVERALL, rec["category"])
+        )
+
+    mine = [r for r in records if selected(r, method)]
+    ar = {(r["suite"], r["question_id"]): r for r in records if selected(r, "ar")}
+    c = [r["choices"][0] for r in mine]
+    new = sum(sum(x["new_tokens"]) for x in c)
+    steps = sum(sum(x["decoding_steps"]) for x in c)
+    wall = sum(sum(x["wall_time"]) for x in c)
+    accepted = sum(a - 1 for x in c for a in x["accept_lengths"])
+    nodes = sum(sum(x["draft_nodes"]) for x in c)
+    depth = sum(sum(x["draft_depth"]) for x in c)
+    n_steps = sum(len(x["t_verify"]) for x in c)
+    td, tv, to = (sum(sum(x[k]) for x in c) for k in ("t_draft", "t_verify", "t_other"))
+    pairs = [(r, ar[(r["suite"], r["question_id"])]) for r in mine if (r["suite"], r["question_id"]) in ar]
+    nan = float("nan")
+
+    def tok_s(recs):
+        return sum(sum(r["choices"][0]["new_tokens"]) for r in recs) / sum(
+            sum(r["choices"][0]["wall_time"]) for r in recs
+        )
+
+    return {
+        "questions": len(mine),
+        "new_tokens": new,
+        "steps": steps,
+        "mean_accepted_length": new / steps,
+        "acceptance_rate": accepted / nodes if nodes else nan,
+        "accepted_per_depth": accepted / depth if depth else nan,
+        "tokens_per_s": new / wall,
+        "speedup": tok_s([m for m, _ in pairs]) / tok_s([a for _, a in pairs]) if pairs else nan,
+        "speedup_mean": sum(tok_s([m]) / tok_s([a]) for m, a in pairs) / len(pairs) if pairs else nan,
+        "lossless": (
+            sum(m["choices"][0]["output_ids"] == a["choices"][0]["output_ids"] for m, a in pairs) / len(pairs)
+            if pairs
+            else nan
+        ),
+        "t_draft_ms": 1000 * td / n_steps,
+        "t_verify_ms": 1000 * tv / n_steps,
+        "t_other_ms": 1000 * to / n_steps,
+        "overhead_frac": (td + to) / (td + tv + to),
+        "lossless_method": all(r["lossless_method"] for r in mine),
+    }
+
+
+def check_against_records(df, records):
+    for row in df.to_dict("records"):
+        want = expected_row(records, row["suite"], row["category"], row["method"])
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, nan_ok=True), (
+                row["suite"],
+                row["category"],
+                row["method"],
+                key,
+            )
+
+
+def write_run(tmp_path, records) -> RunPaths:
+    paths = RunPaths(tmp_path / "run1")
+    for rec in records:
+        append_answer(paths.answers_file(rec["suite"], rec["method"]), rec)
+    paths.config.write_text(json.dumps({"methods": ["ar", "pld", "fast"]}))
+    return paths
+
+
+def quiet_console() -> Console:
+    return Console(file=io.StringIO(), width=240)
+
+
+def test_summary_rows_and_metrics_match_the_records():
+    records = synthetic_run()
+    df = summarise(records)
+    assert list(df.columns) == COLUMNS
+    keys = list(zip(df["suite"], df["category"], df["method"], strict=True))
+    assert len(keys) == len(set(keys))
+    want_keys = {(r["suite"], r["category"], r["method"]) for r in records}
+    want_keys |= {(r["suite"], OVERALL, r["method"]) for r in records}
+    want_keys |= {(ALL, ALL, r["method"]) for r in records}
+    assert set(keys) == want_keys
+    assert df["method"].iloc[0] == "ar"  # the baseline leads every block
+    check_against_records(df, records)
+
+
+def test_baseline_and_method_sanity():
+    df = summarise(synthetic_run()).set_index(["suite", "category", "method"])
+    ar = df.loc[(ALL, ALL, "ar")]
+    assert ar["mean_accepted_length"] == 1.0 and ar["speedup"] == 1.0 and ar["lossless"] == 1.0
+    assert math.isnan(ar["acceptance_rate"])  # nothing drafted
+    # pld differs from ar on exactly one of the questions ar answered, and s1/writing has none of them.
+    assert df.loc[("s1", "writing", "pld"), "lossless"] == 1.0
+    assert df.loc[("s1", "coding", "pld"), "lossless"] < 1.0
+    assert df.loc[("s1", "coding", "pld"), "questions"] == 4  # includes question 100, which ar lacks
+    assert not df.loc[(ALL, ALL, "fast"), "lossless_method"]
+    assert df.loc[(ALL, ALL, "fast"), "speedup"] > df.loc[(ALL, ALL, "pld"), "speedup"] > 1.0
+
+
+def test_pairing_is_per_suite():
+    # Same question ids in two suites: s2's pld answers must be compared with s2's ar answers only.
+    records = [r for r in synthetic_run() if not (r["suite"] == "s2" and r["method"] == "ar")]
+    df = summarise(records).set_index(["suite", "category", "method"])
+    assert math.isnan(df.loc[("s2", OVERALL, "pld"), "speedup"])
+    assert math.isnan(df.loc[("s2", OVERALL, "pld"), "lossless"])
+    check_against_records(df.reset_index(), records)
+
+
+def test_without_ar_speedup_and_lossless_are_nan(tmp_path):
+    records = synthetic_run(with_ar=False)
+    df = summarise(records)
+    assert df[["speedup", "speedup_mean", "lossless"]].isna().all().all()
+    assert df["tokens_per_s"].notna().all()
+    check_against_records(df, records)
+
+    console = quiet_console()
+    make_report(write_run(tmp_path, records).root, console=console)
+    assert "No `ar` answers" in console.file.getvalue()
+
+
+def test_make_report_writes_every_file(tmp_path):
+    records = synthetic_run()
+    paths = write_run(tmp_path, records)
+    console = quiet_console()
+    df = make_report(paths.root, console=console)
+
+    check_against_records(df, records)
+    summary = json.loads(paths.summary_json.read_text(), parse_constant=pytest.fail)  # strict: no NaN
+    assert summary["config_file"] == "config.json" and len(summary["config_sha256"]) == 64
+    assert len(summary["rows"]) == len(df)
+    assert summary["rows"][0]["acceptance_rate"] is None  # ar drafts nothing: null, not NaN
+
+    csv = pd.read_csv(paths.summary_csv)
+    assert list(csv.columns) == COLUMNS and len(csv) == len(df)
+    assert csv["speedup"].to_numpy() == pytest.approx(df["speedup"].to_numpy(), rel=1e-5, nan_ok=True)
+    assert "| suite" in paths.summary_md.read_text()
+    tex = paths.summary_tex.read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "fast (lossy)" in tex
+
+    for name in ("speedup.png", "accepted_length.png", "time_breakdown.png"):
+        data = (paths.plots_dir / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert not [p for p in paths.root.rglob("*") if p.name.endswith(".tmp")]
+
+    screen = console.file.getvalue()
+    assert "fast (lossy)" in screen
+    best = next(line for line in screen.splitlines() if line.startswith("Best lossless method"))
+    assert best.startswith("Best lossless method: pld,")  # fast is faster but lossy
+    assert "fast" not in best.split("Lossy methods")[0]
+
+
+def test_make_report_without_write_writes_nothing(tmp_path):
+    paths = write_run(tmp_path, synthetic_run())
+    before = sorted(p.relative_to(paths.root) for p in paths.root.rglob("*"))
+    make_report(paths.root, console=quiet_console(), write=False)
+    assert sorted(p.relative_to(paths.root) for p in paths.root.rglob("*")) == before
+
+
+def test_make_report_refuses_folders_without_answers(tmp_path):
+    with pytest.raises(SpecbenchError, match="no answers"):
+        make_report(tmp_path, console=quiet_console())
+    with pytest.raises(SpecbenchError, match="does not exist"):
+        make_report(tmp_path / "nope", console=quiet_console())
+    empty = RunPaths(tmp_path).answers_file("s1", "ar")
+    empty.parent.mkdir(parents=True)
+    empty.write_text("")
+    with pytest.raises(SpecbenchError, match="no answers"):
+        make_report(tmp_path, console=quiet_console())
+    assert not RunPaths(tmp_path).summary_json.exists()
+
+
+def test_malformed_answer_names_the_question():
+    bad = synthetic_run()[:2]
+    del bad[1]["choices"][0]["wall_time"]
+    with pytest.raises(SpecbenchError, match="question 0 in s1/pld"):
+        summarise(bad)

@@ -1,0 +1,200 @@
+"""REST datastore and drafter: suffix-array search against brute force, document boundaries, the
+deterministic top-64 trie, and an end-to-end decode with a store built from the model's own text."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specbench_cli.datastores.manifest import read_manifest, write_manifest
+from specbench_cli.datastores.suffix import SuffixDatastore, build_from_token_docs
+from specbench_cli.drafters.rest import Rest, top_prefix_tree
+from specbench_cli.types import DraftContext, MethodSetup, SpecbenchError
+
+# Token documents over a small alphabet (so queries repeat) whose ids may be above 65,535.
+alphabet = st.sampled_from([0, 1, 2, 3, 65_535, 65_536, 70_000, 151_935])
+documents = st.lists(st.lists(alphabet, min_size=0, max_size=30), min_size=1, max_size=8).filter(
+    lambda docs: any(docs)
+)
+
+
+def build(docs: list[list[int]], folder: Path) -> SuffixDatastore:
+    build_from_token_docs(docs, folder / "store", "test-tokenizer", "fp-test")
+    return SuffixDatastore(folder / "store")
+
+
+def occurrences(docs: list[list[int]], query: list[int]) -> list[tuple[int, int]]:
+    """(document, offset) of every occurrence of query inside a single document."""
+    L = len(query)
+    return [(d, i) for d, doc in enumerate(docs) for i in range(len(doc) - L + 1) if doc[i : i + L] == query]
+
+
+def brute_continuations(docs, query, max_matches, length):
+    """The official retriever's rule on a separated corpus: the first max_matches matches in sorted
+    suffix order (= sorted by what follows), each continuation cut at its document's end."""
+    SENT = 2**32  # sorts after every id, like the datastore's sentinel
+    found = []
+    for d, i in occurrences(docs, query):
+        rest = docs[d][i + len(query) :]
+        if rest:  # a match at a document's end has no continuation: not a hit
+            found.append(rest + [SENT])
+    found.sort()
+    return [tuple(r[: r.index(SENT)][:length]) for r in found[:max_matches]]
+
+
+def reference_tree(conts: list[tuple[int, ...]], num_nodes: int) -> list[tuple[int, ...]]:
+    """Prefixes ranked by count desc, then length, then token order: the top num_nodes."""
+    counts = Counter(c[:d] for c in conts for d in range(1, len(c) + 1))
+    ranked = sorted(counts, key=lambda p: (-counts[p], len(p), p))
+    return ranked[:num_nodes]
+
+
+def tree_prefixes(tree) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = []
+    for tok, parent in zip(tree.tokens, tree.parents, strict=True):
+        out.append((out[parent] if parent >= 0 else ()) + (tok,))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(docs=documents, data=st.data())
+def test_search_matches_brute_force(docs, data):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build(docs, Path(tmp))
+        flat = [t for d in docs for t in d]
+        # Queries taken from the stream (hits) and random ones (mostly misses).
+        if flat:
+            start = data.draw(st.integers(0, len(flat) - 1))
+            from_stream = flat[start : start + data.draw(st.integers(1, 5))]
+        else:
+            from_stream = [0]
+        for query in (from_stream, data.draw(st.lists(alphabet, min_size=1, max_size=4))):
+            lo, hi = store.search(query)
+            assert hi - lo == len(occurrences(docs, query))
+            # Every suffix in the range starts with the query.
+            for p in np.asarray(store.sa[lo:hi]):
+                assert store.tokens[p : p + len(query)].tolist() == query
+            want = brute_continuations(docs, query, 7, 3)
+            got = [tuple(c.tolist()) for c in store.continuations(query, max_matches=7, length=3)]
+            assert got == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(docs=documents, data=st.data())
+def test_longest_match_and_tree_match_reference(docs, data):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build(docs, Path(tmp))
+        doc = data.draw(st.sampled_from([d for d in docs if d]))
+        cut = data.draw(st.integers(1, len(doc)))
+        context = data.draw(st.lists(alphabet, max_size=3)) + doc[:cut]
+        match = store.longest_match(context, min_span=2, max_span=16)
+        # REST's scan: the first span from 16 down to 2 whose suffix occurs with a continuation.
+        want_span = next(
+            (L for L in range(min(16, len(context)), 1, -1) if brute_continuations(docs, context[-L:], 1, 1)), 0
+        )
+        assert match.span == want_span
+        if want_span:
+            rows = store.continuation_matrix(match.lo, match.hi, match.span, max_matches=50, length=4)
+            num = data.draw(st.integers(1, 12))
+            tree = top_prefix_tree(rows, num)
+            conts = brute_continuations(docs, context[-want_span:], 50, 4)
+            assert tree_prefixes(tree) == reference_tree(conts, num)
+
+
+def test_continuations_never_cross_documents(tmp_path):
+    docs = [[5, 6, 7, 1, 2], [3, 4, 4, 4], [1, 2, 9, 9], [1, 2]]
+    store = build(docs, tmp_path)
+    conts = sorted(tuple(c.tolist()) for c in store.continuations([1, 2], length=10))
+    # Doc 0 and doc 3 end right after [1, 2]: no continuation may run into doc 1's [3, 4, ...].
+    assert conts == [(9, 9)]
+    rows = store.continuation_matrix(*store.search([4]), 1, length=10)
+    for row in rows:
+        assert all(t in (4, 0xFFFF_FFFF) for t in row.tolist())
+
+
+def test_large_vocabulary_ids_round_trip(tmp_path):
+    docs = [[151_935, 65_536, 65_535, 100_000, 7], [65_536, 65_535, 123_456]]
+    store = build(docs, tmp_path)
+    assert store.tokens.dtype == np.uint32
+    got = sorted(tuple(c.tolist()) for c in store.continuations([65_536, 65_535]))
+    assert got == [(100_000, 7), (123_456,)]
+    # 65,536 must not alias 0 (what a u16 store would do).
+    assert store.search([0]) == (store.search([0])[0],) * 2
+
+
+def rest_setup(store: Path, **options) -> MethodSetup:
+    return MethodSetup(target=None, datastores={"rest": store}, options=options)
+
+
+def test_tree_is_deterministic_bounded_and_holds_the_most_frequent_continuation(tmp_path):
+    rng = np.random.default_rng(0)
+    common = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+    docs = []
+    for i in range(300):
+        doc = [1, 2, 3] + (common if i % 3 == 0 else rng.integers(20, 40, size=10).tolist())
+        docs.append(doc + rng.integers(0, 50, size=5).tolist())
+    build_from_token_docs(docs, tmp_path / "s", "t", "fp")
+    ctx = DraftContext(tokens=[7, 8, 1, 2, 3], max_nodes=128)
+    a = Rest(rest_setup(tmp_path / "s"))
+    t1, t2 = a.propose(ctx), a.propose(ctx)
+    t3 = Rest(rest_setup(tmp_path / "s")).propose(ctx)
+    assert t1 == t2 == t3
+    assert 0 < len(t1) <= 64
+    assert common in t1.paths()  # 100 of 300 matches share it: every prefix makes the top 64
+    assert all(p < i for i, p in enumerate(t1.parents))
+    small = a.propose(DraftContext(tokens=[1, 2, 3], max_nodes=5))
+    assert len(small) == 5 and tree_prefixes(small) == tree_prefixes(t1)[:5]
+    assert len(a.lookup_seconds) == 3 and a.latency_percentiles()["calls"] == 3
+
+
+def test_no_hit_gives_an_empty_tree_and_options_apply(tmp_path):
+    build_from_token_docs([[1, 2, 3, 4, 5, 6]], tmp_path / "s", "t", "fp")
+    drafter = Rest(rest_setup(tmp_path / "s", length=2, num_draft=64))
+    assert len(drafter.propose(DraftContext(tokens=[9, 9, 9], max_nodes=64))) == 0
+    tree = drafter.propose(DraftContext(tokens=[0, 1, 2], max_nodes=64))
+    assert tree.paths() == [[3, 4]]
+    assert drafter.describe()["length"] == 2
+    with pytest.raises(SpecbenchError, match="unknown rest option"):
+        Rest(rest_setup(tmp_path / "s", spans=3))
+
+
+def test_missing_or_foreign_datastore_is_refused(tmp_path):
+    with pytest.raises(SpecbenchError, match="build-index --method rest"):
+        Rest(MethodSetup(target=None))
+    build_from_token_docs([[1, 2, 3]], tmp_path / "s", "t", "fp")
+    manifest = read_manifest(tmp_path / "s")
+    write_manifest(tmp_path / "s", manifest | {"method": "dresd"})
+    with pytest.raises(SpecbenchError, match="built for method 'dresd'"):
+        Rest(rest_setup(tmp_path / "s"))
+
+
+def test_rebuild_needs_force_and_leaves_no_temp_folder(tmp_path):
+    build_from_token_docs([[1, 2, 3]], tmp_path / "s", "t", "fp")
+    with pytest.raises(SpecbenchError, match="--force"):
+        build_from_token_docs([[4, 5]], tmp_path / "s", "t", "fp")
+    build_from_token_docs([[4, 5]], tmp_path / "s", "t", "fp", force=True)
+    assert SuffixDatastore(tmp_path / "s").tokens.tolist()[:2] == [4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    m = read_manifest(tmp_path / "s")
+    assert m["tokens"] == 2 and m["documents"] == 1 and m["build"]["peak_rss_mb"] > 0
+
+
+def test_generate_with_rest_equals_autoregressive(tiny, tmp_path):
+    """A store built from the model's own greedy text: REST drafts get accepted, output unchanged."""
+    from specbench_cli.drafters.ar import Autoregressive
+    from specbench_cli.engine.decode import Engine, generate
+
+    prompt = list(b"def add(a, b):\n")
+    engine = Engine(tiny, max_len=256)
+    ar = generate(engine, Autoregressive(MethodSetup(target=tiny)), prompt, 40)
+    build_from_token_docs([prompt + ar.output_ids], tmp_path / "s", "tiny", "fp")
+    rest = generate(engine, Rest(MethodSetup(target=tiny, datastores={"rest": tmp_path / "s"})), prompt, 40)
+    assert rest.output_ids == ar.output_ids
+    assert sum(s.accepted for s in rest.steps) > 0
+    assert len(rest.steps) < len(ar.steps)

@@ -1,0 +1,273 @@
+"""SAM-decoding: the suffix automata against brute-force matchers, the datastore, and the drafter's rules."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specbench_cli.datastores.manifest import check_datastore, read_manifest
+from specbench_cli.datastores.sam import SEPARATOR, FrozenAutomaton, SuffixAutomaton, build_for_model, concatenate
+from specbench_cli.drafters.sam import SamDecoding
+from specbench_cli.engine.decode import Engine, generate
+from specbench_cli.models import tokenizer_fingerprint
+from specbench_cli.types import DraftContext, MethodSetup, SpecbenchError, StepFeedback
+
+# ----------------------------------------------------------------------------------------------------
+# Oracles, from the definitions
+
+
+def end_positions(text: list[int], pattern: list[int]) -> list[int]:
+    n = len(pattern)
+    return [i + n - 1 for i in range(len(text) - n + 1) if text[i : i + n] == pattern]
+
+
+def longest_match(text: list[int], query: list[int]) -> tuple[int, int]:
+    """(length, first end position) of the longest suffix of `query` that occurs in `text`."""
+    for length in range(len(query), 0, -1):
+        ends = end_positions(text, query[len(query) - length :])
+        if ends:
+            return length, ends[0]
+    return 0, -1
+
+
+def longest_repeat(text: list[int]) -> tuple[int, int]:
+    """(length, first end position) of the longest suffix of `text` that also ends earlier in it."""
+    n = len(text)
+    for length in range(n - 1, 0, -1):
+        ends = [e for e in end_positions(text, text[n - length :]) if e < n - 1]
+        if ends:
+            return length, ends[0]
+    return 0, -1
+
+
+def built(text) -> SuffixAutomaton:
+    auto = SuffixAutomaton()
+    auto.extend(text)
+    return auto
+
+
+def same_automaton(a: FrozenAutomaton, b: FrozenAutomaton) -> bool:
+    return all(np.array_equal(x, y) for x, y in ((a.states, b.states), (a.edge_start, b.edge_start), (a.edges, b.edges)))
+
+
+texts = st.lists(st.integers(0, 3), max_size=60)
+queries = st.lists(st.integers(0, 4), max_size=20)  # 4 never occurs in a text: forces full fallbacks
+
+# ----------------------------------------------------------------------------------------------------
+# The automaton
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts, queries)
+def test_longest_match_equals_brute_force(text, query):
+    auto = built(text)
+    want = longest_match(text, query)
+    got = auto.match(query)
+    assert (got.length, got.end) == want
+    frozen = auto.freeze()
+    got = frozen.match(query)
+    assert (got.length, got.end) == want
+    # The walk can resume: a query split in two gives the same match.
+    cut = len(query) // 2
+    assert frozen.walk(query[cut:], *frozen.walk(query[:cut])) == frozen.walk(query)
+    if len(text) >= 3:  # the classical bounds, which the array reservations rely on
+        assert auto.n_states <= 2 * len(text) and auto.n_edges <= 3 * len(text) - 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts, st.lists(st.integers(0, 60), max_size=6))
+def test_dynamic_updates_equal_a_rebuilt_automaton(text, cuts):
+    dyn = SuffixAutomaton(capacity=1)  # forces every array to grow along the way
+    bounds = sorted(set(cuts + [len(text)]))
+    done = 0
+    for b in bounds:
+        b = min(b, len(text))
+        dyn.extend(text[done:b])
+        done = b
+        rep = dyn.repeat()
+        assert (rep.length, rep.end) == longest_repeat(text[:done])
+    assert dyn.text.tolist() == text
+    assert same_automaton(dyn.freeze(), built(text).freeze())
+
+
+def test_large_and_degenerate_texts_grow_the_hash_table():
+    rng = random.Random(0)
+    # a^n b adds n transitions in one step; then a long random + repeated text.
+    text = [0] * 3000 + [1] + [rng.randrange(50) for _ in range(4000)]
+    text += text[1500:2500]
+    one_by_one = SuffixAutomaton(capacity=1)
+    for i in range(0, len(text), 7):
+        one_by_one.extend(text[i : i + 7])
+    assert same_automaton(one_by_one.freeze(), built(text).freeze())
+    arr = np.array(text)
+    for _ in range(20):
+        start = rng.randrange(len(text) - 30)
+        query = text[start : start + rng.randrange(1, 30)] + [rng.randrange(50)]
+        got = one_by_one.match(query)
+        hits = np.flatnonzero(np.lib.stride_tricks.sliding_window_view(arr, got.length).__eq__(query[-got.length :]).all(1))
+        assert hits[0] + got.length - 1 == got.end  # the longest suffix occurs, first ending at `end`...
+        longer = query[-got.length - 1 :]
+        assert got.length == len(query) or not end_positions(text, longer)  # ...and one more token does not
+
+
+# ----------------------------------------------------------------------------------------------------
+# The static datastore
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=15), min_size=1, max_size=5), queries, st.integers(1, 8))
+def test_static_matches_stay_inside_documents(docs, query, n):
+    stream, n_docs = concatenate(docs)
+    assert n_docs == len(docs) and stream.tolist().count(SEPARATOR) == len(docs)
+    frozen = built(stream).freeze()
+    got = frozen.match(query)
+    # Queries never hold the separator, so the stream oracle is "longest match inside one document".
+    assert (got.length, got.end) == longest_match(stream.tolist(), query)
+    assert SEPARATOR not in stream[got.end - got.length + 1 : got.end + 1].tolist()
+    draft = frozen.continuation(got.end, n).tolist()
+    if got.length:
+        assert SEPARATOR not in draft and draft == stream[got.end + 1 : got.end + 1 + len(draft)].tolist()
+        assert len(draft) == n or stream[got.end + 1 + len(draft)] == SEPARATOR  # cut only at the document end
+
+
+def test_datastore_roundtrip_and_manifest(tiny, tmp_path):
+    rng = random.Random(3)
+    docs = [[rng.randrange(tiny.vocab_size) for _ in range(rng.randrange(1, 80))] for _ in range(30)]
+    path = build_for_model(docs, tmp_path / "sam", tiny)
+    loaded = FrozenAutomaton.load(path)
+    assert isinstance(loaded.edges, np.memmap)  # read lazily, not copied into memory
+    stream, _ = concatenate(docs)
+    assert same_automaton(loaded, built(stream).freeze())
+    manifest = read_manifest(path)
+    assert manifest["method"] == "sam" and manifest["documents"] == 30
+    assert manifest["tokens"] == sum(len(d) for d in docs)
+    build = manifest["build"]
+    assert build["states"] == loaded.n_states and build["edges"] == loaded.n_edges
+    assert build["seconds"] > 0 and build["peak_rss_mb"] > 0 and build["bytes_on_disk"] > 0
+    check_datastore(path, "sam", tokenizer_fingerprint(tiny.tokenizer), "mt-bench", None, False)
+    with pytest.raises(SpecbenchError, match="--method sam"):
+        check_datastore(path, "rest", tokenizer_fingerprint(tiny.tokenizer), "mt-bench", None, False)
+    with pytest.raises(SpecbenchError, match="already exists"):
+        build_for_model(docs, path, tiny)
+    (path / "edges.npy").write_bytes(b"junk")
+    with pytest.raises(SpecbenchError, match="damaged"):
+        FrozenAutomaton.load(path)
+
+
+def test_build_index_from_a_text_corpus(tiny, tmp_path):
+    from specbench_cli.datastores import build_index
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("def add(a, b):\n    return a + b\n" * 3)
+    (corpus / "b.txt").write_text("hello world, hello suffix automaton")
+    manifest = build_index("sam", "tiny-random", str(corpus), tmp_path / "store", {"glob": "*.txt"}, None)
+    assert manifest["method"] == "sam" and manifest["documents"] == 2
+    auto = FrozenAutomaton.load(tmp_path / "store")
+    query = list("return a".encode())
+    assert auto.match(query).length == len(query)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The drafter
+
+
+def sam_drafter(tiny, store=None, **options) -> SamDecoding:
+    options.setdefault("fallback", "none")
+    return SamDecoding(MethodSetup(target=tiny, datastores={"sam": store} if store else {}, options=options))
+
+
+def propose(drafter: SamDecoding, tokens: list[int], max_nodes: int = 128) -> list[int]:
+    drafter.reset(tokens[:-1])
+    tree = drafter.propose(DraftContext(tokens=list(tokens), max_nodes=max_nodes))
+    assert tree.parents == tuple(range(-1, len(tree) - 1))  # always a chain
+    return list(tree.tokens)
+
+
+def test_static_draft_stops_at_its_document_end(tiny, tmp_path):
+    rng = random.Random(4)
+    head, tail, other = ([rng.randrange(256) for _ in range(k)] for k in (20, 6, 50))
+    store = build_for_model([head + tail, other], tmp_path / "sam", tiny)
+    drafter = sam_drafter(tiny, store)
+    assert propose(drafter, [1, 2] + head) == tail  # not followed into the next document
+    assert drafter.sources["static"] == 1
+    # Matched up to the document's end: nothing follows, and no dynamic match: no draft.
+    assert propose(drafter, head + tail) == [] and drafter.sources["fallback"] == 1
+
+
+def test_longer_match_wins_with_bias_and_threshold(tiny, tmp_path):
+    rng = random.Random(5)
+    corpus_doc = [rng.randrange(256) for _ in range(60)]
+    store = build_for_model([corpus_doc], tmp_path / "sam", tiny)
+    ctx_rep = [rng.randrange(256) for _ in range(30)]
+
+    def context(dyn: int, static: int) -> list[int]:
+        # ...ctx_rep..., then a filler, then the last `dyn` tokens of ctx_rep's prefix again, with the
+        # static part (a corpus substring) making up the suffix too.
+        shared = corpus_doc[10 : 10 + static]
+        prefix = [300 + i for i in range(3)]  # ids the corpus never holds: they cut the static match
+        first = ctx_rep[:8] + shared[-dyn:] + ctx_rep[8:]
+        return prefix + first + [299] + shared
+
+    # static 12 - bias 5 = 7 > dynamic 6: static wins
+    d = sam_drafter(tiny, store)
+    assert propose(d, context(6, 12)) == corpus_doc[22 : 22 + 39] and d.sources["static"] == 1
+    # static 11 - 5 = 6 ties dynamic 6: dynamic wins
+    d = sam_drafter(tiny, store)
+    assert propose(d, context(6, 11)) == ctx_rep[8:18] + [299] + corpus_doc[10:38]
+    assert d.sources["dynamic"] == 1
+    # both below the threshold of 5 (static 9 - 5 = 4, dynamic 4): the fallback drafts
+    d = sam_drafter(tiny, store)
+    assert propose(d, context(4, 9)) == [] and d.sources["fallback"] == 1
+    assert propose(sam_drafter(tiny, store, len_threshold=4), context(4, 9)) != []
+    # static=false: the corpus is ignored
+    d = sam_drafter(tiny, store, static=False)
+    assert propose(d, context(2, 20)) == [] and d.static is None
+    # n_predicts counts the root: 40 verified positions = 39 drafted tokens; max_nodes caps it
+    assert len(propose(sam_drafter(tiny, store), context(6, 20), max_nodes=7)) == 7
+
+
+def test_dynamic_match_climbs_until_a_full_chain_follows(tiny):
+    rng = random.Random(6)
+    noise = [rng.randrange(256) for _ in range(50)]
+    text = [7, 8] + noise + [5, 6, 7, 8] + [1, 2, 3] + [5, 6, 7, 8]
+    d = sam_drafter(tiny)
+    d.reset(text)
+    length, chain = d.dynamic_chain(39)
+    # The longest repeat [5 6 7 8] is followed by 7 tokens only; [7 8] also occurs at the start.
+    assert length == 4 and chain.tolist() == text[2 : 2 + 39]
+
+
+def test_fallback_and_options(tiny, tiny_draft):
+    assert sam_drafter(tiny, fallback=None).fallback_name == "pld"
+    with_draft = SamDecoding(MethodSetup(target=tiny, draft=tiny_draft, options={"fallback.top_k": 3}))
+    assert with_draft.fallback_name == "sps-tree" and with_draft.fallback.top_k == 3
+    for bad in ({"fallback": "eagle"}, {"n_predict": 3}, {"static": "maybe"}):
+        with pytest.raises(SpecbenchError):
+            sam_drafter(tiny, **bad)
+    # pld takes over when the automata have nothing: its draft comes out unchanged
+    pld = sam_drafter(tiny, fallback="pld", **{"fallback.num_pred": 3})
+    toks = [1, 2, 3, 9, 9, 9, 1, 2, 3]
+    assert propose(pld, toks) == [9, 9, 9] and pld.sources["fallback"] == 1
+
+
+def test_automata_follow_the_committed_tokens(tiny, tmp_path):
+    rng = random.Random(7)
+    docs = [[rng.randrange(tiny.vocab_size) for _ in range(40)] for _ in range(5)]
+    store = build_for_model(docs, tmp_path / "sam", tiny)
+    drafter = SamDecoding(MethodSetup(target=tiny, datastores={"sam": store}))
+    prompt = docs[0][:25] + docs[0][:10]
+    gen = generate(Engine(tiny, max_len=256), drafter, prompt, 40)
+    everything = prompt + gen.output_ids
+    assert drafter.dynamic.text.tolist() == everything
+    assert same_automaton(drafter.dynamic.freeze(), built(everything).freeze())
+    assert (drafter.state, drafter.length) == drafter.static.walk(everything)
+    assert sum(drafter.sources.values()) == len(gen.steps) - 1  # one source per step after the prefill
+    # A feedback whose tokens extend the text feeds exactly the committed ones.
+    tree = drafter.propose(DraftContext(tokens=everything, max_nodes=8))
+    drafter.update(StepFeedback(tree, [], [42], everything + [42]))
+    assert drafter.dynamic.text.tolist() == everything + [42]
