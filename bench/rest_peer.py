@@ -90,8 +90,12 @@ def prepare(work: Path) -> dict:
     docs = list(tokenize_documents(stdlib.texts(), tok, stdlib.documents, console=console))
     tokenize_s = time.perf_counter() - t0
     save_docs(work / "stdlib.npz", docs)
-    alpaca = iter_corpus(str(CODE_ALPACA / "new_codealpaca.json"), opts | {"text_key": ["instruction", "output"]})
-    save_docs(work / "alpaca.npz", list(tokenize_documents(alpaca.texts(), tok, alpaca.documents, console=console)))
+    alpaca = iter_corpus(
+        str(CODE_ALPACA / "new_codealpaca.json"), opts | {"text_key": ["instruction", "output"]}
+    )
+    save_docs(
+        work / "alpaca.npz", list(tokenize_documents(alpaca.texts(), tok, alpaca.documents, console=console))
+    )
     answers = json.loads((CODE_ALPACA / "code_alpaca_2k.json").read_text())
     query_docs = list(tokenize_documents((a["output"] for a in answers), tok, len(answers), console=console))
     save_docs(work / "queries.npz", query_docs)
@@ -218,7 +222,10 @@ def child_build(impl: str, n_tokens: int, out: Path, work: Path, queries: int) -
     base_rss = peak_rss_mb()
     t0 = time.perf_counter()
     if impl == "ours":
-        manifest = {"tokenizer": {"name": MODEL, "fingerprint": meta["fingerprint"]}, "corpus": {"spec": "bench"}}
+        manifest = {
+            "tokenizer": {"name": MODEL, "fingerprint": meta["fingerprint"]},
+            "corpus": {"spec": "bench"},
+        }
         manifest |= {"format_version": 1, "method": "rest"}
         build_rest_store(cycled_docs(work, n_tokens), out, manifest, force=True)
         size = sum(f.stat().st_size for f in out.iterdir())
@@ -264,8 +271,21 @@ def child_build(impl: str, n_tokens: int, out: Path, work: Path, queries: int) -
 
 
 def run_child(impl: str, n_tokens: int, out: Path, work: Path, queries: int) -> dict:
-    cmd = [sys.executable, __file__, "child", impl, str(n_tokens), str(out), "--work", str(work), "--queries", str(queries)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ | {"PYTHONHASHSEED": "0"})
+    cmd = [
+        sys.executable,
+        __file__,
+        "child",
+        impl,
+        str(n_tokens),
+        str(out),
+        "--work",
+        str(work),
+        "--queries",
+        str(queries),
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env=os.environ | {"PYTHONHASHSEED": "0"}
+    )
     if done.returncode != 0:
         raise RuntimeError(f"child {impl} {n_tokens} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -319,7 +339,11 @@ def peer(work: Path, n_queries: int) -> dict:
             threshold = ranked[min(64, len(ranked)) - 1]
             must = {p for p, c in counts.items() if c > threshold}
             mine = tree_paths(tree)
-            ok = must <= mine and all(counts.get(p, 0) >= threshold for p in mine) and len(mine) == min(64, len(counts))
+            ok = (
+                must <= mine
+                and all(counts.get(p, 0) >= threshold for p in mine)
+                and len(mine) == min(64, len(counts))
+            )
             stats["tree_equal_up_to_ties"] += ok
             if not ok and len(mismatches) < 5:
                 mismatches.append({"query": i, "span": span})
@@ -341,7 +365,8 @@ def peer(work: Path, n_queries: int) -> dict:
         "corpus_documents": meta["stdlib_documents"],
         "queries": f"{n_queries} contexts cut at random points of CodeAlpaca-2k reference answers (held out)",
         "build": {
-            impl: {k: b[k] for k in ("build_seconds", "peak_rss_mb", "bytes_on_disk")} for impl, b in builds.items()
+            impl: {k: b[k] for k in ("build_seconds", "peak_rss_mb", "bytes_on_disk")}
+            for impl, b in builds.items()
         },
         "lookup_latency": latency,
         "lookup_notes": {
@@ -358,7 +383,10 @@ def peer(work: Path, n_queries: int) -> dict:
         "drafts_vs_draftretriever": {
             "mean_nodes": {"ours": float(np.mean(ours_nodes)), "draftretriever": float(np.mean(dr_nodes))},
             "mean_depth": {"ours": float(np.mean(ours_depth)), "draftretriever": float(np.mean(dr_depth))},
-            "mean_accepted_vs_reference": {"ours": float(np.mean(ours_acc)), "draftretriever": float(np.mean(dr_acc))},
+            "mean_accepted_vs_reference": {
+                "ours": float(np.mean(ours_acc)),
+                "draftretriever": float(np.mean(dr_acc)),
+            },
             "note": "accepted = longest prefix of the true next 10 tokens present in the tree (greedy "
             "acceptance if the target reproduced the reference text)",
         },
@@ -442,7 +470,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["peer", "scale", "child"])
     ap.add_argument("args", nargs="*")
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "specbench-rest-bench")
+    ap.add_argument(
+        "--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "specbench-rest-bench"
+    )
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--sizes", default="1000000,10000000,100000000")
     ap.add_argument("--impls", default="ours,draftretriever")

@@ -140,38 +140,65 @@ def load_model(
     _check_device(device)
     if spec in TINY_MODELS:
         return _build_tiny(spec, dtype, device, attn_implementation)
-    if spec in GGUF_MODELS:
-        return _load_gguf_alias(spec, dtype, device, attn_implementation)
+    where = _resolve(spec)
+    model, tokenizer = _from_pretrained(where, dtype, device, attn_implementation)
+    return LoadedModel(model, tokenizer, spec, where.recorded, where.sha256(), dtype, device)
 
+
+def load_tokenizer(spec: str) -> Any:
+    """Only the tokenizer of `spec` (same rules as load_model), for jobs that need no weights."""
+    if spec in TINY_MODELS:
+        return build_byte_tokenizer()
+    where = _resolve(spec)
+    from transformers import AutoTokenizer
+
+    return _wrap_load_errors(where, lambda: AutoTokenizer.from_pretrained(where.source, **where.kwargs()))
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where transformers finds a model, and what env.json records about it."""
+
+    source: str  # folder or hub id handed to from_pretrained
+    recorded: str  # LoadedModel.source: the folder, the .gguf file or the hub id
+    gguf_file: str | None = None
+    local_only: bool = False  # bare names: the local HF cache only, never the network
+    known_sha256: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"local_files_only": self.local_only}
+        if self.gguf_file is not None:
+            out["gguf_file"] = self.gguf_file
+        return out
+
+    def sha256(self) -> str | None:
+        if self.known_sha256 is not None:
+            return self.known_sha256
+        path = Path(self.recorded)
+        if self.gguf_file is not None:
+            return sha256_file(path)
+        return _folder_sha256(path) if path.is_dir() else None  # hub ids: None
+
+
+def _resolve(spec: str) -> _Where:
+    if spec in GGUF_MODELS:
+        folder, sha256 = _converted_folder(spec)
+        return _Where(str(folder), str(folder), known_sha256=sha256)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SpecbenchError(f"model file '{spec}' does not exist")
         path = path.resolve()
-        model, tokenizer = _from_pretrained(str(path.parent), dtype, device, attn_implementation, path.name)
-        return LoadedModel(model, tokenizer, spec, str(path), sha256_file(path), dtype, device)
+        return _Where(str(path.parent), str(path), gguf_file=path.name)
     if path.is_dir():
-        model, tokenizer = _from_pretrained(str(path), dtype, device, attn_implementation)
-        return LoadedModel(model, tokenizer, spec, str(path.resolve()), _folder_sha256(path), dtype, device)
-
-    known = ", ".join(ALIASES)
+        return _Where(str(path.resolve()), str(path.resolve()))
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec):
-        try:
-            model, tokenizer = _from_pretrained(spec, dtype, device, attn_implementation)
-        except SpecbenchError as err:
-            raise SpecbenchError(f"{err}; aliases: {known}") from None
-        return LoadedModel(model, tokenizer, spec, spec, None, dtype, device)
+        return _Where(spec, spec)
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*", spec):
         # A bare name: most likely a mistyped alias, but an old-style hub id ("gpt2") already in the
         # local Hugging Face cache still works. Never ask the network: its retries take ~50 s.
-        try:
-            model, tokenizer = _from_pretrained(spec, dtype, device, attn_implementation, local_only=True)
-        except SpecbenchError:
-            raise SpecbenchError(
-                f"unknown model '{spec}': not an alias, a path or a cached hub id; aliases: {known}"
-            ) from None
-        return LoadedModel(model, tokenizer, spec, spec, None, dtype, device)
-    raise SpecbenchError(f"unknown model '{spec}': no such file or folder; aliases: {known}")
+        return _Where(spec, spec, local_only=True)
+    raise SpecbenchError(f"unknown model '{spec}': no such file or folder; aliases: {', '.join(ALIASES)}")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -197,6 +224,9 @@ def _check_device(device: str) -> None:
         raise SpecbenchError(f"unknown device '{device}'; choose from: cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SpecbenchError(f"device '{device}' is not available here (no CUDA); choose from: cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        choices = ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        raise SpecbenchError(f"device '{device}' does not exist; choose from: cpu, {choices}")
 
 
 def _torch_dtype(dtype: str) -> Any:
@@ -212,33 +242,43 @@ def _ready(model: Any, dtype: str, device: str) -> Any:
     return model
 
 
-def _from_pretrained(
-    source: str,
-    dtype: str,
-    device: str,
-    attn_implementation: str,
-    gguf_file: str | None = None,
-    local_only: bool = False,
-) -> tuple[Any, Any]:
+def _from_pretrained(where: _Where, dtype: str, device: str, attn_implementation: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"local_files_only": local_only}
-    model_kwargs: dict[str, Any] = {}
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
-        model_kwargs = _gguf_model_kwargs(source)
+    model_kwargs = _gguf_model_kwargs(where.recorded) if where.gguf_file else {}
     # GGUF weights are de-quantised to float32 first and cast on the device, as the notes advise.
-    load_dtype = torch.float32 if gguf_file else _torch_dtype(dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    load_dtype = torch.float32 if where.gguf_file else _torch_dtype(dtype)
+
+    def load() -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(where.source, **where.kwargs())
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=load_dtype, attn_implementation=attn_implementation, **kwargs, **model_kwargs
+            where.source,
+            dtype=load_dtype,
+            attn_implementation=attn_implementation,
+            **where.kwargs(),
+            **model_kwargs,
         )
-    except (OSError, ValueError, KeyError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise SpecbenchError(f"could not load model '{source}': {reason}") from None
+        return model, tokenizer
+
+    model, tokenizer = _wrap_load_errors(where, load)
     return _ready(model, dtype, device), tokenizer
+
+
+def _wrap_load_errors(where: _Where, load: Any) -> Any:
+    """Turn transformers' multi-line load errors into one SpecbenchError line."""
+    known = ", ".join(ALIASES)
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as err:
+        if where.local_only:
+            message = (
+                f"unknown model '{where.source}': not an alias, a path or a cached hub id; aliases: {known}"
+            )
+            raise SpecbenchError(message) from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        hint = "" if Path(where.source).exists() else f"; aliases: {known}"
+        raise SpecbenchError(f"could not load model '{where.recorded}': {reason}{hint}") from None
 
 
 def _gguf_model_kwargs(what: str) -> dict[str, Any]:
@@ -276,7 +316,8 @@ def _folder_sha256(folder: Path) -> str | None:
 # The real models shipped in pip packages
 
 
-def _load_gguf_alias(alias: str, dtype: str, device: str, attn_implementation: str) -> LoadedModel:
+def _converted_folder(alias: str) -> tuple[Path, str | None]:
+    """The safetensors folder for a GGUF alias (fetched and converted on first use), and the GGUF sha256."""
     entry = GGUF_MODELS[alias]
     alias_dir = cache_dir() / "models" / alias
     hf_dir = alias_dir / "hf"
@@ -285,14 +326,12 @@ def _load_gguf_alias(alias: str, dtype: str, device: str, attn_implementation: s
     if override and (Path(override).expanduser() / "config.json").is_file():
         # An already converted folder, e.g. copied to a machine without the gguf package.
         folder = Path(override).expanduser().resolve()
-        model, tokenizer = _from_pretrained(str(folder), dtype, device, attn_implementation)
-        return LoadedModel(model, tokenizer, alias, str(folder), _marker_sha256(folder), dtype, device)
+        return folder, _marker_sha256(folder)
 
     if _marker_sha256(hf_dir) != entry.sha256:
         gguf_path = _find_or_fetch_gguf(alias, entry, alias_dir, override)
         _convert_to_safetensors(alias, gguf_path, hf_dir, entry.sha256)
-    model, tokenizer = _from_pretrained(str(hf_dir), dtype, device, attn_implementation)
-    return LoadedModel(model, tokenizer, alias, str(hf_dir), entry.sha256, dtype, device)
+    return hf_dir, entry.sha256
 
 
 def _marker_sha256(folder: Path) -> str | None:
@@ -393,6 +432,8 @@ def _convert_to_safetensors(alias: str, gguf_path: Path, hf_dir: Path, sha256: s
     model_kwargs = _gguf_model_kwargs(str(gguf_path))
     hf_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(hf_dir.parent)
+    if _marker_sha256(hf_dir) == sha256:  # another process converted it meanwhile
+        return
     if hf_dir.exists():  # an older or foreign conversion: replace it
         shutil.rmtree(hf_dir)
     _status(f"{alias}: converting the GGUF to safetensors once (float32) in {hf_dir}")

@@ -148,7 +148,7 @@ def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
     else:
         drafter = RandomTrees(setup, seed=4)
     accepted = 0
-    for prompt, ref in zip(prompts(tiny.vocab_size), reference):
+    for prompt, ref in zip(prompts(tiny.vocab_size), reference, strict=True):
         gen = generate(engine, drafter, prompt, MAX_NEW)
         assert gen.output_ids == ref
         accepted += sum(s.accepted for s in gen.steps)

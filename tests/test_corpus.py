@@ -31,7 +31,10 @@ def options(**kw) -> dict:
 
 
 def test_jsonl_joins_several_text_keys(tmp_path):
-    rows = [{"instruction": "Add two numbers.", "input": "", "output": "a + b"}, {"instruction": "Say hi", "output": "hi"}]
+    rows = [
+        {"instruction": "Add two numbers.", "input": "", "output": "a + b"},
+        {"instruction": "Say hi", "output": "hi"},
+    ]
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     source = iter_corpus(str(path), options(text_key=["instruction", "output"]))
@@ -89,7 +92,13 @@ def test_tokenize_documents_gives_uint32_arrays(tiny):
 def store_with(tmp_path: Path, method="rest", fingerprint="fp-a", corpus=None) -> Path:
     folder = tmp_path / "store"
     folder.mkdir(exist_ok=True)
-    corpus = corpus or {"spec": "x.jsonl", "kind": "json", "description": "x", "sha256": "a" * 64, "files": []}
+    corpus = corpus or {
+        "spec": "x.jsonl",
+        "kind": "json",
+        "description": "x",
+        "sha256": "a" * 64,
+        "files": [],
+    }
     write_manifest(folder, new_manifest(method, {"name": "m", "fingerprint": fingerprint}, corpus, {}))
     return folder
 

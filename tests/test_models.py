@@ -133,6 +133,7 @@ def test_local_folder_round_trip(tiny, tmp_path):
         ({"spec": "missing.gguf"}, "missing.gguf"),
         ({"spec": "tiny-random", "device": "toaster"}, "toaster"),
     ],
+    ids=["dtype", "alias", "folder", "gguf", "device"],
 )
 def test_bad_specs_raise_one_line(kwargs, needle, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache: the bare name can't be found

@@ -96,7 +96,8 @@ def test_longest_match_and_tree_match_reference(docs, data):
         match = store.longest_match(context, min_span=2, max_span=16)
         # REST's scan: the first span from 16 down to 2 whose suffix occurs with a continuation.
         want_span = next(
-            (L for L in range(min(16, len(context)), 1, -1) if brute_continuations(docs, context[-L:], 1, 1)), 0
+            (L for L in range(min(16, len(context)), 1, -1) if brute_continuations(docs, context[-L:], 1, 1)),
+            0,
         )
         assert match.span == want_span
         if want_span:

@@ -203,37 +203,35 @@ def test_longer_match_wins_with_bias_and_threshold(tiny, tmp_path):
     rng = random.Random(5)
     corpus_doc = [rng.randrange(256) for _ in range(60)]
     store = build_for_model([corpus_doc], tmp_path / "sam", tiny)
-    ctx_rep = [rng.randrange(256) for _ in range(30)]
+    filler = [rng.randrange(256) for _ in range(60)]
+    cut = [256, 257, 258]  # ids the corpus never holds: they bound the static match
 
     def context(dyn: int, static: int) -> list[int]:
-        # ...ctx_rep..., then a filler, then the last `dyn` tokens of ctx_rep's prefix again, with the
-        # static part (a corpus substring) making up the suffix too.
+        """Ends with a corpus substring of length `static` whose last `dyn` tokens occurred before."""
         shared = corpus_doc[10 : 10 + static]
-        prefix = [300 + i for i in range(3)]  # ids the corpus never holds: they cut the static match
-        first = ctx_rep[:8] + shared[-dyn:] + ctx_rep[8:]
-        return prefix + first + [299] + shared
+        return cut + filler[:8] + shared[-dyn:] + filler[8:] + [259] + shared
 
-    # static 12 - bias 5 = 7 > dynamic 6: static wins
+    # static 12 - bias 5 = 7 beats dynamic 6: the corpus continuation (cut at the document's end)
     d = sam_drafter(tiny, store)
-    assert propose(d, context(6, 12)) == corpus_doc[22 : 22 + 39] and d.sources["static"] == 1
-    # static 11 - 5 = 6 ties dynamic 6: dynamic wins
+    assert propose(d, context(6, 12)) == corpus_doc[22:] and d.sources["static"] == 1
+    # static 11 - 5 = 6 ties dynamic 6: the dynamic match wins, its continuation is the context's
     d = sam_drafter(tiny, store)
-    assert propose(d, context(6, 11)) == ctx_rep[8:18] + [299] + corpus_doc[10:38]
-    assert d.sources["dynamic"] == 1
+    assert propose(d, context(6, 11)) == filler[8 : 8 + 39] and d.sources["dynamic"] == 1
     # both below the threshold of 5 (static 9 - 5 = 4, dynamic 4): the fallback drafts
     d = sam_drafter(tiny, store)
     assert propose(d, context(4, 9)) == [] and d.sources["fallback"] == 1
-    assert propose(sam_drafter(tiny, store, len_threshold=4), context(4, 9)) != []
+    assert propose(sam_drafter(tiny, store, len_threshold=4), context(4, 9)) == filler[8 : 8 + 39]
     # static=false: the corpus is ignored
     d = sam_drafter(tiny, store, static=False)
-    assert propose(d, context(2, 20)) == [] and d.static is None
-    # n_predicts counts the root: 40 verified positions = 39 drafted tokens; max_nodes caps it
-    assert len(propose(sam_drafter(tiny, store), context(6, 20), max_nodes=7)) == 7
+    assert d.static is None and propose(d, context(2, 20)) == []
+    # n_predicts counts the root (40 verified positions = 39 drafted tokens); max_nodes caps the chain
+    assert propose(sam_drafter(tiny, store, n_predicts=6), context(6, 20)) == corpus_doc[30:35]
+    assert propose(sam_drafter(tiny, store), context(6, 20), max_nodes=7) == corpus_doc[30:37]
 
 
 def test_dynamic_match_climbs_until_a_full_chain_follows(tiny):
     rng = random.Random(6)
-    noise = [rng.randrange(256) for _ in range(50)]
+    noise = [rng.randrange(10, 256) for _ in range(50)]  # none of the ids 1..8 below
     text = [7, 8] + noise + [5, 6, 7, 8] + [1, 2, 3] + [5, 6, 7, 8]
     d = sam_drafter(tiny)
     d.reset(text)

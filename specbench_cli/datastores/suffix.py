@@ -137,9 +137,10 @@ def _gather_rows(tokens, sa, lo, hi, span, length, sentinel):
     """The `length` tokens after the first `span` of each suffix in sa[lo:hi], cut (sentinel-padded)
     at the end of its document. The stream ends with a sentinel, so no read runs past it."""
     rows = np.full((hi - lo, length), sentinel, dtype=np.uint32)
+    n = tokens.shape[0]
     for r in range(hi - lo):
         p = sa[lo + r] + span
-        for j in range(length):
+        for j in range(min(length, n - p)):
             t = tokens[p + j]
             if t == sentinel:
                 break

@@ -39,7 +39,9 @@ def _count_prefixes(rows, sentinel):
         while r < m:
             # The run of rows sharing the depth-(d+1) prefix of row r.
             end = r + 1
-            while end < m and rows[end, d] == rows[r, d] and (d == 0 or run_of[d - 1, end] == run_of[d - 1, r]):
+            while (
+                end < m and rows[end, d] == rows[r, d] and (d == 0 or run_of[d - 1, end] == run_of[d - 1, r])
+            ):
                 end += 1
             for i in range(r, end):
                 run_of[d, i] = r

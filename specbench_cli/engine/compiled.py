@@ -160,7 +160,7 @@ class CompiledRunner:
         self._step = self._static_forward
         if compile_mode is not None:
             self._step = torch.compile(self._static_forward, mode=compile_mode, dynamic=False)
-        # GPU time of every forward, read with take_forward_time() (benchmarks only).
+        # GPU time of every graph forward, read with take_forward_times() (benchmarks only).
         self.profile = False
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         # Allocate every layer's K/V now, outside any graph pool: one token into a spare slot.
@@ -249,14 +249,14 @@ class CompiledRunner:
         if self.use_graphs and self._move is None:
             self._move_graph(None)
 
-    def take_forward_time(self) -> float:
-        """Seconds of GPU time of the graph forwards since the last call (needs `profile = True`)."""
+    def take_forward_times(self) -> list[float]:
+        """GPU seconds of each graph forward since the last call, in order (needs `profile = True`)."""
         if not self._events:
-            return 0.0
+            return []
         self._events[-1][1].synchronize()
-        total = sum(begin.elapsed_time(end) for begin, end in self._events) / 1000.0
+        times = [begin.elapsed_time(end) / 1000.0 for begin, end in self._events]
         self._events.clear()
-        return total
+        return times
 
     # -------------------------------------------------------------------------------------------
     # Internals
