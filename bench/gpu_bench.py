@@ -245,11 +245,11 @@ def hf_generate(loaded: Any, static_len: int | None) -> Callable[[list[int], int
     def run(prompt_ids: list[int], max_new: int) -> Result:
         ids = torch.tensor([prompt_ids], device=model.device)
         extra: dict[str, Any] = {"disable_compile": True} if cache is None else {"past_key_values": cache}
-        if cache is not None:
-            cache.reset()
         sync()
         start = time.perf_counter()
         with torch.inference_mode():
+            if cache is not None:
+                cache.reset()  # its tensors were made under inference mode: reset them there too
             out = model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, **options, **extra
             )
@@ -287,7 +287,7 @@ def build_runs(
         kind: Engine(target, max_len=max_len, max_nodes=args.max_nodes, kind=kind) for kind in args.engines
     }
     if "compiled" in engines:
-        engines["compiled"].runner.profile = True
+        engines["compiled"].runner.profile = engines["compiled"].runner.use_graphs
     runs: list[Run] = []
     for kind in ("compiled", "eager"):
         if kind not in engines:
@@ -301,7 +301,8 @@ def build_runs(
             drafter = cls(setup)
             if kind == "compiled":
                 swap_in_compiled_runners(drafter, max_len)
-            gen = our_generate(engines[kind], drafter, profile=kind == "compiled")
+            profile = kind == "compiled" and engines[kind].runner.use_graphs  # CUDA events
+            gen = our_generate(engines[kind], drafter, profile=profile)
             run = Run(f"{name}/{kind}", name, kind, kind, gen, lossless=bool(cls.lossless))
             run.drafter, run.engine_obj = drafter, engines[kind]  # type: ignore[attr-defined]
             runs.append(run)
@@ -313,7 +314,7 @@ def warm_up(run: Run, prompt_ids: list[int], max_new: int) -> None:
     start = time.perf_counter()
     engine = getattr(run, "engine_obj", None)
     if engine is not None and run.engine == "compiled":
-        engine.runner.prepare()
+        engine.runner.prepare(want_hidden=run.drafter.needs_hidden_states)  # type: ignore[attr-defined]
         for runner in compiled_runners(run.drafter):  # type: ignore[attr-defined]
             runner.prepare()
     # Two prompt lengths: transformers' compiled path must show it does not recompile per prompt.
@@ -612,11 +613,15 @@ def print_table(result: dict) -> None:
 
         match = e.get("bf16_match") or {}
         overhead = e.get("overhead_fraction", e.get("outside_verify_fraction"))
+
+        def num(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
         print(
             f"{key:16} {e['questions']:>3} {e['tokens_per_s'] or 0:>8.1f} "
-            f"{e.get('mean_accepted_length') or 0:>5.2f} {e.get('acceptance_rate') or 0:>5.2f} "
+            f"{num(e.get('mean_accepted_length')):>5} {num(e.get('acceptance_rate')):>5} "
             f"{ratio('ar/eager'):>6} {ratio('ar/compiled'):>6} {ratio('hf/eager'):>6} {ratio('hf/static'):>6} "
-            f"{overhead if overhead is not None else '-':>5} {match.get('identical', '-'):>5}"
+            f"{num(overhead):>5} {match.get('identical', '-'):>5}"
         )
 
 
@@ -763,9 +768,11 @@ def cmd_micro(args: argparse.Namespace) -> None:
                     model, args.max_len, 128, attention=attention, backend=backend,
                     compile_mode=None if mode == "eager" else mode,
                 )  # fmt: skip
-                runner.prepare()
+                # Compiling costs minutes per bucket: time two buckets there, every bucket otherwise.
+                sizes = runner.buckets if mode == "eager" else [1, 16]
+                runner.prepare(sizes)
                 setup = time.perf_counter() - start
-                forward_ms = time_buckets(runner, runner.buckets, 1000, 20)
+                forward_ms = time_buckets(runner, sizes, 1000, 20)
                 engine = Engine(loaded, args.max_len, 128, "eager")
                 engine.runner = runner  # this variant instead of the default compiled runner
                 ar = Autoregressive(MethodSetup(target=loaded))

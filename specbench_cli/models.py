@@ -450,6 +450,7 @@ def _convert_to_safetensors(alias: str, gguf_path: Path, hf_dir: Path, sha256: s
         tokenizer.save_pretrained(tmp)
         marker = {"alias": alias, "gguf_sha256": sha256, "gguf_file": str(gguf_path)}
         (tmp / "specbench.json").write_text(json.dumps(marker, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp made it private
         try:
             tmp.rename(hf_dir)
         except OSError:

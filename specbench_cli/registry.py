@@ -61,6 +61,8 @@ DRAFTERS = Registry(
             "specbench_cli.drafters.sam:SamDecoding",
             "SAM-decoding: static + dynamic suffix automata (40-token chains), pld / sps-tree fallback",
         ),
+        "rasd": ("specbench_cli.drafters.rasd:Rasd", "RASD: sps-tree + pruned retrieval trie, fused"),
+        "respec": ("specbench_cli.drafters.respec:ReSpec", "ReSpec: entropy-gated retrieval, relaxed: lossy"),
         "rest": (
             "specbench_cli.drafters.rest:Rest",
             "REST: trie of the 64 most frequent continuations from a suffix-array datastore",

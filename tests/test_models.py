@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specbench_cli import models
-from specbench_cli.models import ALIASES, GGUF_MODELS, load_model, tokenizer_fingerprint
+from specbench_cli.models import ALIASES, GGUF_MODELS, load_model, load_tokenizer, tokenizer_fingerprint
 from specbench_cli.types import SpecbenchError
 
 
@@ -122,6 +122,14 @@ def test_local_folder_round_trip(tiny, tmp_path):
     assert loaded.model.config._attn_implementation == "sdpa"
     ids = torch.tensor([list(b"folder")])
     assert torch.equal(loaded.model(ids).logits, tiny.model(ids).logits)
+    assert tokenizer_fingerprint(load_tokenizer(str(tmp_path))) == tokenizer_fingerprint(tiny.tokenizer)
+
+
+def test_load_tokenizer_alone(tiny, tmp_path, monkeypatch):
+    assert tokenizer_fingerprint(load_tokenizer("tiny-random")) == tokenizer_fingerprint(tiny.tokenizer)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(SpecbenchError, match="tiny-random-draft"):
+        load_tokenizer("tiny-randm")
 
 
 @pytest.mark.parametrize(
@@ -204,9 +212,9 @@ def test_smollm2_real_download_convert_and_chat(tiny, monkeypatch):
     assert loaded.model.config._attn_implementation == "sdpa"
     assert loaded.vocab_size >= len(loaded.tokenizer)
     assert tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(tiny.tokenizer)
-    assert tokenizer_fingerprint(loaded.tokenizer) == tokenizer_fingerprint(
-        load_model(loaded.source).tokenizer
-    )
+    same_files = load_model(loaded.source)  # the converted folder, loaded as a plain local folder
+    assert tokenizer_fingerprint(same_files.tokenizer) == tokenizer_fingerprint(loaded.tokenizer)
+    assert tokenizer_fingerprint(load_tokenizer("smollm2-135m")) == tokenizer_fingerprint(loaded.tokenizer)
 
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     prompt = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specbench_cli.datastores.manifest import check_datastore, read_manifest
-from specbench_cli.datastores.sam import SEPARATOR, FrozenAutomaton, SuffixAutomaton, build_for_model, concatenate
+from specbench_cli.datastores.sam import (
+    SEPARATOR,
+    FrozenAutomaton,
+    SuffixAutomaton,
+    build_for_model,
+    concatenate,
+)
 from specbench_cli.drafters.sam import SamDecoding
 from specbench_cli.engine.decode import Engine, generate
 from specbench_cli.models import tokenizer_fingerprint
@@ -51,7 +57,10 @@ def built(text) -> SuffixAutomaton:
 
 
 def same_automaton(a: FrozenAutomaton, b: FrozenAutomaton) -> bool:
-    return all(np.array_equal(x, y) for x, y in ((a.states, b.states), (a.edge_start, b.edge_start), (a.edges, b.edges)))
+    return all(
+        np.array_equal(x, y)
+        for x, y in ((a.states, b.states), (a.edge_start, b.edge_start), (a.edges, b.edges))
+    )
 
 
 texts = st.lists(st.integers(0, 3), max_size=60)
@@ -108,7 +117,9 @@ def test_large_and_degenerate_texts_grow_the_hash_table():
         start = rng.randrange(len(text) - 30)
         query = text[start : start + rng.randrange(1, 30)] + [rng.randrange(50)]
         got = one_by_one.match(query)
-        hits = np.flatnonzero(np.lib.stride_tricks.sliding_window_view(arr, got.length).__eq__(query[-got.length :]).all(1))
+        hits = np.flatnonzero(
+            np.lib.stride_tricks.sliding_window_view(arr, got.length).__eq__(query[-got.length :]).all(1)
+        )
         assert hits[0] + got.length - 1 == got.end  # the longest suffix occurs, first ending at `end`...
         longer = query[-got.length - 1 :]
         assert got.length == len(query) or not end_positions(text, longer)  # ...and one more token does not
@@ -119,7 +130,11 @@ def test_large_and_degenerate_texts_grow_the_hash_table():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=15), min_size=1, max_size=5), queries, st.integers(1, 8))
+@given(
+    st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=15), min_size=1, max_size=5),
+    queries,
+    st.integers(1, 8),
+)
 def test_static_matches_stay_inside_documents(docs, query, n):
     stream, n_docs = concatenate(docs)
     assert n_docs == len(docs) and stream.tolist().count(SEPARATOR) == len(docs)
@@ -131,7 +146,8 @@ def test_static_matches_stay_inside_documents(docs, query, n):
     draft = frozen.continuation(got.end, n).tolist()
     if got.length:
         assert SEPARATOR not in draft and draft == stream[got.end + 1 : got.end + 1 + len(draft)].tolist()
-        assert len(draft) == n or stream[got.end + 1 + len(draft)] == SEPARATOR  # cut only at the document end
+        # cut only where the document ends
+        assert len(draft) == n or stream[got.end + 1 + len(draft)] == SEPARATOR
 
 
 def test_datastore_roundtrip_and_manifest(tiny, tmp_path):
@@ -168,7 +184,7 @@ def test_build_index_from_a_text_corpus(tiny, tmp_path):
     manifest = build_index("sam", "tiny-random", str(corpus), tmp_path / "store", {"glob": "*.txt"}, None)
     assert manifest["method"] == "sam" and manifest["documents"] == 2
     auto = FrozenAutomaton.load(tmp_path / "store")
-    query = list("return a".encode())
+    query = list(b"return a")
     assert auto.match(query).length == len(query)
 
 

@@ -52,7 +52,9 @@ def test_tree_is_closed_best_first_and_within_budget(tiny, tiny_draft):
     assert len(full.propose(DraftContext(tokens=tokens, max_nodes=1000))) == 3 + 2 * 9
     # The engine's node budget and the option both cap it; depth 1 is the root's top-k alone.
     assert len(d.propose(DraftContext(tokens=tokens, max_nodes=7))) == 7
-    shallow = tree_drafter(tiny, tiny_draft, top_k=5, depth=1).propose(DraftContext(tokens=tokens, max_nodes=60))
+    shallow = tree_drafter(tiny, tiny_draft, top_k=5, depth=1).propose(
+        DraftContext(tokens=tokens, max_nodes=60)
+    )
     assert shallow.parents == (-1,) * 5
 
 
@@ -63,9 +65,11 @@ def test_tree_forward_sees_exactly_the_ancestors(tiny, tiny_draft):
     for seed in (1, 2):
         tokens = context(tiny.vocab_size, seed)
         d.reset(tokens[:-1])
-        for step in range(2):  # the second propose reuses the cache the first one left
+        for _ in range(2):  # the second propose reuses the cache the first one left
             tree = d.propose(DraftContext(tokens=tokens, max_nodes=128))
-            torch.testing.assert_close(d.last_root_logprobs, sequential_logprobs(tiny_draft.model, tokens), atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                d.last_root_logprobs, sequential_logprobs(tiny_draft.model, tokens), atol=1e-4, rtol=0
+            )
             assert len(d.last_expanded_logprobs) >= 3
             for node, row in d.last_expanded_logprobs.items():
                 path, i = [], node
@@ -93,7 +97,8 @@ def test_options_are_checked(tiny, tiny_draft):
         tree_drafter(tiny, tiny_draft, topk=3)
     with pytest.raises(SpecbenchError, match="top_k >= 1"):
         tree_drafter(tiny, tiny_draft, top_k=0)
-    assert len(tree_drafter(tiny, tiny_draft, total_nodes=0).propose(DraftContext(tokens=[1, 2], max_nodes=60))) == 0
+    empty = tree_drafter(tiny, tiny_draft, total_nodes=0).propose(DraftContext(tokens=[1, 2], max_nodes=60))
+    assert len(empty) == 0
 
 
 def mean_accepted(engine, drafter, prompts, max_new: int) -> float:

@@ -526,9 +526,10 @@ def build_sam_store(
         stream, n_docs = concatenate(docs)
         t1 = time.perf_counter()
         if console is not None:
-            with console.status(f"building the suffix automaton of {len(stream):,} tokens") as status:
+            total = len(stream)
+            with console.status(f"building the suffix automaton of {total:,} tokens") as status:
                 auto = build_automaton(
-                    stream, lambda done: status.update(f"suffix automaton: {done:,}/{len(stream):,} tokens")
+                    stream, lambda done: status.update(f"suffix automaton: {done:,}/{total:,} tokens")
                 )
         else:
             auto = build_automaton(stream)

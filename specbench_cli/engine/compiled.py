@@ -110,6 +110,7 @@ class Bucket:
     logits: torch.Tensor | None = None  # graph outputs, overwritten by every replay
     hidden: torch.Tensor | None = None
     graph: Any = None
+    want_hidden: bool = False  # this graph also returns the final hidden states
 
 
 class CompiledRunner:
@@ -153,7 +154,7 @@ class CompiledRunner:
         self._cols = torch.arange(self.cache_len, device=dev)
         self._zero = torch.zeros((), dtype=self.dtype, device=dev)
         self._masked = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=dev)
-        self._buckets: dict[int, Bucket] = {}
+        self._buckets: dict[tuple[int, bool], Bucket] = {}  # (size, want_hidden) -> bucket
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._copied = torch.cuda.Event() if dev.type == "cuda" else None  # host buffers free again
         self._move: Bucket | None = None  # inputs: src slots | dst slots (compaction graph)
@@ -199,7 +200,7 @@ class CompiledRunner:
         if size is None:  # a long prompt: eager, variable length
             return self._forward_eager(tokens, parents, start, last_only, want_hidden)
 
-        bucket = self._bucket(size)
+        bucket = self._bucket(size, want_hidden)
         self._fill(bucket, tokens, parents, start)
         if bucket.graph is not None:
             if self.profile:
@@ -213,7 +214,7 @@ class CompiledRunner:
             logits, hidden = bucket.logits, bucket.hidden
         else:
             with self._attention():
-                logits, hidden = self._step(bucket.inputs, size)
+                logits, hidden = self._step(bucket.inputs, size, want_hidden)
         rows = slice(n - 1, n) if last_only else slice(0, n)
         # Graph outputs are overwritten by the next replay: hand out copies (cheap next to a forward).
         logits = logits[rows].clone()
@@ -242,10 +243,10 @@ class CompiledRunner:
     # -------------------------------------------------------------------------------------------
     # Benchmark helpers
 
-    def prepare(self, sizes: list[int] | None = None) -> None:
+    def prepare(self, sizes: list[int] | None = None, want_hidden: bool = False) -> None:
         """Capture (and compile) buckets now, so that it happens outside any timed run."""
         for size in sizes or self.buckets:
-            self._bucket(size)
+            self._bucket(size, want_hidden)
         if self.use_graphs and self._move is None:
             self._move_graph(None)
 
@@ -285,7 +286,9 @@ class CompiledRunner:
         finally:
             config._attn_implementation = previous
 
-    def _static_forward(self, inputs: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _static_forward(
+        self, inputs: torch.Tensor, size: int, want_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward of `size` inputs described by `inputs`; fixed shapes, no host sync (capturable)."""
         tokens, parents, start = inputs[:size], inputs[size : 2 * size], inputs[2 * size]
         idx = self._cols[:size]
@@ -304,9 +307,11 @@ class CompiledRunner:
             attention_mask=mask[None, None],
             past_key_values=self.cache,
             use_cache=True,
-            output_hidden_states=True,
+            # Hidden states only in the graphs that need them: returning them installs hooks,
+            # which torch.compile cannot trace through (graph breaks).
+            output_hidden_states=want_hidden,
         )
-        return out.logits[0].float(), out.hidden_states[-1][0]
+        return out.logits[0].float(), (out.hidden_states[-1][0] if want_hidden else None)
 
     def _forward_eager(
         self,
@@ -381,13 +386,14 @@ class CompiledRunner:
         host[2 * size] = start
         self._upload(bucket)
 
-    def _bucket(self, size: int) -> Bucket:
-        bucket = self._buckets.get(size)
+    def _bucket(self, size: int, want_hidden: bool) -> Bucket:
+        bucket = self._buckets.get((size, want_hidden))
         if bucket is None:
             bucket = self._new_bucket(size, 2 * size + 1)
+            bucket.want_hidden = want_hidden
             if self.use_graphs:
                 self._capture(bucket)
-            self._buckets[size] = bucket
+            self._buckets[size, want_hidden] = bucket
         return bucket
 
     def _capture(self, bucket: Bucket) -> None:
@@ -399,11 +405,11 @@ class CompiledRunner:
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side), self._attention():
             for _ in range(3 if self.compile_mode else 1):
-                self._step(bucket.inputs, size)
+                self._step(bucket.inputs, size, bucket.want_hidden)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), self._attention(), torch.cuda.graph(graph, pool=self._pool):
-            bucket.logits, bucket.hidden = self._step(bucket.inputs, size)
+            bucket.logits, bucket.hidden = self._step(bucket.inputs, size, bucket.want_hidden)
         bucket.graph = graph
 
     def _move_graph(self, kept: list[int] | None) -> None:

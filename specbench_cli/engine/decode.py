@@ -25,15 +25,32 @@ DEFAULT_MAX_NODES = 128
 
 
 class StepClock:
-    """Device-synchronised wall clock: on CUDA it waits for queued kernels before reading the time."""
+    """Step timestamps: CUDA events on a GPU (no extra synchronisation), perf_counter on the CPU.
+
+    On CUDA, `mark()` records an event in the stream; durations are read once per generation in
+    `seconds()`, after the final synchronisation. Every step already synchronises when the verifier
+    reads the accepted tokens, so a draft computed on the host while the GPU idles shows up between
+    two marks as its host time, and queued GPU work (the forward, the KV compaction) as its GPU time.
+    """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def now(self) -> float:
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        if self.cuda:
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+    def finish(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
 
 
 @dataclass
@@ -89,19 +106,21 @@ def generate(
     runner.reset()
     runner.ensure_capacity(len(prompt_ids) + max_new_tokens + engine.max_nodes + 2)
 
-    start = clock.now()
+    wall_start = time.perf_counter()
+    start = clock.mark()
     drafter.reset(list(prompt_ids))
     logits, hidden = runner.forward(list(prompt_ids), want_hidden=want_hidden, last_only=True)
     runner.commit(list(range(len(prompt_ids))))
     root = sample_tokens(logits[-1:], temperature, generator)[0]
-    prefill_done = clock.now()
+    prefill_done = clock.mark()
     out = [root]
-    steps = [StepRecord(0, 0, 0, 1, t_verify=prefill_done - start)]
+    steps = [StepRecord(0, 0, 0, 1)]
+    marks = [(start, start, prefill_done, prefill_done)]
     stop = "eos" if root in engine.eos else ""
     last_logits, last_hidden = logits[-1], (hidden[-1] if hidden is not None else None)
 
     while not stop and len(out) < max_new_tokens:
-        t0 = clock.now()
+        t0 = clock.mark()
         room = runner.max_len - runner.length - 1
         if room < 1:
             stop = "cache"
@@ -114,12 +133,12 @@ def generate(
             logits=last_logits if want_logits else None,
         )
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
-        t1 = clock.now()
+        t1 = clock.mark()
 
         parents = [-1] + [p + 1 for p in tree.parents]
         logits, hidden = runner.forward([root, *tree.tokens], parents, want_hidden=want_hidden)
         verdict = verify(tree, logits, temperature, generator, **vopts)
-        t2 = clock.now()
+        t2 = clock.mark()
 
         kept = [0] + [n + 1 for n in verdict.accepted_nodes]
         runner.commit(kept)
@@ -138,17 +157,22 @@ def generate(
         out.extend(committed)
         root = committed[-1]
         drafter.update(StepFeedback(tree, verdict.accepted_nodes, committed, list(prompt_ids) + out))
-        t3 = clock.now()
+        t3 = clock.mark()
         steps.append(
             StepRecord(
                 draft_nodes=len(tree),
                 draft_depth=tree.depth(),
                 accepted=len(verdict.accepted_nodes),
                 committed=len(committed),
-                t_draft=t1 - t0,
-                t_verify=t2 - t1,
-                t_other=t3 - t2,
             )
         )
-    end = clock.now()
-    return Generation(out, steps, end - start, prefill_done - start, stop or "length")
+        marks.append((t0, t1, t2, t3))
+    clock.finish()
+    wall = time.perf_counter() - wall_start
+    for rec, (t0, t1, t2, t3) in zip(steps, marks):
+        rec.t_draft, rec.t_verify, rec.t_other = (
+            clock.seconds(t0, t1),
+            clock.seconds(t1, t2),
+            clock.seconds(t2, t3),
+        )
+    return Generation(out, steps, wall, clock.seconds(start, prefill_done), stop or "length")
