@@ -103,7 +103,9 @@ def eval_command(
         bool, typer.Option(help="Continue an existing run folder, skipping finished questions.")
     ] = False,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up generations per method.")] = 1,
-    engine: Annotated[str, typer.Option(help="Execution path: eager.")] = "eager",
+    engine: Annotated[
+        str, typer.Option(help="eager (any model) or compiled (static cache + CUDA graphs; Llama/Qwen2).")
+    ] = "eager",
     method_opt: Annotated[
         list[str] | None, typer.Option(help="METHOD.KEY=VALUE override, e.g. pld.num_pred=8.")
     ] = None,

@@ -17,6 +17,8 @@ from pathlib import Path
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
+ENGINES = ("eager", "compiled")
+
 # Settings that must match when a run is resumed (methods and limits may grow).
 RESUME_KEYS = ("model", "draft_model", "max_new_tokens", "temperature", "dtype", "seed", "engine")
 
@@ -100,8 +102,8 @@ def validate_cheap(cfg: EvalConfig) -> None:
         raise SpecbenchError(f"--temperature must be >= 0, got {cfg.temperature}")
     if cfg.limit is not None and cfg.limit <= 0:
         raise SpecbenchError(f"--limit must be positive, got {cfg.limit}")
-    if cfg.engine not in ("eager",):
-        raise SpecbenchError(f"unknown --engine '{cfg.engine}'; choose from: eager")
+    if cfg.engine not in ENGINES:
+        raise SpecbenchError(f"unknown --engine '{cfg.engine}'; choose from: {', '.join(ENGINES)}")
     if cfg.out.exists() and not cfg.resume:
         raise SpecbenchError(
             f"run folder {cfg.out} already exists; pass --resume to continue it or choose another --out"
@@ -141,6 +143,21 @@ def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
             raise SpecbenchError(f"two --datastore folders serve method '{method}': {found[method]} and {p}")
         found[method] = p
     return found
+
+
+def cache_length(suites, tokenizer, max_new_tokens: int, max_nodes: int) -> int:
+    """Slots a static cache needs for the longest conversation of the run (every turn's question,
+    every answer at full length, chat-template overhead), rounded up to a multiple of 256."""
+    from .suites import build_prompt_ids
+
+    longest = 0
+    for s in suites:
+        for q in s.questions:
+            turns = list(q.turns)
+            prompt = len(build_prompt_ids(tokenizer, turns, [""] * (len(turns) - 1)))
+            longest = max(longest, prompt + max_new_tokens * len(turns))
+    needed = longest + max_nodes + 2
+    return -(-needed // 256) * 256
 
 
 def question_seed(seed: int, question_id, turn: int) -> int:
@@ -283,7 +300,10 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     )
     write_json_atomic(paths.env, env)
 
-    engine = Engine(target, max_len=2048)
+    from .engine.decode import DEFAULT_MAX_NODES
+
+    max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
+    engine = Engine(target, max_len=max_len, kind=cfg.engine)
     torch.manual_seed(cfg.seed)
     if cfg.warmup > 0:
         # Warm-up on the first question (not recorded): allocator, kernels and lazy init settle first.
