@@ -825,6 +825,91 @@ def cmd_micro(args: argparse.Namespace) -> None:
     log(f"wrote {out_path}")
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    """Where a graph forward's time goes: kernel counts and GPU time by kernel, replay vs host time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from specbench_cli.engine.compiled import CompiledRunner
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    report: dict[str, Any] = {"machine": device_info()}
+    # Per-node cost of a graph: 1000 one-element adds, captured once.
+    x = torch.zeros(1, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(1000):
+            x.add_(1)
+    graph.replay()
+    torch.cuda.synchronize()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(10):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    report["graph_us_per_tiny_kernel"] = round(begin.elapsed_time(end) * 1000 / 10000, 3)
+    print("graph us per tiny kernel", report["graph_us_per_tiny_kernel"], flush=True)
+    for shape in args.shapes.split(","):
+        model = random_model(shape, torch.bfloat16)
+        for variant in args.variants.split(","):
+            attention, backend, mode = variant.split(":")
+            key = f"{shape} {variant}"
+            try:
+                runner = CompiledRunner(
+                    model, args.max_len, 128, attention=attention, backend=backend,
+                    compile_mode=None if mode == "eager" else mode,
+                )  # fmt: skip
+                entry: dict[str, Any] = {}
+                for size in [int(v) for v in args.sizes.split(",")]:
+                    runner.prepare([size])
+                    runner.length = 1000
+                    bucket = runner._buckets[size, False]
+                    runner._fill(bucket, list(range(size)), [-1] + list(range(size - 1)), 1000)
+                    torch.cuda.synchronize()
+                    begin.record()
+                    for _ in range(20):
+                        bucket.graph.replay()
+                    end.record()
+                    end.synchronize()
+                    replay_ms = begin.elapsed_time(end) / 20
+                    start = time.perf_counter()
+                    for _ in range(20):
+                        bucket.graph.replay()
+                    host_ms = (time.perf_counter() - start) * 1000 / 20
+                    torch.cuda.synchronize()
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        for _ in range(5):
+                            bucket.graph.replay()
+                        torch.cuda.synchronize()
+                    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+                    total_us = sum(e.time_range.elapsed_us() for e in kernels) / 5
+                    by_name: dict[str, list[float]] = {}
+                    for e in kernels:
+                        by_name.setdefault(e.name[:90], []).append(e.time_range.elapsed_us() / 5)
+                    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[: args.top]
+                    entry[str(size)] = {
+                        "replay_ms": round(replay_ms, 4),
+                        "host_launch_ms": round(host_ms, 4),
+                        "kernels": len(kernels) // 5,
+                        "kernel_ms": round(total_us / 1000, 4),
+                        "top": [(name, len(times) // 5, round(sum(times), 1)) for name, times in top],
+                    }
+                    print(f"{key} B={size}: replay {replay_ms:.3f} ms, host {host_ms:.3f} ms, "
+                          f"{len(kernels) // 5} kernels, {total_us / 1000:.3f} ms kernel time", flush=True)  # fmt: skip
+                    for name, count, us in entry[str(size)]["top"]:
+                        print(f"    {us:9.1f} us {count:5d}x {name}", flush=True)
+                report[key] = entry
+                del runner
+            except Exception as err:
+                report[key] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+                print(key, report[key], flush=True)
+            torch.cuda.empty_cache()
+            write_json(Path(args.out), report)
+        del model
+        torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -857,6 +942,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-len", type=int, default=2048)
     p.add_argument("--time-budget", type=float, default=420)
     p.set_defaults(fn=cmd_micro)
+
+    p = sub.add_parser("profile", help="kernel-level profile of graph forwards (random weights)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shapes", default="smollm2-135m,qwen2.5-coder-1.5b")
+    p.add_argument("--variants", default="packed:efficient:eager,packed:cudnn:eager,packed:efficient:default")
+    p.add_argument("--sizes", default="1,16")
+    p.add_argument("--max-len", type=int, default=2048)
+    p.add_argument("--top", type=int, default=12)
+    p.set_defaults(fn=cmd_profile)
 
     p = sub.add_parser("run", help="the benchmark (run on the GPU machine)")
     p.add_argument("--model", required=True, help="TARGET[+DRAFT], aliases or paths")

@@ -112,6 +112,9 @@ def eval_command(
     force_datastore: Annotated[
         bool, typer.Option(help="Use a datastore even if it overlaps the suite (reported).")
     ] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
+    ] = None,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
     with user_errors():
@@ -134,6 +137,7 @@ def eval_command(
             warmup=warmup,
             engine=engine,
             force_datastore=force_datastore,
+            threads=threads,
             method_options=parse_method_options(method_opt or []),
         )
         run_eval(cfg, console)

@@ -41,6 +41,7 @@ class EvalConfig:
     warmup: int = 1
     engine: str = "eager"
     force_datastore: bool = False
+    threads: int | None = None
     method_options: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -230,6 +231,10 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     validate_cheap(cfg)
     device, dtype = resolve_device(cfg.device, cfg.dtype)
     check_resume(cfg, device, dtype)
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise SpecbenchError(f"--threads must be positive, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
     suites = [load_suite(s, cfg.limit, cfg.seed) for s in cfg.suites]
     for s in suites:
         if not s.questions:

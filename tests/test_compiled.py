@@ -44,7 +44,7 @@ def test_ancestor_closure_matches_host_matrix():
     )
 
 
-@pytest.mark.parametrize("attention", ["packed", "sdpa"])
+@pytest.mark.parametrize("attention", ["tree", "packed", "sdpa"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_forwards_match_eager_runner(tiny, attention, seed):
     """Step by step against ModelRunner: long (eager) and short (bucketed) prefills, random trees of

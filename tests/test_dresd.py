@@ -275,3 +275,18 @@ def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
     assert drafter.describe()["backend"] == "faiss-cpu"
     # Same query, same tree: ties are broken by id.
     assert drafter.propose(ctx) == tree
+
+
+def test_torch_backend_matches_faiss(store, tiny):
+    """The exact torch search (the GPU path when faiss-gpu is missing) returns what FAISS returns."""
+    path, docs = store
+    by_faiss, by_torch = DenseStore(path, tiny, k=20), DenseStore(path, tiny, backend="torch", k=20)
+    assert (by_faiss.backend, by_torch.backend) == ("faiss-cpu", "torch")
+    hidden = _hidden_states(tiny, docs[1])
+    for pos in (0, 7, 30):
+        s1, i1 = by_faiss.search(hidden[pos])
+        s2, i2 = by_torch.search(hidden[pos])
+        assert i1.tolist() == i2.tolist()
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+    with pytest.raises(SpecbenchError, match="backend"):
+        DenseStore(path, tiny, backend="scann")

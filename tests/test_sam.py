@@ -213,6 +213,9 @@ def test_static_draft_stops_at_its_document_end(tiny, tmp_path):
     assert drafter.sources["static"] == 1
     # Matched up to the document's end: nothing follows, and no dynamic match: no draft.
     assert propose(drafter, head + tail) == [] and drafter.sources["fallback"] == 1
+    # Even an id equal to the separator (or any id out of range) does not bridge two documents.
+    for odd in (SEPARATOR, 2**40):
+        assert drafter.static.match(tail + [odd] + other[:5]).length == 5
 
 
 def test_longer_match_wins_with_bias_and_threshold(tiny, tmp_path):

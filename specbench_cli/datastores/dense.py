@@ -2,7 +2,7 @@
 
     specbench build-index --method dresd --model M --corpus SPEC --out DIR
 
-Recipe (DReSD's official code, see docs/notes methods.md §1.4): run the target over every corpus
+Recipe (DReSD's official code, huawei-noah/HEBO: embed_data.py, pca.py, index.py): run the target over every corpus
 document with teacher forcing, truncated to 1024 tokens; for each position i but the last, the key is
 the hidden state at i (final layer by default) and the value is the next 20 tokens, padded with -1
 past the document's end so a continuation never runs into the next document. Keys are z-scored per
@@ -187,7 +187,9 @@ def auto_index_string(n: int, dim: int) -> str:
     if n <= AUTO_FLAT_MAX:
         return "Flat"
     nlist = int(5 * math.sqrt(n))
-    m = dim // 2 if dim % 2 == 0 else dim  # 2 dims per PQ sub-quantiser, 8 bits each
+    # 4 dims per 8-bit PQ sub-quantiser: FAISS trains 2-dim sub-quantisers ~20x slower, and the refine
+    # step re-ranks exactly anyway.
+    m = dim // 4 if dim % 4 == 0 else dim // 2 if dim % 2 == 0 else dim
     return f"IVF{nlist},PQ{m},RFlat"
 
 
@@ -206,6 +208,11 @@ def make_index(factory: str, keys: np.ndarray, seed: int = 0, chunk: int = 1 << 
         ) from None
     if not index.is_trained:
         ivf = _ivf_of(index)
+        ivf = faiss.downcast_index(ivf) if ivf is not None else None
+        if getattr(ivf, "do_polysemous_training", False):
+            # Polysemous codes only serve Hamming pre-filtering, which we never use; training them is
+            # most of the build time of an IVF-PQ index.
+            ivf.do_polysemous_training = False
         nlist = ivf.nlist if ivf is not None else 256
         # DReSD trains ScaNN on 250*sqrt(N) = 50 lists' worth of points; FAISS wants >= 39 per list.
         n_train = min(len(keys), max(50 * nlist, 20_000))
@@ -251,18 +258,18 @@ def ordered(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return scores[order], ids[order]
 
 
-def exact_search(keys: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 18) -> np.ndarray:
-    """Brute-force top-k ids by inner product (ties: lower id first), a chunk of keys at a time."""
-    q = np.asarray(queries, dtype=np.float32)
+def exact_search(keys: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 16) -> np.ndarray:
+    """Brute-force top-k ids by inner product, a chunk of keys at a time (never the whole score matrix)."""
+    import faiss
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
     best_s = np.empty((len(q), 0), dtype=np.float32)
     best_i = np.empty((len(q), 0), dtype=np.int64)
     for start in range(0, len(keys), chunk):
-        block = np.asarray(keys[start : start + chunk], dtype=np.float32)
-        scores = np.concatenate([best_s, q @ block.T], axis=1)
-        ids = np.concatenate(
-            [best_i, np.broadcast_to(np.arange(start, start + len(block)), (len(q), len(block)))], axis=1
-        )
-        # Stable sort keeps earlier (lower) ids first among equal scores.
+        block = np.ascontiguousarray(keys[start : start + chunk], dtype=np.float32)
+        s, i = faiss.knn(q, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        scores = np.concatenate([best_s, s], axis=1)
+        ids = np.concatenate([best_i, i + start], axis=1)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
     return best_i
@@ -389,6 +396,24 @@ class BuildParams:
         return p
 
 
+class KeyWriter:
+    """Writes projected keys, which arrive in global position order, to their stored row or aside
+    (held-out positions, kept in memory as recall queries)."""
+
+    def __init__(self, keys: np.ndarray, heldout: np.ndarray):
+        self.keys, self.heldout = keys, heldout
+        self.held = np.zeros((int(heldout.sum()), keys.shape[1]), dtype=np.float32)
+        self.stored = self.held_rows = 0
+
+    def write(self, projected: np.ndarray, rows: np.ndarray) -> None:
+        aside = self.heldout[rows]
+        kept = projected[~aside]
+        self.keys[self.stored : self.stored + len(kept)] = kept.astype(np.float16)
+        self.stored += len(kept)
+        self.held[self.held_rows : self.held_rows + int(aside.sum())] = projected[aside]
+        self.held_rows += int(aside.sum())
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -488,8 +513,8 @@ def build_store(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
+    truncated = sum(1 for d in docs if len(d) > params.max_length)
     docs = [np.asarray(d[: params.max_length], dtype=np.int64) for d in docs]
-    truncated = sum(1 for d in docs if len(d) == params.max_length)
     docs = [d for d in docs if len(d) >= 2]
     n_keys = sum(len(d) - 1 for d in docs)
     if n_keys < 2:
@@ -523,60 +548,41 @@ def build_store(
         values = np.lib.format.open_memmap(
             tmp / VALUES_FILE, mode="w+", dtype=np.int32, shape=(n_stored, VALUE_LEN)
         )
-        held_keys = np.zeros((n_heldout, params.dim), dtype=np.float32)
+        writer = KeyWriter(keys, heldout)
         sample_cap = min(params.pca_sample, n_keys)
         raw = np.lib.format.open_memmap(
             tmp / "sample.npy", mode="w+", dtype=np.float32, shape=(sample_cap, hidden_size)
         )
         moments = MomentAccumulator(hidden_size, device)
         transform: KeyTransform | None = None
-        torch_tf: TorchTransform | None = None
-        cursor = {
-            "row": 0,
-            "stored": 0,
-            "held": 0,
-            "values": 0,
-        }  # global position, next key / held-out / value row
-
-        def emit(projected: np.ndarray, rows: np.ndarray) -> None:
-            """Write projected keys for global positions `rows` (ascending) to their stored or held-out slot."""
-            mask = heldout[rows]
-            kept = projected[~mask]
-            s = cursor["stored"]
-            keys[s : s + len(kept)] = kept.astype(np.float16)
-            cursor["stored"] = s + len(kept)
-            h = cursor["held"]
-            held_keys[h : h + int(mask.sum())] = projected[mask]
-            cursor["held"] = h + int(mask.sum())
+        row = n_sampled = n_values = 0  # next global position, keys in the PCA sample, value rows written
 
         t_forward = time.perf_counter()
-        n_sampled = 0
         for batch, states in hidden_batches(loaded, docs, params, console):
             for d, h in zip(batch, states, strict=True):
-                rows = np.arange(cursor["row"], cursor["row"] + len(h))
-                cursor["row"] += len(h)
-                # Values follow the stored-key order (held-out positions have no row).
+                rows = np.arange(row, row + len(h))
+                row += len(h)
+                # Values are known from the tokens alone; they follow the stored-key order.
                 keep = ~heldout[rows]
-                v = cursor["values"]
-                values[v : v + int(keep.sum())] = next_token_values(docs[d])[keep]
-                cursor["values"] = v + int(keep.sum())
+                values[n_values : n_values + int(keep.sum())] = next_token_values(docs[d])[keep]
+                n_values += int(keep.sum())
                 take = min(len(h), sample_cap - n_sampled) if transform is None else 0
                 if take:
                     moments.add(h[:take])
                     raw[n_sampled : n_sampled + take] = h[:take].float().cpu().numpy()
                     n_sampled += take
-                    if n_sampled == sample_cap:  # sample complete: fit, then project it in order
+                    if n_sampled == sample_cap:  # sample complete: fit, then project it (rows 0..cap-1)
                         transform = moments.fit(params.dim)
-                        torch_tf = transform.to_torch(device)
-                        _project_sample(raw, torch_tf, device, emit)
-                if take < len(h) and torch_tf is not None:
-                    emit(torch_tf(h[take:]).cpu().numpy(), rows[take:])
+                        query_tf = transform.to_torch(device)
+                        for start in range(0, sample_cap, 1 << 15):
+                            chunk = torch.from_numpy(np.asarray(raw[start : start + (1 << 15)])).to(device)
+                            writer.write(query_tf(chunk).cpu().numpy(), np.arange(start, start + len(chunk)))
+                if take < len(h):
+                    writer.write(query_tf(h[take:]).cpu().numpy(), rows[take:])
         t_forward = time.perf_counter() - t_forward
-        assert (
-            transform is not None
-            and cursor["stored"] == cursor["values"] == n_stored
-            and cursor["held"] == n_heldout
-        )
+        if transform is None or not writer.stored == n_values == n_stored or writer.held_rows != n_heldout:
+            raise RuntimeError("dresd build: key and value counts disagree (a bug)")
+        held_keys = writer.held
         keys.flush()
         values.flush()
         del raw
@@ -646,19 +652,9 @@ def build_store(
     return full
 
 
-def _project_sample(
-    raw: np.ndarray, torch_tf: TorchTransform, device: Any, emit, chunk: int = 1 << 15
-) -> None:
-    import torch
-
-    for start in range(0, len(raw), chunk):
-        h = torch.from_numpy(np.asarray(raw[start : start + chunk], dtype=np.float32)).to(device)
-        emit(torch_tf(h).cpu().numpy(), np.arange(start, start + len(h)))
-
-
 def index_quality(index, keys: np.ndarray, held_keys: np.ndarray, exact: bool, seed: int) -> dict:
     """recall@k of the index against brute force on held-out keys, and the self-retrieval rate."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"quality_backend": "faiss-cpu"}
     if exact or len(held_keys) == 0:
         out["recall"] = {
             "at_10": 1.0,
@@ -726,7 +722,7 @@ def build(model_spec: str, corpus_spec: str, out_dir: Path, options: dict, conso
     out_dir = Path(out_dir)
     options = dict(options)
     params = BuildParams.from_options(options)
-    if options.get("force") is False and out_dir.exists():
+    if out_dir.exists() and not options.get("force"):  # before the model and corpus cost anything
         raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
     loaded = load_model(model_spec, options.get("dtype") or "float32", options.get("device") or "cpu")
     options.setdefault("generated_dir", out_dir.parent / "generated")

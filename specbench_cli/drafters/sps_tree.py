@@ -32,39 +32,6 @@ from .sps import common_prefix
 OPTIONS = {"top_k": 10, "depth": 6, "total_nodes": 60}
 
 
-@torch.inference_mode()
-def forward_after_pending(
-    runner: ModelRunner, tokens: list[int], positions: list[int], visible: torch.Tensor
-) -> torch.Tensor:
-    """One forward over `tokens`, written after m pending (uncommitted) draft slots, committing nothing.
-
-    The runner holds `runner.length` committed tokens at slots [0, length). Earlier calls of this step
-    left m drafted nodes at slots [length, length + m); the n new inputs go to [length + m, length + m + n).
-    `visible` (n, m + n) bool marks the drafted slots each input attends to (its ancestors and itself);
-    every committed slot is visible. Returns the logits (n, V) in float32.
-    """
-    n = len(tokens)
-    committed = runner.length
-    start = committed + visible.shape[1] - n
-    if start + n > runner.max_len:
-        raise RuntimeError(f"draft KV cache overflow: {start} + {n} > {runner.max_len}")
-    dev = runner.device
-    mask = torch.full((1, 1, n, start + n), torch.finfo(runner.dtype).min, dtype=runner.dtype, device=dev)
-    mask[..., :committed] = 0
-    mask[0, 0, :, committed:].masked_fill_(visible.to(dev), 0)
-    slots = runner.cache.slots
-    slots.write = torch.arange(start, start + n, device=dev)
-    slots.visible = start + n
-    out = runner.model(
-        input_ids=torch.tensor([tokens], device=dev),
-        position_ids=torch.tensor([positions], device=dev),
-        attention_mask=mask,
-        past_key_values=runner.cache,
-        use_cache=True,
-    )
-    return out.logits[0].float()
-
-
 class DraftModelTree(Drafter):
     name = "sps-tree"
     needs_draft_model = True
@@ -148,10 +115,9 @@ class DraftModelTree(Drafter):
                     ancestors[slot] = ancestors[slot_of[parent[c]]]
                 ancestors[slot, slot] = True
                 slot_of[c] = slot
-            logits = forward_after_pending(
-                self.runner,
+            logits, _ = self.runner.forward_tree(
                 [tok[c] for c in frontier],
-                [committed + depth[c] - 1 for c in frontier],
+                torch.tensor([committed + depth[c] - 1 for c in frontier]),
                 ancestors[m : m + n, : m + n],
             )
             logp = torch.log_softmax(logits, dim=-1)

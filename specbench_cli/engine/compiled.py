@@ -45,6 +45,7 @@ from .runner import ancestor_matrix, input_depths
 BUCKETS = (1, 16, 32, 64)  # input counts, root included; max_nodes + 1 is always added as the largest
 PACKED_ATTENTION = "specbench_packed_sdpa"
 SDPA_BACKENDS = ("efficient", "math", "cudnn", "flash")
+ATTENTIONS = ("tree", "packed", "sdpa")  # graph forwards: our kernel, packed-GQA SDPA, transformers' SDPA
 
 
 def packed_sdpa_attention(
@@ -75,27 +76,261 @@ def packed_sdpa_attention(
     return out.reshape(b, heads, q_len, -1).transpose(1, 2).contiguous(), None
 
 
+# ---------------------------------------------------------------------------------------------------
+# Tree attention over the static cache: split-KV, only the live slots, mask computed in the kernel.
+#
+# Measured on an H200 (bench/results/h200-micro-*.json): with a dense mask over the whole static cache,
+# SDPA's memory-efficient kernel took ~100 us per layer for ONE query token (2 K/V heads -> 2 thread
+# blocks walking 2,176 keys): 2.7 of 6.4 ms per Qwen2.5-1.5B forward; cuDNN took half that. The kernel
+# below splits the key range across thread blocks (flash-decoding) and stops at the last live slot.
+#
+# Its mask travels as a small "tree mask" through transformers' attention_mask argument (any 4-D
+# tensor reaches the attention function untouched): float32 (1, 1, B, B + 1) whose first B columns are
+# the inputs' ancestor relation (1 = visible) and whose last column holds `start`, the committed length.
+# Input i sees every slot < start and slot start + j when tree_mask[i, j] is 1.
+
+TREE_ATTENTION = "specbench_tree_attention"
+_TREE_OP: Any = None
+_TREE_KERNELS: Any = None
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tree_mask(anc: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool ancestor relation + 0-dim start -> the (1, 1, B, B + 1) float32 tree mask."""
+    size = anc.shape[0]
+    return torch.cat([anc.float(), start.float().expand(size, 1)], dim=1)[None, None]
+
+
+def dense_tree_mask(mask: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """The tree mask as an additive (B, length) mask (the reference path, and the CPU path)."""
+    size = mask.shape[-2]
+    anc, start = mask[0, 0, :, :size] > 0.5, mask[0, 0, 0, size].long()
+    cols = torch.arange(length, device=mask.device)
+    rel = cols - start
+    window = anc.index_select(1, rel.clamp(0, size - 1)) & ((rel >= 0) & (rel < size))
+    allowed = window | (cols < start)
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def reference_tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q (Hkv, R, D) with R = groups * B rows (row r is input r % B); k, v (Hkv, L, D) -> (Hkv, R, D)."""
+    dense = dense_tree_mask(mask, k.shape[1], q.dtype)
+    rows = dense.repeat(q.shape[1] // dense.shape[0], 1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=scale)
+
+
+def _build_tree_kernels() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def split_kernel(
+        Q, K, V, Mask, Opart, Mpart, Lpart,
+        stride_qh, stride_qr, stride_kh, stride_kn, stride_vh, stride_vn,
+        R, R_PAD, HEADS, scale,
+        SIZE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        D: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        split, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        start = tl.load(Mask + SIZE).to(tl.int32)
+        live = start + SIZE
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < R
+        node = rows % SIZE
+        d = tl.arange(0, D)
+        q = tl.load(
+            Q + head * stride_qh + rows[:, None] * stride_qr + d[None, :], mask=row_ok[:, None], other=0.0
+        )
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        denom = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        lo = split * CHUNK
+        hi = tl.minimum(lo + CHUNK, live)  # slots past the live ones are never read
+        for n0 in range(lo, hi, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < hi
+            k = tl.load(
+                K + head * stride_kh + cols[:, None] * stride_kn + d[None, :], mask=col_ok[:, None], other=0.0
+            )
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale
+            rel = cols - start
+            in_tree = row_ok[:, None] & (col_ok & (rel >= 0))[None, :]
+            anc = tl.load(Mask + node[:, None] * (SIZE + 1) + rel[None, :], mask=in_tree, other=0.0)
+            allowed = ((cols < start)[None, :] | (anc > 0.5)) & col_ok[None, :]
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+            p = tl.exp(s - m_ref[:, None])
+            alpha = tl.exp(m - m_ref)
+            denom = denom * alpha + tl.sum(p, 1)
+            v = tl.load(
+                V + head * stride_vh + cols[:, None] * stride_vn + d[None, :], mask=col_ok[:, None], other=0.0
+            )
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        at = (split * HEADS + head) * R_PAD + rows
+        tl.store(Mpart + at, m)
+        tl.store(Lpart + at, denom)
+        tl.store(Opart + at[:, None] * D + d[None, :], acc)
+
+    @triton.jit
+    def merge_kernel(
+        Opart, Mpart, Lpart, Out, stride_oh, stride_or, R, R_PAD, HEADS,
+        SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
+        head, block = tl.program_id(0), tl.program_id(1)
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        d = tl.arange(0, D)
+        top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for split in range(SPLITS):
+            top = tl.maximum(top, tl.load(Mpart + (split * HEADS + head) * R_PAD + rows))
+        top = tl.where(top == float("-inf"), 0.0, top)  # padding rows only
+        total = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        for split in range(SPLITS):
+            at = (split * HEADS + head) * R_PAD + rows
+            weight = tl.exp(tl.load(Mpart + at) - top)
+            total += weight * tl.load(Lpart + at)
+            acc += weight[:, None] * tl.load(Opart + at[:, None] * D + d[None, :])
+        out = acc / tl.where(total > 0, total, 1.0)[:, None]
+        row_ok = rows < R
+        tl.store(
+            Out + head * stride_oh + rows[:, None] * stride_or + d[None, :],
+            out.to(Out.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+
+    return split_kernel, merge_kernel
+
+
+def triton_tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """`reference_tree_attention` as two Triton kernels: partial softmax per key chunk, then a merge."""
+    global _TREE_KERNELS
+    if _TREE_KERNELS is None:
+        _TREE_KERNELS = _build_tree_kernels()
+    split_kernel, merge_kernel = _TREE_KERNELS
+    heads, rows, dim = q.shape
+    size, length = mask.shape[-2], k.shape[1]
+    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    blocks = cdiv(rows, block_m)
+    block_n = 64
+    # Enough (chunk, head, row block) programs to fill the GPU; more chunks also mean more partial
+    # results to write and merge, so the chunk count falls as the row blocks grow.
+    splits = max(1, min(cdiv(length, block_n), cdiv(256, heads * blocks)))
+    chunk = cdiv(cdiv(length, splits), block_n) * block_n
+    splits = cdiv(length, chunk)
+    r_pad = blocks * block_m
+    opart = torch.empty(splits * heads * r_pad, dim, dtype=torch.float32, device=q.device)
+    mpart = torch.empty(splits * heads * r_pad, dtype=torch.float32, device=q.device)
+    lpart = torch.empty_like(mpart)
+    out = torch.empty_like(q)
+    mask = mask.contiguous()
+    ieee = q.dtype == torch.float32
+    split_kernel[(splits, heads, blocks)](
+        q, k, v, mask, opart, mpart, lpart,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        rows, r_pad, heads, scale,
+        SIZE=size, CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee,
+    )  # fmt: skip
+    merge_kernel[(heads, blocks)](
+        opart, mpart, lpart, out, out.stride(0), out.stride(1), rows, r_pad, heads,
+        SPLITS=splits, BLOCK_M=block_m, D=dim,
+    )  # fmt: skip
+    return out
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tree_attention_op() -> Any:
+    """A torch custom op (opaque to torch.compile) that runs the Triton kernels on CUDA."""
+    global _TREE_OP
+    if _TREE_OP is None:
+
+        @torch.library.custom_op("specbench::tree_attention", mutates_args=())
+        def op(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+        ) -> torch.Tensor:
+            dim = q.shape[-1]
+            if q.is_cuda and dim & (dim - 1) == 0 and dim >= 16 and q.stride(-1) == 1 and k.stride(-1) == 1:
+                return triton_tree_attention(q, k, v, mask, scale)
+            return reference_tree_attention(q, k, v, mask, scale)
+
+        @op.register_fake
+        def _(q, k, v, mask, scale):
+            return torch.empty_like(q)
+
+        _TREE_OP = op
+    return _TREE_OP
+
+
+def tree_attention_forward(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function for the graph forwards: query (1, Hq, B, D), key/value the whole
+    static cache (1, Hkv, L, D), attention_mask the tree mask -> (1, B, Hq, D)."""
+    _, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(kv_heads, heads // kv_heads * q_len, dim)  # query heads of a group stacked
+    scale = scaling if scaling is not None else dim**-0.5
+    out = _tree_attention_op()(q, key[0], value[0], attention_mask, float(scale))
+    return out.reshape(1, heads, q_len, -1).transpose(1, 2).contiguous(), None
+
+
 def register_packed_attention() -> None:
-    """Make `PACKED_ATTENTION` a valid `config._attn_implementation` (its mask rules are SDPA's)."""
+    """Make our attention functions valid `config._attn_implementation`s (mask rules: SDPA's)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
     AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    AttentionInterface.register(TREE_ATTENTION, tree_attention_forward)
+    AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)
 
 
-def ancestor_closure(parents: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def closure_rounds(n: int) -> int:
+    """Squarings that `ancestor_closure` needs for n inputs (paths up to n - 1 edges)."""
+    return math.ceil(math.log2(n - 1)) if n > 2 else 0
+
+
+def ancestor_closure(parents: torch.Tensor, idx: torch.Tensor, rounds: int | None = None) -> torch.Tensor:
     """anc[i, j]: input j is input i or one of its ancestors; `parents` (n,) int64, -1 = root, idx = arange(n).
 
     Without a host loop, so that it runs inside a graph: squaring (parent | self) doubles the path
-    length the relation covers; clamping keeps the entries 0/1, so float32 stays exact.
+    length the relation covers; clamping keeps the entries 0/1, so float32 stays exact. Extra rounds
+    change nothing (a fixed count lets one compiled graph serve every size).
     """
     n = parents.shape[0]
     anc = (parents[:, None] == idx[None, :]) | (idx[:, None] == idx[None, :])
     if n <= 2:
         return anc
     reach = anc.float()
-    for _ in range(math.ceil(math.log2(n - 1))):
+    for _ in range(closure_rounds(n) if rounds is None else rounds):
         reach = (reach @ reach).clamp_(max=1.0)
     return reach > 0
 
@@ -123,13 +358,13 @@ class CompiledRunner:
         max_nodes: int = 128,
         *,
         buckets: tuple[int, ...] = BUCKETS,
-        attention: str = "packed",
+        attention: str = "tree",
         backend: str = "efficient",
-        compile_mode: str | None = None,
+        compile_mode: str | None = "default",
         use_graphs: bool | None = None,
     ):
-        if attention not in ("packed", "sdpa"):
-            raise SpecbenchError(f"unknown attention '{attention}'; choose from: packed, sdpa")
+        if attention not in ATTENTIONS:
+            raise SpecbenchError(f"unknown attention '{attention}'; choose from: {', '.join(ATTENTIONS)}")
         if backend not in SDPA_BACKENDS:
             raise SpecbenchError(f"unknown SDPA backend '{backend}'; choose from: {', '.join(SDPA_BACKENDS)}")
         self.model = model
@@ -146,9 +381,9 @@ class CompiledRunner:
         self.cache = SlotCache(self.num_layers, self.cache_len)
         self.length = 0
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
-        self.attention, self.backend, self.compile_mode = attention, backend, compile_mode
-        if attention == "packed":
-            register_packed_attention()
+        self.attention, self.backend = attention, backend
+        register_packed_attention()
+        _tree_attention_op()  # registered now: never for the first time inside a torch.compile trace
 
         dev = self.device
         self._cols = torch.arange(self.cache_len, device=dev)
@@ -159,8 +394,17 @@ class CompiledRunner:
         self._copied = torch.cuda.Event() if dev.type == "cuda" else None  # host buffers free again
         self._move: Bucket | None = None  # inputs: src slots | dst slots (compaction graph)
         self._step = self._static_forward
-        if compile_mode is not None:
-            self._step = torch.compile(self._static_forward, mode=compile_mode, dynamic=False)
+        # torch.compile fuses the ~45 small kernels per layer of an eager forward into ~15 (measured
+        # on an H200: 1,243 -> 462 kernels per Qwen2.5-1.5B forward). With dynamic sizes one graph
+        # serves every bucket above 1 (size 1 is specialised): two compilations per model, not five.
+        self.compile_mode = compile_mode if self.use_graphs else None
+        self.compile_error: str | None = None
+        if self.compile_mode is not None:
+            import torch._dynamo as dynamo
+
+            # Every runner (target, draft model) and graph variant recompiles this one method.
+            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+            self._step = torch.compile(self._static_forward, mode=self.compile_mode, dynamic=True)
         # GPU time of every graph forward, read with take_forward_times() (benchmarks only).
         self.profile = False
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
@@ -263,12 +507,15 @@ class CompiledRunner:
     # Internals
 
     @contextmanager
-    def _attention(self):
-        """Select our attention function and pin the SDPA backend for the duration of a forward/capture."""
+    def _attention(self, graph: bool = True):
+        """Select our attention function and pin the SDPA backend for the duration of a forward/capture.
+
+        Graph forwards use `self.attention`; eager prefills always take packed SDPA with a dense mask
+        (many queries: the memory-efficient kernel has row blocks enough to fill the GPU)."""
         config = self.model.config
         previous = config._attn_implementation
-        if self.attention == "packed":
-            config._attn_implementation = PACKED_ATTENTION
+        name = {"tree": TREE_ATTENTION, "packed": PACKED_ATTENTION, "sdpa": previous}[self.attention]
+        config._attn_implementation = name if graph else PACKED_ATTENTION
         pinned = nullcontext()
         if self.device.type == "cuda":
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -292,19 +539,22 @@ class CompiledRunner:
         """One forward of `size` inputs described by `inputs`; fixed shapes, no host sync (capturable)."""
         tokens, parents, start = inputs[:size], inputs[size : 2 * size], inputs[2 * size]
         idx = self._cols[:size]
-        anc = ancestor_closure(parents, idx)
+        anc = ancestor_closure(parents, idx, closure_rounds(self.buckets[-1]) if self.compile_mode else None)
         depth = anc.sum(dim=1) - 1
         # Mask columns: committed slots [0, start) are visible to all; slot start + j follows the tree.
-        rel = self._cols - start
-        window = anc.index_select(1, rel.clamp(0, size - 1)) & ((rel >= 0) & (rel < size))
-        allowed = window | (self._cols < start)
-        mask = torch.where(allowed, self._zero, self._masked)
+        if self.attention == "tree":  # the kernel reads the tree and `start`, and builds the mask itself
+            mask = tree_mask(anc, start)
+        else:  # an additive mask over the whole static cache
+            rel = self._cols - start
+            window = anc.index_select(1, rel.clamp(0, size - 1)) & ((rel >= 0) & (rel < size))
+            allowed = window | (self._cols < start)
+            mask = torch.where(allowed, self._zero, self._masked)[None, None]
         self.cache.slots.write = start + idx
         self.cache.slots.visible = None
         out = self.model(
             input_ids=tokens.unsqueeze(0),
             position_ids=(start + depth).unsqueeze(0),
-            attention_mask=mask[None, None],
+            attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
             # Hidden states only in the graphs that need them: returning them installs hooks,
@@ -339,7 +589,7 @@ class CompiledRunner:
         # would be n x vocab floats).
         keep = {"logits_to_keep": 1} if last_only and not want_hidden and self._takes_logits_to_keep else {}
         try:
-            with self._attention():
+            with self._attention(graph=False):
                 out = self.model(
                     input_ids=torch.tensor([tokens], device=dev),
                     position_ids=(start + depth).unsqueeze(0),
@@ -404,7 +654,14 @@ class CompiledRunner:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side), self._attention():
-            for _ in range(3 if self.compile_mode else 1):
+            try:
+                for _ in range(3 if self.compile_mode else 1):
+                    self._step(bucket.inputs, size, bucket.want_hidden)
+            except Exception as err:  # a model torch.compile cannot handle still gets graphs
+                if self.compile_mode is None:
+                    raise
+                self.compile_error = f"{type(err).__name__}: {str(err)[:300]}"
+                self.compile_mode, self._step = None, self._static_forward
                 self._step(bucket.inputs, size, bucket.want_hidden)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()

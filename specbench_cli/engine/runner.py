@@ -73,21 +73,39 @@ class ModelRunner:
         hidden states (n, H) (last row only with last_only).
         """
         n = len(tokens)
-        start = self.length
-        if start + n > self.max_len:
-            raise RuntimeError(f"KV cache overflow: {start} + {n} > {self.max_len}")
         dev = self.device
         if parents is None:
             depth = torch.arange(n, device=dev)
-            tree_mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril_()
+            visible = torch.ones(n, n, dtype=torch.bool, device=dev).tril_()
         else:
             depth = torch.tensor(input_depths(parents), device=dev)
-            tree_mask = torch.from_numpy(ancestor_matrix(parents)).to(dev)
+            visible = torch.from_numpy(ancestor_matrix(parents)).to(dev)
+        return self.forward_tree(tokens, self.length + depth, visible, want_hidden, last_only)
+
+    @torch.inference_mode()
+    def forward_tree(
+        self,
+        tokens: list[int],
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+        want_hidden: bool = False,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The primitive under `forward`: inputs placed after m pending (written, uncommitted) slots.
+
+        `visible` is (n, m + n) bool over slots [length, length + m + n): which pending slots and new
+        inputs each input attends to (its ancestors and itself); every committed slot is visible.
+        A draft tree grown level by level passes the earlier levels as the pending slots.
+        """
+        n = len(tokens)
+        start = self.length + visible.shape[1] - n
+        if start + n > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {start} + {n} > {self.max_len}")
+        dev = self.device
         # Float additive mask: 0 where attention is allowed, the dtype's minimum elsewhere.
-        # Committed slots are all visible; the n new slots follow the tree.
         mask = torch.full((1, 1, n, start + n), torch.finfo(self.dtype).min, dtype=self.dtype, device=dev)
-        mask[..., :start] = 0
-        mask[0, 0, :, start:].masked_fill_(tree_mask, 0)
+        mask[..., : self.length] = 0
+        mask[0, 0, :, self.length :].masked_fill_(visible.to(dev), 0)
         slots = self.cache.slots
         slots.write = torch.arange(start, start + n, device=dev)
         slots.visible = start + n
@@ -96,7 +114,7 @@ class ModelRunner:
             kwargs["logits_to_keep"] = 1
         out = self.model(
             input_ids=torch.tensor([tokens], device=dev),
-            position_ids=(start + depth).unsqueeze(0),
+            position_ids=positions.to(dev).view(1, n),
             attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,

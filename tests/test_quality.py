@@ -1,0 +1,128 @@
+"""quality: the sandboxed HumanEval executor, ROUGE-L, token agreement and the lossy-method table."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from specbench_cli.quality import (
+    extract_code,
+    humaneval_pass_at_1,
+    lossy_quality,
+    rouge_l,
+    run_program,
+    token_agreement,
+)
+from specbench_cli.suites import load_suite
+
+FIXTURE = Path(__file__).parent / "fixtures" / "humaneval_small.jsonl"
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return load_suite(f"humaneval:{FIXTURE}").questions
+
+
+def answer(code: str) -> str:
+    return f"Here is the function:\n\n```python\n{code}```\n\nIt returns the result."
+
+
+def record(
+    qid, text: str, method: str = "respec", suite: str = "humaneval", ids=None, lossless=False
+) -> dict:
+    return {
+        "question_id": qid,
+        "suite": suite,
+        "method": method,
+        "lossless_method": lossless,
+        "choices": [{"turns": [text], "output_ids": [ids if ids is not None else [1, 2, 3]]}],
+    }
+
+
+def test_sandbox_passes_fails_and_times_out():
+    assert run_program("assert sum([1, 2]) == 3\n").passed
+    wrong = run_program("assert sum([1, 2]) == 4\n")
+    assert wrong.status == "failed" and "AssertionError" in wrong.detail
+    start = time.perf_counter()
+    assert run_program("while True:\n    pass\n", timeout=1.0).status == "timeout"
+    assert run_program("import time\ntime.sleep(60)\n", timeout=1.0).status == "timeout"
+    assert time.perf_counter() - start < 10
+    # The guard takes destructive calls away; the child runs in an empty temporary folder.
+    assert run_program("import os\nos.system('true')\n").status == "failed"
+    assert run_program("import os\nassert os.listdir('.') == ['program.py']\n").passed
+
+
+def test_humaneval_pass_at_1_runs_the_task_tests(humaneval):
+    right = {
+        0: answer('def add(a: int, b: int) -> int:\n    """Sum."""\n    return a + b\n'),
+        1: answer("def neg(x: int) -> int:\n    return -x\n"),
+    }
+    wrong_one = dict(right)
+    wrong_one[1] = answer("def neg(x: int) -> int:\n    return x\n")
+    hang = dict(right)
+    hang[0] = answer("def add(a, b):\n    while True:\n        pass\n")
+    result = humaneval_pass_at_1([record(q, t) for q, t in right.items()], humaneval)
+    assert result["pass_at_1"] == 1.0 and result["total"] == 2
+    result = humaneval_pass_at_1([record(q, t) for q, t in wrong_one.items()], humaneval)
+    assert result["pass_at_1"] == 0.5 and result["results"] == {0: "passed", 1: "failed"}
+    result = humaneval_pass_at_1([record(q, t) for q, t in hang.items()], humaneval, timeout=1.0)
+    assert result["results"] == {0: "timeout", 1: "passed"}
+    # A bare body (completion style) continues the prompt's signature.
+    body = humaneval_pass_at_1([record(1, "```python\n    return -x\n```")], humaneval)
+    assert body["pass_at_1"] == 1.0
+
+
+def test_extract_code_picks_the_block_that_defines_the_function():
+    text = "```\npip install x\n```\nthen\n```python\ndef f(a):\n    return a\n```"
+    assert extract_code(text, "f").startswith("def f(a)")
+    assert extract_code("no fences here", "f") == "no fences here"
+    cut = "```python\ndef f(a):\n    return a"  # the answer ran out of tokens inside the block
+    assert extract_code(cut, "f") == "def f(a):\n    return a"
+
+
+def test_rouge_l_on_hand_examples():
+    # LCS "the cat on the mat" = 5 of 6 on both sides: P = R = F = 5/6.
+    assert rouge_l("the cat sat on the mat", "the cat lay on the mat") == pytest.approx(5 / 6)
+    # "a b c d" vs "b d a": LCS "b d" = 2, P = 2/4, R = 2/3, F = 2PR / (P + R) = 4/7.
+    assert rouge_l("a b c d", "b d a") == pytest.approx(4 / 7)
+    # Word order matters: the reversed sentence keeps only one word in sequence (P = R = 1/3).
+    assert rouge_l("x y z", "z y x") == pytest.approx(1 / 3)
+    assert rouge_l("same words", "same   words\n") == 1.0
+    assert rouge_l("", "") == 1.0 and rouge_l("a", "") == 0.0 and rouge_l("a b", "c d") == 0.0
+
+
+def test_token_agreement():
+    assert token_agreement([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert token_agreement([1, 2, 9, 4], [1, 2, 3, 4]) == 0.5  # equal up to the first divergence
+    assert token_agreement([1, 2], [1, 2, 3, 4]) == 0.5  # a shorter output is not "equal"
+    assert token_agreement([], []) == 1.0
+
+
+def test_lossy_quality_table(humaneval):
+    good = {
+        0: answer("def add(a, b):\n    return a + b\n"),
+        1: answer("def neg(x):\n    return -x\n"),
+    }
+    records = [
+        record(0, good[0], "ar", ids=[1, 2, 3, 4], lossless=True),
+        record(1, good[1], "ar", ids=[5, 6], lossless=True),
+        record(0, good[0], "respec", ids=[1, 2, 3, 4]),
+        record(1, answer("def neg(x):\n    return x\n"), "respec", ids=[5, 7]),
+        record(0, good[0], "pld", ids=[1, 2, 3, 4], lossless=True),  # lossless: no row
+        record("q1", "the cat sat on the mat", "ar", suite="spec-bench", lossless=True),
+        record("q1", "the cat lay on the mat", "respec", suite="spec-bench"),
+    ]
+    rows = {(r["suite"], r["method"]): r for r in lossy_quality(records, {"humaneval": humaneval})}
+    assert set(rows) == {("humaneval", "respec"), ("spec-bench", "respec")}
+    he = rows[("humaneval", "respec")]
+    assert he["quality_metric"] == "humaneval_pass@1"
+    assert he["quality"] == 0.5 and he["quality_ar"] == 1.0
+    assert he["exact_match"] == 0.5 and he["token_agreement"] == pytest.approx((1.0 + 0.5) / 2)
+    sb = rows[("spec-bench", "respec")]
+    assert sb["quality_metric"] == "rouge_l_vs_ar" and sb["quality"] == pytest.approx(5 / 6)
+    # Without the questions, pass@1 cannot be computed: NaN, not an error.
+    rows = lossy_quality(records)
+    assert math.isnan([r for r in rows if r["suite"] == "humaneval"][0]["quality"])
