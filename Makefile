@@ -3,7 +3,7 @@ PY ?= python3
 STAMP := .make-stamp-install
 DEMO_OUT ?= results/demo
 
-.PHONY: install test demo lint format report clean bench-rest
+.PHONY: install test demo lint format report clean bench-rest bench-gpu
 
 # CPU torch first: `torch==2.13.0` resolves to the local CPU build here; with it installed,
 # pip leaves torch alone instead of pulling a CUDA build.
@@ -34,6 +34,14 @@ format:
 
 bench-rest: install
 	$(PY) bench/rest_peer.py
+
+# On a GPU machine with the models staged (bench/README.md): every method, eager and compiled,
+# against transformers' eager and static-cache generate, one JSON under $(BENCH_OUT).
+BENCH_OUT ?= bench/results/gpu.json
+bench-gpu:
+	PYTHONUNBUFFERED=1 $(PY) bench/gpu_bench.py run --model qwen2.5-coder-1.5b+qwen2.5-coder-0.5b \
+		--suite jsonl:.benchdata/spec-bench.jsonl --suite jsonl:.benchdata/humaneval.jsonl \
+		--methods ar,pld,sps --eager-limit 8 --time-budget 540 --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(STAMP) build *.egg-info .pytest_cache .ruff_cache

@@ -131,7 +131,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--configs", default="", help="comma-separated labels (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS / "ablate_rasd_respec.json")
+    ap.add_argument("--replay", action="store_true", help="replay ReSpec's retrieval policies on ar's output")
     args = ap.parse_args()
+    if args.replay:
+        run_replay(args)
+        return
 
     import torch
 
@@ -155,7 +159,7 @@ def main() -> None:
     result = {
         "setup": {
             "model": args.model,
-            "draft_model": args.draft_model,
+            "draft_model": draft.name,
             "device": args.device,
             "dtype": args.dtype,
             "prompts": [f"{s}:{q.question_id}" for s, q, _ in prompts],
@@ -198,6 +202,192 @@ def main() -> None:
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Replay: ReSpec's retrieval decisions on real text, from one `ar` pass of the target (no draft model)
+#
+# Under lossless verification the output is `ar`'s, so a retrieved candidate verified at root position i
+# accepts exactly its common prefix with ar's output after i. One greedy pass that keeps the target's
+# distribution at every position therefore replays any retrieval policy exactly: which steps trigger,
+# which candidates are chosen, what they accept, how the feedback scores move. Steps that do not
+# retrieve advance one token here (the model tree's share is not replayed). For relaxed verification
+# the replay sees the first divergence only: whether the first retrieved token that differs from ar's
+# would pass the relaxed rule (each such pass changes the output from there on).
+
+TRIGGERS = {
+    "always": None,
+    "theta=1.5 lambda=1": (1.5, 1.0),
+    "theta=1.5 lambda=0.5": (1.5, 0.5),
+    "theta=1.5 lambda=2": (1.5, 2.0),
+    "theta=0.75 lambda=1": (0.75, 1.0),
+    "theta=3 lambda=1": (3.0, 1.0),
+}
+SELECTIONS = {  # name: (candidates verified, ranked by feedback)
+    "first match only (PLD)": (1, False),
+    "ranked top-1": (1, True),
+    "unranked top-4": (4, False),
+    "ranked top-4": (4, True),
+    "ranked top-8": (8, True),
+}
+RELAXED = [(2, 0.3), (0, 0.3), (0, 0.1), (5, 0.1), (2, 1.1), (1, 0.5)]
+
+
+class Recorder:
+    """`ar` that keeps the target's distribution over every output position (the engine's ctx.logits)."""
+
+    name = "ar-recorder"
+    needs_hidden_states = False
+    needs_logits = True
+    lossless = True
+
+    def __init__(self):
+        self.rows = []
+
+    def reset(self, prompt_ids):
+        self.rows = []
+
+    def propose(self, ctx):
+        import torch
+
+        from specbench_cli.types import DraftTree
+
+        self.rows.append(torch.softmax(ctx.logits.float(), -1).to(torch.float16).cpu())
+        return DraftTree.empty()
+
+    def update(self, feedback):
+        pass
+
+    def verify_options(self):
+        return {}
+
+
+def replay_policy(prompt, out, probs, entropies, trigger, selection, alpha=0.3, init=0.5, cutoff=0.5) -> dict:
+    import numpy as np
+
+    from specbench_cli.drafters.respec import common_prefix_len, entropy_trigger, rank_candidates
+    from specbench_cli.drafters.retrieval import Candidate, context_candidates
+    from specbench_cli.types import DraftTree
+
+    limit, ranked = selection
+    scores: dict = {}
+    hist: list[float] = []
+    i = steps = retrieval_steps = retrieved_tokens = zero = nodes = 0
+    fires = {f"top{k} p{p}": 0 for k, p in RELAXED}
+    while i < len(out) - 1 and i < len(entropies):
+        steps += 1
+        hist = (hist + [entropies[i]])[-3:]
+        acc = 0
+        if trigger is None or entropy_trigger(hist, 3, trigger[1], trigger[0]):
+            toks = np.asarray(prompt + out[: i + 1], dtype=np.int64)
+            cands = [
+                Candidate(c, "pld", ("pld", len(toks) - s)) for s, c in context_candidates(toks, 3, 10, 8)
+            ]
+            if ranked:
+                chosen = rank_candidates(cands, scores, init, cutoff, limit)
+            else:
+                chosen = cands[:limit]
+            if chosen:
+                truth = out[i + 1 :]
+                accs = [common_prefix_len(c.tokens, truth) for c in chosen]
+                acc = max(accs)
+                retrieval_steps += 1
+                retrieved_tokens += acc
+                zero += acc == 0
+                nodes += len(DraftTree.from_paths([list(c.tokens) for c in chosen]))
+                pos = i + 1 + acc  # output position of the first retrieved token that differs from ar's
+                if pos < len(probs):
+                    row = probs[pos].float()
+                    diverging = {c.tokens[a] for c, a in zip(chosen, accs) if a == acc and a < len(c.tokens)}
+                    for k, p in RELAXED:
+                        top = set(row.topk(k).indices.tolist()) if k else set()
+                        if any(t in top or float(row[t]) >= p for t in diverging):
+                            fires[f"top{k} p{p}"] += 1
+                if ranked:
+                    accepted = list(truth[:acc])
+                    for c in chosen:
+                        r = common_prefix_len(c.tokens, accepted) / len(c.tokens)
+                        scores[c.key] = (1 - alpha) * scores.get(c.key, init) + alpha * r
+        i += acc + 1
+    return {
+        "steps": steps,
+        "retrieval_steps": retrieval_steps,
+        "retrieved_tokens": retrieved_tokens,
+        "zero_accept_steps": zero,
+        "verified_nodes": nodes,
+        "relaxed_fires": fires,
+    }
+
+
+def run_replay(args) -> None:
+    from specbench_cli.engine.decode import Engine, generate
+    from specbench_cli.env import collect_env
+    from specbench_cli.models import load_model
+
+    target = load_model(args.model, dtype=args.dtype, device=args.device)
+    prompts = load_prompts(args, target.tokenizer)
+    engine = Engine(target, max_len=4096)
+    rec = Recorder()
+    runs = []
+    for suite, q, ids in prompts:
+        gen = generate(engine, rec, ids, args.max_new_tokens)
+        probs = rec.rows  # probs[j]: the distribution that chose output token j
+        ent = [float(-(p.float() * p.float().clamp_min(1e-30).log()).sum()) for p in probs]
+        runs.append((suite, q, ids, gen.output_ids, probs, ent))
+        print(
+            f"{suite}:{q.question_id}: {gen.new_tokens} tokens, mean entropy {sum(ent) / max(len(ent), 1):.2f}",
+            flush=True,
+        )
+    result = {
+        "setup": {
+            "mode": "replay",
+            "model": args.model,
+            "prompts": [f"{s}:{q.question_id}" for s, q, *_ in runs],
+            "max_new_tokens": args.max_new_tokens,
+            "env": collect_env([target], [], {"seed": 0}, args.dtype, args.device),
+            "entropy_mean": sum(sum(r[5]) for r in runs) / max(sum(len(r[5]) for r in runs), 1),
+            "entropy_share_below_1.5": sum(e <= 1.5 for r in runs for e in r[5])
+            / max(sum(len(r[5]) for r in runs), 1),
+        },
+        "policies": [],
+    }
+    for trig_name, trig in TRIGGERS.items():
+        for sel_name, sel in SELECTIONS.items():
+            if trig_name != "theta=1.5 lambda=1" and sel_name != "ranked top-4":
+                continue  # one axis at a time around the defaults
+            total: dict = {}
+            tokens = 0
+            for _, _, ids, out, probs, ent in runs:
+                r = replay_policy(ids, out, probs, ent, trig, sel)
+                tokens += len(out)
+                for key, value in r.items():
+                    if isinstance(value, dict):
+                        sub = total.setdefault(key, {})
+                        for k2, v2 in value.items():
+                            sub[k2] = sub.get(k2, 0) + v2
+                    else:
+                        total[key] = total.get(key, 0) + value
+            rs = max(total["retrieval_steps"], 1)
+            row = {
+                "trigger": trig_name,
+                "selection": sel_name,
+                **total,
+                "output_tokens": tokens,
+                "retrieval_step_share": total["retrieval_steps"] / max(total["steps"], 1),
+                "accepted_per_retrieval_step": total["retrieved_tokens"] / rs,
+                "zero_accept_share": total["zero_accept_steps"] / rs,
+                "nodes_per_retrieval_step": total["verified_nodes"] / rs,
+                "relaxed_fire_share": {k: v / rs for k, v in total["relaxed_fires"].items()},
+            }
+            result["policies"].append(row)
+            print(
+                f"{trig_name:22s} {sel_name:24s} retrieval {row['retrieval_step_share']:.2f} of steps, "
+                f"{row['accepted_per_retrieval_step']:.2f} tok/step, zero {row['zero_accept_share']:.2f}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")

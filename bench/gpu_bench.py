@@ -90,7 +90,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         raise SpecbenchError(f"{gguf}: sha256 {sha[:12]}... is not {alias}'s {expected[:12]}...")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The benchmark runs in bf16: casting now gives the same weights it would cast at load.
+    # The weights are de-quantised already: drop the GGUF "quantizer" (transformers 5.17 refuses to
+    # save a model that has one). The benchmark runs in bf16: casting now gives what it would cast.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     marker = {"alias": alias, "gguf_sha256": sha, "gguf_file": str(gguf), "dtype": "bfloat16"}
@@ -141,11 +145,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def swap_in_compiled_runners(obj: Any, max_len: int, depth: int = 2) -> int:
+def swap_in_compiled_runners(
+    obj: Any, max_len: int, attention: str, compile_mode: str | None, shared: dict, depth: int = 2
+) -> int:
     """Replace the eager ModelRunners a drafter owns (its draft model) with CompiledRunners.
 
     A drafter builds its own runner for its draft model; under the compiled engine that runner must
-    be compiled too, or sps times an eager draft model against a compiled target.
+    be compiled too, or sps times an eager draft model against a compiled target. Drafters of the same
+    draft model share one (`shared`, by model): each resets it at the start of a generation, and a
+    second one would only cost another compilation.
     """
     from specbench_cli.engine.compiled import CompiledRunner
     from specbench_cli.engine.runner import ModelRunner
@@ -153,14 +161,20 @@ def swap_in_compiled_runners(obj: Any, max_len: int, depth: int = 2) -> int:
     swapped = 0
     for name, value in list(vars(obj).items()):
         if isinstance(value, ModelRunner):
-            setattr(obj, name, CompiledRunner(value.model, max_len, max_nodes=63))
+            runner = shared.get(id(value.model))
+            if runner is None:
+                runner = CompiledRunner(
+                    value.model, max_len, 63, attention=attention, compile_mode=compile_mode
+                )
+                shared[id(value.model)] = runner
+            setattr(obj, name, runner)
             swapped += 1
         elif (
             depth > 0
             and hasattr(value, "__dict__")
             and type(value).__module__.startswith("specbench_cli.drafters")
         ):
-            swapped += swap_in_compiled_runners(value, max_len, depth - 1)
+            swapped += swap_in_compiled_runners(value, max_len, attention, compile_mode, shared, depth - 1)
     return swapped
 
 
@@ -259,8 +273,68 @@ def hf_generate(loaded: Any, static_len: int | None) -> Callable[[list[int], int
     return run
 
 
+def check_runner(runner: Any, prompt_ids: list[int]) -> dict[str, Any]:
+    """Compiled vs eager forwards of the same model on one tree and one single token.
+
+    In bf16 the two differ by rounding (different kernels), so this bounds the difference rather than
+    asserting equality; a broken kernel shows up as O(1) differences and disagreeing argmaxes.
+    """
+    import torch
+
+    from specbench_cli.engine.runner import ModelRunner
+
+    eager = ModelRunner(runner.model, runner.max_len)
+    rng = random.Random(0)
+    prompt = prompt_ids[: runner.max_len // 2]
+    n = min(40, runner.buckets[-1])
+    parents = [-1] + [rng.randint(0, i - 1) for i in range(1, n)]
+    tokens = [rng.choice(prompt) for _ in range(n)]
+    outs = []
+    for r in (runner, eager):
+        r.reset()
+        r.forward(prompt, last_only=True)
+        r.commit(list(range(len(prompt))))
+        tree, _ = r.forward(tokens, parents)
+        r.commit([0])
+        single, _ = r.forward(tokens[1:2])
+        outs.append(torch.cat([tree, single]))
+        r.reset()
+    a, b = outs
+    rel = ((a - b).abs().max() / b.abs().max()).item()
+    top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    return {
+        "max_rel_logit_diff": round(rel, 5),
+        "top1_agreement": round(top1, 4),
+        "ok": rel < 0.1 and top1 >= 0.8,
+    }
+
+
+def checked_runner(
+    loaded: Any, max_len: int, max_nodes: int, prompt_ids: list[int], console: Callable
+) -> tuple:
+    """The target's compiled runner, captured and checked; falls back to packed SDPA if the tree kernel
+    disagrees with the eager runner (the fallback was checked in float32 on an H200)."""
+    from specbench_cli.engine.compiled import CompiledRunner
+
+    report: dict[str, Any] = {}
+    for attention in ("tree", "packed"):
+        start = time.perf_counter()
+        runner = CompiledRunner(loaded.model, max_len, max_nodes, attention=attention)
+        runner.prepare()
+        check = check_runner(runner, prompt_ids)
+        report[attention] = check | {
+            "setup_s": round(time.perf_counter() - start, 1),
+            "compile_mode": runner.compile_mode,
+            "compile_error": runner.compile_error,
+        }
+        console(f"compiled runner ({attention}): {report[attention]}")
+        if check["ok"]:
+            return runner, report
+    raise SpecbenchError(f"no compiled runner variant agrees with the eager runner: {report}")
+
+
 def build_runs(
-    args: argparse.Namespace, target: Any, draft: Any, max_len: int, console: Callable
+    args: argparse.Namespace, target: Any, draft: Any, max_len: int, console: Callable, runner: Any = None
 ) -> list[Run]:
     from specbench_cli.engine.decode import Engine
     from specbench_cli.evaluate import datastores_by_method, parse_method_options
@@ -287,8 +361,11 @@ def build_runs(
         kind: Engine(target, max_len=max_len, max_nodes=args.max_nodes, kind=kind) for kind in args.engines
     }
     if "compiled" in engines:
+        if runner is not None:
+            engines["compiled"].runner = runner  # already captured and checked
         engines["compiled"].runner.profile = engines["compiled"].runner.use_graphs
     runs: list[Run] = []
+    draft_runners: dict = {}
     for kind in ("compiled", "eager"):
         if kind not in engines:
             continue
@@ -300,7 +377,8 @@ def build_runs(
             setup = MethodSetup(target=target, draft=draft, datastores=stores, options=options.get(name, {}))
             drafter = cls(setup)
             if kind == "compiled":
-                swap_in_compiled_runners(drafter, max_len)
+                attention = getattr(engines["compiled"].runner, "attention", "tree")
+                swap_in_compiled_runners(drafter, max_len, attention, args.draft_compile, draft_runners)
             profile = kind == "compiled" and engines[kind].runner.use_graphs  # CUDA events
             gen = our_generate(engines[kind], drafter, profile=profile)
             run = Run(f"{name}/{kind}", name, kind, kind, gen, lossless=bool(cls.lossless))
@@ -524,7 +602,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     max_len = args.max_len or needed_len(target.tokenizer, questions, args.max_new_tokens, args.max_nodes)
     console(f"{len(questions)} questions, static cache {max_len} tokens")
 
-    runs = build_runs(args, target, draft, max_len, console)
+    from specbench_cli.suites import build_prompt_ids
+
+    warm_ids = build_prompt_ids(target.tokenizer, [questions[0].turns[0]], [])
+    runner, runner_report = None, None
+    if "compiled" in args.engines and device == "cuda":
+        runner, runner_report = checked_runner(target, max_len, args.max_nodes, warm_ids, console)
+    runs = build_runs(args, target, draft, max_len, console, runner)
     out_path = Path(args.out)
     meta = {
         "machine": device_info() | {"cudnn_sdp": False if device == "cuda" else None},
@@ -538,7 +622,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             "max_nodes": args.max_nodes,
             "eager_limit": args.eager_limit,
             "suites": suites,
-            "compiled_runner": {"attention": "packed", "backend": "efficient", "graphs": device == "cuda"},
+            "compiled_runner": runner_report,
+            "draft_compile": args.draft_compile,
             "time_budget_s": args.time_budget,
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -551,10 +636,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             | {"status": status, "elapsed_s": round(time.perf_counter() - t0, 1), "runs": summarize(runs)},
         )
 
-    warm_ids = None
-    from specbench_cli.suites import build_prompt_ids
-
-    warm_ids = build_prompt_ids(target.tokenizer, [questions[0].turns[0]], [])
     status = "complete"
     groups = {"compiled": questions, "eager": questions[: args.eager_limit]}
     group_deadline = {"compiled": t0 + args.time_budget * args.compiled_share, "eager": deadline}
@@ -639,6 +720,10 @@ SHAPES = {
         model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
     ),
+    "tiny": dict(  # for a CPU smoke run of `micro`
+        model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, rope_theta=1e4, rms_norm_eps=1e-5,
+    ),
     "smollm2-135m": dict(
         model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rope_theta=1e5, rms_norm_eps=1e-5,
@@ -667,16 +752,21 @@ def time_buckets(runner: Any, sizes: list[int], context: int, reps: int) -> dict
     out = {}
     for size in sizes:
         runner.reset()
-        runner.length = context  # attention spans the whole static cache anyway
+        runner.length = context
         tree = [-1] + list(range(size - 1))
         times = []
         for _ in range(reps):
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            runner.forward(list(range(size)), tree)
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
+            if torch.cuda.is_available():
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                runner.forward(list(range(size)), tree)
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end))
+            else:  # a CPU smoke run of this script
+                start = time.perf_counter()
+                runner.forward(list(range(size)), tree)
+                times.append(1000 * (time.perf_counter() - start))
         out[str(size)] = round(sorted(times)[len(times) // 2], 4)
     runner.reset()
     return out
@@ -719,16 +809,17 @@ def cmd_micro(args: argparse.Namespace) -> None:
         # 1. correctness in float32: logits of graph replays vs the eager runner; greedy outputs.
         model = random_model(shape, torch.float32)
         loaded = LoadedModel(model, no_tokenizer, shape, "random", None, "float32", "cuda")
-        eager_runner, comp = ModelRunner(model, 1024), CompiledRunner(model, 1024, 128)
+        # Graphs without torch.compile here: this checks the kernels and the graph logic in float32.
+        eager_runner, comp = ModelRunner(model, 1024), CompiledRunner(model, 1024, 128, compile_mode=None)
         rng = random.Random(0)
-        prompt = [rng.randrange(1000) for _ in range(300)]
+        prompt = [rng.randrange(min(1000, model.config.vocab_size)) for _ in range(300)]
         worst = 0.0
         for r in (eager_runner, comp):
             r.forward(prompt)
             r.commit(list(range(len(prompt))))
         for n in (1, 7, 16, 50, 129, 3):
             parents = [-1] + [rng.randint(0, i - 1) for i in range(1, n)]
-            toks = [rng.randrange(1000) for _ in range(n)]
+            toks = [rng.randrange(min(1000, model.config.vocab_size)) for _ in range(n)]
             a, _ = comp.forward(toks, parents)
             b, _ = eager_runner.forward(toks, parents)
             worst = max(worst, (a - b).abs().max().item() / b.abs().max().item())
@@ -741,7 +832,8 @@ def cmd_micro(args: argparse.Namespace) -> None:
             ("ar", Autoregressive(MethodSetup(target=loaded))),
             ("random-trees", RandomTrees(MethodSetup(target=loaded), 1)),
         ):
-            e1, e2 = Engine(loaded, 1024, 128, "eager"), Engine(loaded, 1024, 128, "compiled")
+            e1, e2 = Engine(loaded, 1024, 128, "eager"), Engine(loaded, 1024, 128, "eager")
+            e2.runner = CompiledRunner(model, 1024, 128, compile_mode=None)
             ref = generate(e1, Autoregressive(MethodSetup(target=loaded)), prompt[:40], 64).output_ids
             got = generate(e2, drafter, prompt[:40], 64).output_ids
             same[name] = got == ref
@@ -754,7 +846,7 @@ def cmd_micro(args: argparse.Namespace) -> None:
         # 2. variants in bf16: per-bucket forward GPU time, and ar tokens/s through the decode loop.
         model = random_model(shape, torch.bfloat16)
         loaded = LoadedModel(model, no_tokenizer, shape, "random", None, "bfloat16", "cuda")
-        prompt = [rng.randrange(1000) for _ in range(200)]
+        prompt = [rng.randrange(min(1000, model.config.vocab_size)) for _ in range(200)]
         variants = [v.split(":") for v in args.variants.split(",")]
         res["variants"] = {}
         for attention, backend, mode in variants:
@@ -768,10 +860,10 @@ def cmd_micro(args: argparse.Namespace) -> None:
                     model, args.max_len, 128, attention=attention, backend=backend,
                     compile_mode=None if mode == "eager" else mode,
                 )  # fmt: skip
-                # Compiling costs minutes per bucket: time two buckets there, every bucket otherwise.
-                sizes = runner.buckets if mode == "eager" else [1, 16]
+                sizes = runner.buckets
                 runner.prepare(sizes)
                 setup = time.perf_counter() - start
+                check = check_runner(runner, prompt)
                 forward_ms = time_buckets(runner, sizes, 1000, 20)
                 engine = Engine(loaded, args.max_len, 128, "eager")
                 engine.runner = runner  # this variant instead of the default compiled runner
@@ -779,13 +871,13 @@ def cmd_micro(args: argparse.Namespace) -> None:
                 generate(engine, ar, prompt, 16)
                 gen = generate(engine, ar, prompt, 128)
                 res["variants"][key] = {
+                    "check_vs_eager_bf16": check,
+                    "compile_error": runner.compile_error,
                     "setup_s": round(setup, 1),
                     "forward_ms": forward_ms,
                     "ar_tokens_per_s": round(gen.new_tokens / gen.wall_time, 1),
                 }
-                log(
-                    f"{shape} {key}: setup {setup:.1f}s forward ms {forward_ms} ar {res['variants'][key]['ar_tokens_per_s']} tok/s"
-                )
+                log(f"{shape} {key}: {res['variants'][key]}")
                 del runner, engine
             except Exception as err:
                 res["variants"][key] = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
@@ -933,10 +1025,10 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("micro", help="runner variants on random-weight models of the real shapes")
     p.add_argument("--out", required=True)
-    p.add_argument("--shapes", default="qwen2.5-coder-1.5b,smollm2-135m")
+    p.add_argument("--shapes", default="qwen2.5-coder-1.5b")
     p.add_argument(
         "--variants",
-        default="packed:efficient:eager,packed:math:eager,sdpa:efficient:eager,packed:cudnn:eager,packed:efficient:default",
+        default="tree:efficient:default,tree:efficient:eager,packed:efficient:eager,packed:cudnn:eager",
         help="ATTENTION:BACKEND:COMPILE_MODE list (COMPILE_MODE eager = no torch.compile)",
     )
     p.add_argument("--max-len", type=int, default=2048)
@@ -946,7 +1038,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("profile", help="kernel-level profile of graph forwards (random weights)")
     p.add_argument("--out", required=True)
     p.add_argument("--shapes", default="smollm2-135m,qwen2.5-coder-1.5b")
-    p.add_argument("--variants", default="packed:efficient:eager,packed:cudnn:eager,packed:efficient:default")
+    p.add_argument("--variants", default="tree:efficient:default,tree:efficient:eager")
     p.add_argument("--sizes", default="1,16")
     p.add_argument("--max-len", type=int, default=2048)
     p.add_argument("--top", type=int, default=12)
@@ -971,6 +1063,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--max-len", type=int, default=None, help="static cache length (default: from the questions)"
     )
+    p.add_argument(
+        "--draft-compile", default="default", type=lambda s: None if s == "none" else s,
+        help="torch.compile mode of draft-model runners under the compiled engine ('none': graphs only)",
+    )  # fmt: skip
     p.add_argument("--dtype", default=None)
     p.add_argument("--time-budget", type=float, default=540, help="seconds for the whole process")
     p.add_argument(

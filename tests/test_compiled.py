@@ -19,6 +19,7 @@ from specbench_cli.drafters.sps import DraftModelChain
 from specbench_cli.engine.compiled import CompiledRunner, ancestor_closure
 from specbench_cli.engine.decode import Engine, generate
 from specbench_cli.engine.runner import ModelRunner, ancestor_matrix
+from specbench_cli.registry import DRAFTERS
 from specbench_cli.types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 
 MAX_NEW = 40
@@ -84,6 +85,27 @@ def test_forwards_match_eager_runner(tiny, attention, seed):
             assert compiled.length == eager.length
 
 
+def test_forward_tree_matches_eager_runner(tiny):
+    """Inputs placed after pending slots with explicit positions (how sps-tree grows its tree)."""
+    rng = random.Random(5)
+    prompt = [rng.randrange(tiny.vocab_size) for _ in range(20)]
+    compiled, eager = CompiledRunner(tiny.model, 200, max_nodes=20), ModelRunner(tiny.model, 200)
+    first = [rng.randrange(tiny.vocab_size) for _ in range(3)]
+    second = [rng.randrange(tiny.vocab_size) for _ in range(4)]
+    level1 = torch.eye(3, dtype=torch.bool)
+    level2 = torch.zeros(4, 7, dtype=torch.bool)
+    for i, parent in enumerate([0, 0, 2, 1]):
+        level2[i, parent] = level2[i, 3 + i] = True
+    outs = []
+    for runner in (compiled, eager):
+        runner.forward(prompt)
+        runner.commit(list(range(len(prompt))))
+        runner.forward_tree(first, torch.full((3,), 20), level1)
+        logits, _ = runner.forward_tree(second, torch.full((4,), 21), level2)
+        outs.append(logits)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+
+
 def test_last_only_and_hidden_shapes(tiny):
     runner = CompiledRunner(tiny.model, 200, max_nodes=20)
     logits, hidden = runner.forward([1, 2, 3], want_hidden=True, last_only=True)
@@ -132,7 +154,9 @@ def reference(tiny):
     return [generate(engine, ar, p, MAX_NEW).output_ids for p in prompts(tiny.vocab_size)]
 
 
-@pytest.mark.parametrize("method", ["ar", "pld", "sps", "sps-compiled-draft", "random-trees"])
+@pytest.mark.parametrize(
+    "method", ["ar", "pld", "sps", "sps-compiled-draft", "sps-tree-compiled-draft", "random-trees"]
+)
 def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
     engine = Engine(tiny, max_len=320, max_nodes=64, kind="compiled")
     assert isinstance(engine.runner, CompiledRunner)
@@ -145,6 +169,9 @@ def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
         drafter = DraftModelChain(setup)
         if method == "sps-compiled-draft":  # how bench/gpu_bench.py runs the draft model
             drafter.runner = CompiledRunner(tiny_draft.model, 320, max_nodes=15)
+    elif method == "sps-tree-compiled-draft":  # grows its tree with forward_tree
+        drafter = DRAFTERS.get("sps-tree")(setup)
+        drafter.runner = CompiledRunner(tiny_draft.model, 320, max_nodes=63)
     else:
         drafter = RandomTrees(setup, seed=4)
     accepted = 0

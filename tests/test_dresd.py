@@ -290,3 +290,27 @@ def test_torch_backend_matches_faiss(store, tiny):
         np.testing.assert_allclose(s1, s2, atol=1e-5)
     with pytest.raises(SpecbenchError, match="backend"):
         DenseStore(path, tiny, backend="scann")
+
+
+def test_build_index_from_a_generated_corpus_keys_prompt_plus_answer(tiny, tmp_path):
+    """`build-index --method dresd --corpus generate:FILE`: documents are the chat prompt + the answer."""
+    from specbench_cli.datastores import build_index
+    from specbench_cli.suites import build_prompt_ids
+
+    fixture = "tests/fixtures/code_alpaca_small.json"
+    options = {"text_key": ["instruction"], "max_docs": 4, "max_new_tokens": 8, "dim": 8, "batch_size": 3}
+    m = build_index("dresd", "tiny-random", f"generate:{fixture}", tmp_path / "g", options, None)
+    answers = [json.loads(line) for line in open(m["corpus"]["answers_file"])]
+    assert m["documents"] == len(answers) == 4 and m["corpus"]["documents_formed_from"].startswith(
+        "chat prompt"
+    )
+    prompt = build_prompt_ids(tiny.tokenizer, [answers[0]["prompt"]], [])
+    answer = tiny.tokenizer(answers[0]["answer"], add_special_tokens=False)["input_ids"]
+    values = np.load(tmp_path / "g" / "values.npy")
+    # The first prompt + answer is stored whole: its next-token windows are consecutive value rows.
+    want = next_token_values(np.array(prompt + answer))
+    starts = np.flatnonzero((values == want[0]).all(1))
+    assert any((values[o : o + len(want)] == want).all() for o in starts)
+    assert m["tokens"] >= len(prompt) * 4
+    with pytest.raises(SpecbenchError, match="already exists"):
+        build_index("dresd", "tiny-random", f"generate:{fixture}", tmp_path / "g", options, None)

@@ -79,10 +79,13 @@ def packed_sdpa_attention(
 # ---------------------------------------------------------------------------------------------------
 # Tree attention over the static cache: split-KV, only the live slots, mask computed in the kernel.
 #
-# Measured on an H200 (bench/results/h200-micro-*.json): with a dense mask over the whole static cache,
-# SDPA's memory-efficient kernel took ~100 us per layer for ONE query token (2 K/V heads -> 2 thread
-# blocks walking 2,176 keys): 2.7 of 6.4 ms per Qwen2.5-1.5B forward; cuDNN took half that. The kernel
-# below splits the key range across thread blocks (flash-decoding) and stops at the last live slot.
+# Measured on an H200 (bench/results/h200-2026-11-21-profile-before-tree-kernel.json): with a dense mask
+# over the whole static cache, SDPA's memory-efficient kernel took ~100 us per layer for ONE query token
+# (2 K/V heads -> 2 thread blocks walking 2,176 keys): 2.7 of 6.4 ms per Qwen2.5-1.5B forward; cuDNN
+# took half that. The kernel below splits the key range across thread blocks (flash-decoding) and stops
+# at the last live slot: 4.1 ms per forward without torch.compile, 2.7 ms with it (h200-...-micro-*.json).
+# Known slack: the merge kernel runs one program per (head, 64 rows) over every chunk, live or not; at
+# 16+ inputs that costs ~1 ms per forward (B=16: 4.0 ms against 2.7 ms for B=1).
 #
 # Its mask travels as a small "tree mask" through transformers' attention_mask argument (any 4-D
 # tensor reaches the attention function untouched): float32 (1, 1, B, B + 1) whose first B columns are
@@ -410,7 +413,7 @@ class CompiledRunner:
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         # Allocate every layer's K/V now, outside any graph pool: one token into a spare slot.
         with torch.inference_mode():
-            self._forward_eager([0], None, self.max_len, last_only=True)
+            self._forward_chain_or_tree([0], None, self.max_len, True, False)
 
     # -------------------------------------------------------------------------------------------
     # ModelRunner's interface
@@ -442,7 +445,7 @@ class CompiledRunner:
             raise RuntimeError(f"KV cache overflow: {start} + {n} > {self.max_len}")
         size = next((b for b in self.buckets if b >= n), None)
         if size is None:  # a long prompt: eager, variable length
-            return self._forward_eager(tokens, parents, start, last_only, want_hidden)
+            return self._forward_chain_or_tree(tokens, parents, start, last_only, want_hidden)
 
         bucket = self._bucket(size, want_hidden)
         self._fill(bucket, tokens, parents, start)
@@ -464,6 +467,24 @@ class CompiledRunner:
         logits = logits[rows].clone()
         hidden = hidden[rows].clone() if want_hidden else None
         return logits, hidden
+
+    @torch.inference_mode()
+    def forward_tree(
+        self,
+        tokens: list[int],
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+        want_hidden: bool = False,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`ModelRunner.forward_tree` (inputs after m pending slots, explicit positions): eager here,
+        since its shapes vary with m. Only `forward` replays graphs."""
+        n = len(tokens)
+        if self.length + visible.shape[1] > self.max_len:
+            raise RuntimeError(
+                f"KV cache overflow: {self.length + visible.shape[1] - n} + {n} > {self.max_len}"
+            )
+        return self._forward_eager(tokens, positions, visible, self.length, last_only, want_hidden)
 
     @torch.inference_mode()
     def commit(self, kept: list[int]) -> None:
@@ -566,22 +587,19 @@ class CompiledRunner:
     def _forward_eager(
         self,
         tokens: list[int],
-        parents: list[int] | None,
-        start: int,
+        positions: torch.Tensor,
+        visible: torch.Tensor,
+        committed: int,
         last_only: bool = False,
         want_hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ModelRunner's variable-length forward, into this cache (prefill of long prompts)."""
+        """ModelRunner.forward_tree's variable-length forward, into this cache: inputs see the
+        `committed` first slots and, per `visible` (n, m + n), the m pending slots and each other."""
         n, dev = len(tokens), self.device
-        if parents is None:
-            depth = torch.arange(n, device=dev)
-            tree = torch.ones(n, n, dtype=torch.bool, device=dev).tril_()
-        else:
-            depth = torch.tensor(input_depths(parents), device=dev)
-            tree = torch.from_numpy(ancestor_matrix(parents)).to(dev)
+        start = committed + visible.shape[1] - n
         mask = torch.full((1, 1, n, start + n), torch.finfo(self.dtype).min, dtype=self.dtype, device=dev)
-        mask[..., :start] = 0
-        mask[0, 0, :, start:].masked_fill_(tree, 0)
+        mask[..., :committed] = 0
+        mask[0, 0, :, committed:].masked_fill_(visible.to(dev), 0)
         slots = self.cache.slots
         slots.write = torch.arange(start, start + n, device=dev)
         slots.visible = start + n  # only the live prefix: a prefill needs no static shape
@@ -592,7 +610,7 @@ class CompiledRunner:
             with self._attention(graph=False):
                 out = self.model(
                     input_ids=torch.tensor([tokens], device=dev),
-                    position_ids=(start + depth).unsqueeze(0),
+                    position_ids=positions.to(dev).view(1, n),
                     attention_mask=mask,
                     past_key_values=self.cache,
                     use_cache=True,
@@ -606,6 +624,18 @@ class CompiledRunner:
         if last_only and hidden is not None:
             hidden = hidden[-1:]
         return logits.float(), hidden
+
+    def _forward_chain_or_tree(
+        self, tokens: list[int], parents: list[int] | None, committed: int, last_only: bool, want_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n, dev = len(tokens), self.device
+        if parents is None:
+            depth = torch.arange(n, device=dev)
+            visible = torch.ones(n, n, dtype=torch.bool, device=dev).tril_()
+        else:
+            depth = torch.tensor(input_depths(parents), device=dev)
+            visible = torch.from_numpy(ancestor_matrix(parents)).to(dev)
+        return self._forward_eager(tokens, committed + depth, visible, committed, last_only, want_hidden)
 
     def _new_bucket(self, size: int, length: int) -> Bucket:
         inputs = torch.zeros(length, dtype=torch.long, device=self.device)
