@@ -16,10 +16,12 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest tests -q --durations=15
 
+# One torch thread: on a 2-core box a second OpenMP thread gains little for a 135M model, and when
+# anything else holds a core, multi-token forwards with 2 threads stall at OpenMP barriers (10x slower).
 demo: install
 	rm -rf $(DEMO_OUT)
 	$(PY) -m specbench_cli eval --model smollm2-135m --suite mt-bench,humaneval --methods ar,pld \
-		--limit 3 --max-new-tokens 128 --out $(DEMO_OUT)
+		--limit 3 --max-new-tokens 128 --threads 1 --out $(DEMO_OUT)
 
 report:
 	$(PY) -m specbench_cli report $(DEMO_OUT)

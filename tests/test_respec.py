@@ -141,6 +141,7 @@ def test_verify_options_follow_the_relaxed_switch(tiny, tiny_draft):
     assert on.lossless is False and ReSpec.lossless is False
     off = respec(tiny, tiny_draft, relaxed=False)
     assert off.verify_options() == {} and off.lossless is True
+    assert respec(tiny, tiny_draft, **ReSpec.lossless_options).lossless is True
     with pytest.raises(SpecbenchError, match="relaxed"):
         respec(tiny, tiny_draft, relaxed="maybe")
     with pytest.raises(SpecbenchError, match="unknown respec option"):

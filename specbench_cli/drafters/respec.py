@@ -105,6 +105,7 @@ class ReSpec(Drafter):
     needs_logits = True
     needs_draft_model = True
     lossless = False  # the default (relaxed on); an instance with relaxed=off sets its own True
+    lossless_options = {"relaxed": False}  # the options that make it lossless (for the lossless test)
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
