@@ -265,3 +265,18 @@ def test_malformed_answer_names_the_question():
     del bad[1]["choices"][0]["wall_time"]
     with pytest.raises(SpecbenchError, match="question 0 in s1/pld"):
         summarise(bad)
+
+
+def test_best_line_never_crowns_a_method_slower_than_ar():
+    from specbench_cli.report.tables import best_lossless_line
+
+    def pooled(speedup: float) -> pd.DataFrame:
+        rows = [
+            {"suite": ALL, "category": ALL, "method": "ar", "lossless_method": True, "speedup": 1.0, "lossless": 1.0},
+            {"suite": ALL, "category": ALL, "method": "slow", "lossless_method": True, "speedup": speedup, "lossless": 1.0},
+        ]  # fmt: skip
+        return pd.DataFrame(rows)
+
+    assert best_lossless_line(pooled(1.4)).startswith("Best lossless method: slow, 1.40x")
+    line = best_lossless_line(pooled(0.37))
+    assert line.startswith("No lossless method beat ar") and "0.37x" in line

@@ -156,6 +156,12 @@ def best_lossless_line(df: pd.DataFrame) -> str:
         if _missing(best["lossless"])
         else f"; output equals {BASELINE}'s on {best['lossless']:.0%} of them"
     )
+    if best["speedup"] < 1.0:
+        # Naming a method "best" when it is slower than plain decoding would mislead.
+        return (
+            f"No lossless method beat {BASELINE} here; the fastest, {best['method']}, ran at "
+            f"{best['speedup']:.2f}x (ratio of totals over the questions both answered{match}).{note}"
+        )
     return (
         f"Best lossless method: {best['method']}, {best['speedup']:.2f}x {BASELINE} "
         f"(ratio of totals over the questions both answered{match}).{note}"
