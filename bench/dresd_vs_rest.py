@@ -108,7 +108,8 @@ def build_stores(args, device: str, dtype: str, console) -> dict[str, Path]:
         "nprobe": 250,
     }
     stores = {}
-    for method in ("rest", "dresd"):
+    # SAM's static automaton comes from the same generated answers, so the GPU methods table can use it.
+    for method in ("rest", "dresd", "sam"):
         out = args.work / method
         ok = (out / "manifest.json").is_file() and not args.rebuild
         if ok:
