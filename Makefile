@@ -40,10 +40,13 @@ bench-rest: install
 # On a GPU machine with the models staged (bench/README.md): every method, eager and compiled,
 # against transformers' eager and static-cache generate, one JSON under $(BENCH_OUT).
 BENCH_OUT ?= bench/results/gpu.json
+STORES ?= /root/work
 bench-gpu:
 	PYTHONUNBUFFERED=1 $(PY) bench/gpu_bench.py run --model qwen2.5-coder-1.5b+qwen2.5-coder-0.5b \
 		--suite jsonl:.benchdata/spec-bench.jsonl --suite jsonl:.benchdata/humaneval.jsonl \
-		--methods ar,pld,sps --eager-limit 8 --time-budget 540 --out $(BENCH_OUT)
+		--suite jsonl:.benchdata/code-alpaca.jsonl --methods ar,pld,rest,dresd,sps \
+		--datastore $(STORES)/rest --datastore $(STORES)/dresd --engines compiled --no-hf \
+		--max-new-tokens 128 --draft-compile none --time-budget 540 --compiled-share 1.0 --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(STAMP) build *.egg-info .pytest_cache .ruff_cache

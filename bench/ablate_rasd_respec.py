@@ -12,12 +12,15 @@ included, as the report counts it), acceptance rate, tokens/s, draft and verify 
 step, the share of prompts whose output equals `ar`'s, token agreement with `ar`, HumanEval pass@1
 next to `ar`'s, ROUGE-L against `ar` on Spec-Bench, and the drafter's own counters.
 
-What is varied (defaults marked in docs/methods.md):
-- rasd: prune_min_prob 0 (no pruning) / 0.001 / 0.01 / 0.1, node budget 80 / 128, against the host
-  tree (`sps-tree`) alone;
+What is varied (defaults in docs/methods.md):
+- rasd: prune_min_prob 0 (default: the budget ranking alone) / 0.001 / 0.01 / 0.1, node budget 64 /
+  80 / 128, against the host tree (`sps-tree`) alone;
 - respec, relaxed off (lossless, speed only): the trigger (theta 1.5 vs always retrieve), lambda_e
-  0.5 / 1 / 2, one candidate vs four;
-- respec, relaxed on: (relaxed_topk, relaxed_min_prob) in (2, 0.3), (0, 0.3), (5, 0.1), (2, off).
+  0.5 / 1 / 2, one candidate vs four, no score cut-off, no strict draft-model siblings;
+- respec, relaxed on: (relaxed_topk, relaxed_min_prob) = (1, 0.3) default, (2, 0.3), (0, 0.1), (5, 0.1).
+
+`--replay` instead replays ReSpec's retrieval policies (trigger, candidate choice, relaxed rule at the
+first divergence) on `ar`'s own output, which needs only the target: see `run_replay`.
 """
 
 from __future__ import annotations
@@ -38,19 +41,22 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("pld", "pld", {}),
     ("sps-tree", "sps-tree", {}),
     ("rasd", "rasd", {}),
-    ("rasd prune=0", "rasd", {"prune_min_prob": 0.0}),
     ("rasd prune=0.001", "rasd", {"prune_min_prob": 0.001}),
+    ("rasd prune=0.01", "rasd", {"prune_min_prob": 0.01}),
     ("rasd prune=0.1", "rasd", {"prune_min_prob": 0.1}),
     ("rasd budget=128", "rasd", {"budget": 128}),
+    ("rasd budget=64", "rasd", {"budget": 64}),
     ("respec off", "respec", {"relaxed": False}),
     ("respec off always", "respec", {"relaxed": False, "entropy_theta": 1e9}),
     ("respec off lambda=0.5", "respec", {"relaxed": False, "lambda_e": 0.5}),
     ("respec off lambda=2", "respec", {"relaxed": False, "lambda_e": 2.0}),
     ("respec off cands=1", "respec", {"relaxed": False, "num_candidates": 1}),
+    ("respec off cutoff=0", "respec", {"relaxed": False, "score_cutoff": 0.0}),
+    ("respec off fallback=0", "respec", {"relaxed": False, "fallback_k": 0}),
     ("respec", "respec", {}),
-    ("respec top0 p0.3", "respec", {"relaxed_topk": 0, "relaxed_min_prob": 0.3}),
+    ("respec top2 p0.3", "respec", {"relaxed_topk": 2, "relaxed_min_prob": 0.3}),
+    ("respec top0 p0.1", "respec", {"relaxed_topk": 0, "relaxed_min_prob": 0.1}),
     ("respec top5 p0.1", "respec", {"relaxed_topk": 5, "relaxed_min_prob": 0.1}),
-    ("respec top2 pOff", "respec", {"relaxed_topk": 2, "relaxed_min_prob": 1.1}),
 ]
 
 

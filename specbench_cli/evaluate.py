@@ -285,7 +285,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
         "device": device,
         "dtype": dtype,
         "methods_params": {m: d.describe() for m, d in drafters.items()},
-        "lossless_methods": {m: bool(c.lossless) for m, c in classes.items()},
+        "lossless_methods": {m: bool(d.lossless) for m, d in drafters.items()},
         "suites_info": [
             {"name": s.name, "source": s.source, "sha256": s.sha256, "questions": len(s.questions)}
             for s in suites
@@ -353,7 +353,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
                 "model_id": cfg.model,
                 "method": m,
                 "suite": s.name,
-                "lossless_method": bool(classes[m].lossless),
+                "lossless_method": bool(drafters[m].lossless),  # per instance: ReSpec's depends on its options
                 "tstamp": time.time(),
                 "choices": [choice],
             }

@@ -59,9 +59,15 @@ def test_trigger_switches_between_retrieval_and_model(tiny, tiny_draft):
     d.reset(tokens[:-1])
     for _ in range(3):
         tree = d.propose(ctx_with_entropy(tokens, tiny.vocab_size, low=True))
-    # Low entropy: the context's continuations, all marked relaxed.
-    assert tree.relaxed == (True,) * len(tree)
+    # Low entropy: the context's continuations, marked relaxed, and the draft model's top first tokens
+    # beside them, strict.
+    strict = [i for i, r in enumerate(tree.relaxed) if not r]
+    assert strict and all(tree.parents[i] == -1 for i in strict) and len(strict) <= d.fallback_k
+    assert len({tree.tokens[i] for i in range(len(tree)) if tree.parents[i] == -1}) == sum(
+        p == -1 for p in tree.parents
+    )
     assert rep[2:] + rep[:2] in [p[:5] for p in tree.paths()]
+    assert all(tree.relaxed[i] for i in range(len(tree)) if i not in strict)
     for _ in range(3):
         tree = d.propose(ctx_with_entropy(tokens, tiny.vocab_size, low=False))  # log(V) nats: high
     # High entropy: the draft model's tree, verified strictly.
@@ -182,7 +188,9 @@ def test_respec_with_relaxed_off_is_lossless(theta, tiny, tiny_draft, engine):
 def test_permissive_relaxed_rule_takes_every_retrieved_chain_whole(tiny, tiny_draft, engine):
     # With top-k = the whole vocabulary every retrieved token passes the relaxed rule, so a step that
     # verifies one retrieved chain accepts all of it; model-drafted trees stay strict.
-    d = respec(tiny, tiny_draft, entropy_theta=100.0, num_candidates=1, relaxed_topk=tiny.vocab_size)
+    d = respec(
+        tiny, tiny_draft, entropy_theta=100.0, num_candidates=1, fallback_k=0, relaxed_topk=tiny.vocab_size
+    )
     gen = generate(engine, d, prompts(tiny.vocab_size)[0], 40)
     chains = [s for s in gen.steps if 0 < s.draft_nodes == s.draft_depth]
     assert chains and all(s.accepted == s.draft_depth for s in chains)

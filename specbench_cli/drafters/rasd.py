@@ -7,11 +7,12 @@ Each step, one after the other (as in the paper; running them in parallel is its
    rest or dresd with their --datastore), up to 64 nodes;
 3. pruning: ONE draft-model forward over the retrieval trie (tree attention, on top of the draft
    cache the host just caught up) scores every retrieved node by its cumulative draft probability;
-   a node below `prune_min_prob`, and with it its subtree, is dropped;
+   a node below `prune_min_prob` (0 by default), and with it its subtree, is dropped;
 4. fusion by longest-prefix matching: each retrieved path walks down the host tree while its tokens
    match and hangs the rest of itself there as a new branch. When the union exceeds the node budget
    (80), the nodes with the highest cumulative draft probability are kept: the rule EAGLE-2 uses to
-   pick its own nodes, applied to both sources, so the fused tree is the union whenever it fits.
+   pick its own nodes, applied to both sources, so the fused tree is the union whenever it fits and
+   the draft model's scores decide which retrieved nodes get the rest of the budget.
 The fused tree is verified once by the shared verifier with the standard rule: lossless.
 
 The paper gives no pruning threshold or budget (methods.md §1.5); the values here are ours and
@@ -34,7 +35,7 @@ OPTIONS = {
     "retriever": "pld",  # pld | rest | dresd, or several joined by '+'
     "budget": 80,  # fused tree nodes
     "retrieval_nodes": 64,  # retrieval trie size before pruning (REST's num_draft)
-    "prune_min_prob": 0.01,  # keep a retrieved node when its cumulative draft probability reaches this
+    "prune_min_prob": 0.0,  # drop retrieved nodes below this cumulative draft probability (0: rank only)
     "num_pred": 10,  # tokens per retrieved continuation (PLD / REST / DReSD default)
     "max_ngram": 3,  # context match length, PLD's
     "max_candidates": 8,  # context match positions

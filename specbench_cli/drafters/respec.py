@@ -13,12 +13,14 @@ arXiv 2511.01282). Lossy by default: `--method-opt respec.relaxed=off` makes it 
   `retriever=pld+rest` adds the REST datastore) gives candidates, each with a key for its copy
   source. Each key keeps a score S <- (1 - alpha) S + alpha R, R = accepted / proposed tokens of its
   last use (start 0.5, alpha 0.3); candidates under the cut-off (0.5) are dropped, the best
-  `num_candidates` (4) by score are merged into one tree and verified together.
+  `num_candidates` (4) by score are merged into one tree and verified together, with the draft
+  model's 4 most likely first tokens beside them as strict siblings (ours: many retrieval steps would
+  otherwise accept nothing).
 - HOW, source-aware relaxed verification: retrieved nodes are marked `relaxed`, and the shared
   verifier may accept such a node when the target's strict pick is not among the children but the
-  node's token is in the target's top-`relaxed_topk` or has probability >= `relaxed_min_prob`.
-  Model-drafted nodes are always verified strictly. The paper's exact rule was not found; ours is
-  documented and ablated in docs/methods.md ("respec").
+  node's token is in the target's top-`relaxed_topk` (1) or has probability >= `relaxed_min_prob`
+  (0.3). Model-drafted nodes are always verified strictly. The paper's exact rule was not found;
+  ours is documented and ablated in docs/methods.md ("respec").
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .sps_tree import DraftModelTree
 OPTIONS = {
     "retriever": "pld",  # pld | rest | dresd, or several joined by '+'
     "relaxed": True,  # off: strict verification everywhere, lossless
-    "relaxed_topk": 2,
+    "relaxed_topk": 1,  # the target's top choice (matters at T > 0; at T = 0 it is the strict pick)
     "relaxed_min_prob": 0.3,
     "entropy_theta": 1.5,  # nats
     "lookback": 3,
@@ -47,6 +49,7 @@ OPTIONS = {
     "max_ngram": 3,
     "max_context_candidates": 8,
     "budget": 64,  # nodes of the retrieval tree
+    "fallback_k": 4,  # strict draft-model first tokens added to a retrieval tree
 } | HOST_OPTIONS
 
 
@@ -133,10 +136,17 @@ class ReSpec(Drafter):
             float(opts["score_cutoff"]),
         )
         self.num_candidates, self.budget = int(opts["num_candidates"]), int(opts["budget"])
-        if self.relaxed_topk < 0 or self.lookback < 1 or self.num_candidates < 1 or self.budget < 1:
+        self.fallback_k = int(opts["fallback_k"])
+        if (
+            self.fallback_k < 0
+            or self.relaxed_topk < 0
+            or self.lookback < 1
+            or self.num_candidates < 1
+            or self.budget < 1
+        ):
             raise SpecbenchError(
-                "respec needs relaxed_topk >= 0, lookback >= 1, num_candidates >= 1 and budget >= 1; got "
-                f"{self.relaxed_topk}, {self.lookback}, {self.num_candidates}, {self.budget}"
+                "respec needs fallback_k >= 0, relaxed_topk >= 0, lookback >= 1, num_candidates >= 1 and budget >= 1; got "
+                f"{self.fallback_k}, {self.relaxed_topk}, {self.lookback}, {self.num_candidates}, {self.budget}"
             )
         if not 0.0 < self.alpha <= 1.0:
             raise SpecbenchError(f"respec option alpha must be in (0, 1], got {self.alpha}")
@@ -189,13 +199,33 @@ class ReSpec(Drafter):
                 cands, self.scores, self.score_init, self.score_cutoff, self.num_candidates
             )
             if chosen:
-                tree = DraftTree.from_paths([list(c.tokens) for c in chosen], budget)
                 self.last_used = chosen
                 self.stats["retrieved_steps"] += 1
-                if self.relaxed:
-                    tree = DraftTree(tree.tokens, tree.parents, (True,) * len(tree))
-                return tree
+                return self.retrieval_tree(ctx, chosen, budget)
         return self.host.propose(ctx)
+
+    def retrieval_tree(self, ctx: DraftContext, chosen: list[Candidate], budget: int) -> DraftTree:
+        """The chosen candidates as one trie (marked relaxed when relaxed is on), plus the draft model's
+        `fallback_k` most likely first tokens as strict siblings.
+
+        On real text more than half of the retrieval steps accept nothing (bench/results/
+        replay_respec_qwen05.json). The siblings cost one draft forward, the catch-up that the next
+        model step would do anyway, and turn most of those steps into at least one accepted token.
+        """
+        tree = DraftTree.from_paths([list(c.tokens) for c in chosen], budget)
+        tokens, parents = list(tree.tokens), list(tree.parents)
+        relaxed = [self.relaxed] * len(tokens)
+        room = min(self.fallback_k, budget - len(tokens))
+        if room > 0:
+            root_logits = self.host.catch_up(ctx.tokens, headroom=1)
+            firsts = {t for t, p in zip(tokens, parents) if p < 0}
+            for tok in root_logits.topk(room + len(firsts)).indices.tolist():
+                if tok not in firsts and room > 0:
+                    tokens.append(tok)
+                    parents.append(-1)
+                    relaxed.append(False)
+                    room -= 1
+        return DraftTree(tuple(tokens), tuple(parents), tuple(relaxed) if self.relaxed else None)
 
     def update(self, feedback: StepFeedback) -> None:
         accepted = [feedback.tree.tokens[n] for n in feedback.accepted_nodes]
@@ -221,6 +251,7 @@ class ReSpec(Drafter):
             "score_cutoff": self.score_cutoff,
             "num_candidates": self.num_candidates,
             "budget": self.budget,
+            "fallback_k": self.fallback_k,
             "lossless": self.lossless,
             "host": self.host.describe(),
             **self.retriever.describe(),
