@@ -353,7 +353,8 @@ def run_eval(cfg: EvalConfig, console) -> Path:
                 "model_id": cfg.model,
                 "method": m,
                 "suite": s.name,
-                "lossless_method": bool(drafters[m].lossless),  # per instance: ReSpec's depends on its options
+                # per instance: whether ReSpec is lossy depends on its options
+                "lossless_method": bool(drafters[m].lossless),
                 "tstamp": time.time(),
                 "choices": [choice],
             }

@@ -19,6 +19,7 @@ class Drafter:
     needs_draft_model: ClassVar[bool] = False  # setup.draft must be given (--draft-model)
     datastore_kind: ClassVar[str | None] = None  # which `build-index --method` this drafter reads
     lossless: ClassVar[bool] = True  # False: the report keeps it out of lossless rankings
+    lossless_options: ClassVar[dict] = {}  # for a lossy method: the options that make it lossless
 
     def __init__(self, setup: MethodSetup):
         self.setup = setup
