@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import math
 import resource
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..types import LoadedModel, SpecbenchError
-from .manifest import new_manifest, read_manifest, write_manifest
+from .manifest import new_manifest, read_manifest, staged_build, write_manifest
 
 KEYS_FILE = "keys.npy"
 VALUES_FILE = "values.npy"
@@ -548,11 +547,7 @@ def build_store(
     n_stored = n_keys - n_heldout
 
     t_start = time.perf_counter()
-    tmp = out_dir.with_name(f".{out_dir.name}.building")
-    if tmp.exists():  # left by an interrupted build
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_build(out_dir) as tmp:
         device = next(loaded.model.parameters()).device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -657,12 +652,6 @@ def build_store(
         }
         full["build"]["bytes_on_disk"] = sum(f.stat().st_size for f in tmp.iterdir())
         write_manifest(tmp, full)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return full
 
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +144,21 @@ def check_datastore(
         "forced": note is not None,
         "note": note,
     }
+
+
+@contextmanager
+def staged_build(out_dir: Path) -> Iterator[Path]:
+    """Yield a hidden sibling folder to build in. On success it replaces `out_dir`; on any failure
+    (Ctrl-C included) it is removed, so an interrupted build never leaves a half-written datastore."""
+    tmp = out_dir.with_name(f".{out_dir.name}.building")
+    if tmp.exists():  # left by an earlier interrupted build
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)

@@ -27,7 +27,6 @@ code ends documents with EOS, which a generated text can contain); drafts are cu
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import SpecbenchError
-from .manifest import new_manifest, read_manifest, write_manifest
+from .manifest import new_manifest, read_manifest, staged_build, write_manifest
 
 try:  # numba compiles the construction and the walks; without it the same code runs (slowly) in Python
     from numba import njit
@@ -522,11 +521,7 @@ def build_sam_store(
     if out_dir.exists() and not force:
         raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
     t0 = time.perf_counter()
-    tmp = out_dir.with_name(f".{out_dir.name}.building")
-    if tmp.exists():  # left by an earlier interrupted build
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_build(out_dir) as tmp:
         stream, n_docs = concatenate(docs)
         build_automaton(np.array([0, SEPARATOR], dtype=np.int32))  # compile / load the kernels off the clock
         t1 = time.perf_counter()
@@ -569,12 +564,6 @@ def build_sam_store(
         }
         full["files"] = dict(FILES) | {"separator": SEPARATOR}
         write_manifest(tmp, full)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
 
 

@@ -14,7 +14,6 @@ every suffix that goes on: inside the range of a query, matches with a continuat
 from __future__ import annotations
 
 import resource
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import SpecbenchError
-from .manifest import read_manifest, write_manifest
+from .manifest import read_manifest, staged_build, write_manifest
 
 SENTINEL = np.uint32(0xFFFF_FFFF)
 TOKENS_FILE = "tokens.npy"
@@ -337,11 +336,7 @@ def build_rest_store(
     if out_dir.exists() and not force:
         raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
     t0 = time.perf_counter()
-    tmp = out_dir.with_name(f".{out_dir.name}.building")
-    if tmp.exists():  # left by an earlier interrupted build
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_build(out_dir) as tmp:
         tokens, n_docs = concatenate_documents(docs)
         if console is not None:
             with console.status(f"sorting the suffixes of {tokens.size:,} tokens (libdivsufsort)"):
@@ -372,12 +367,6 @@ def build_rest_store(
         }
         full["files"] = {"tokens": TOKENS_FILE, "suffix_array": SA_FILE, "sentinel": int(SENTINEL)}
         write_manifest(tmp, full)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
 
 

@@ -29,7 +29,7 @@ from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFe
 from .base import Drafter
 from .retrieval import Retriever
 from .sps_tree import OPTIONS as HOST_OPTIONS
-from .sps_tree import DraftModelTree
+from .sps_tree import host_tree
 
 OPTIONS = {
     "retriever": "pld",  # pld | rest | dresd, or several joined by '+'
@@ -134,14 +134,7 @@ class Rasd(Drafter):
                 "rasd needs budget >= 1, retrieval_nodes >= 0 and 0 <= prune_min_prob <= 1; got "
                 f"{self.budget}, {self.retrieval_nodes}, {self.prune_min_prob}"
             )
-        host_setup = MethodSetup(
-            target=setup.target,
-            draft=setup.draft,
-            options={k: opts[k] for k in HOST_OPTIONS},
-            temperature=setup.temperature,
-            seed=setup.seed,
-        )
-        self.host = DraftModelTree(host_setup)
+        self.host = host_tree(setup, {k: opts[k] for k in HOST_OPTIONS})
         self.retriever = Retriever(
             str(opts["retriever"]),
             setup,

@@ -31,7 +31,7 @@ from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFe
 from .base import Drafter
 from .retrieval import Candidate, Retriever
 from .sps_tree import OPTIONS as HOST_OPTIONS
-from .sps_tree import DraftModelTree
+from .sps_tree import host_tree
 
 OPTIONS = {
     "retriever": "pld",  # pld | rest | dresd, or several joined by '+'
@@ -152,14 +152,7 @@ class ReSpec(Drafter):
             raise SpecbenchError(f"respec option alpha must be in (0, 1], got {self.alpha}")
         # The report reads this to keep a relaxed run out of the lossless rankings.
         self.lossless = not self.relaxed
-        host_setup = MethodSetup(
-            target=setup.target,
-            draft=setup.draft,
-            options={k: opts[k] for k in HOST_OPTIONS},
-            temperature=setup.temperature,
-            seed=setup.seed,
-        )
-        self.host = DraftModelTree(host_setup)
+        self.host = host_tree(setup, {k: opts[k] for k in HOST_OPTIONS})
         self.retriever = Retriever(
             str(opts["retriever"]),
             setup,

@@ -159,3 +159,15 @@ class DraftModelTree(Drafter):
             "total_nodes": self.total_nodes,
             "draft_model": self.setup.draft.name if self.setup.draft else None,
         }
+
+
+def host_tree(setup: MethodSetup, options: dict) -> DraftModelTree:
+    """The draft-model tree a hybrid method (rasd, respec) builds on, with the host's own options."""
+    host_setup = MethodSetup(
+        target=setup.target,
+        draft=setup.draft,
+        options=options,
+        temperature=setup.temperature,
+        seed=setup.seed,
+    )
+    return DraftModelTree(host_setup)
