@@ -280,3 +280,25 @@ def test_best_line_never_crowns_a_method_slower_than_ar():
     assert best_lossless_line(pooled(1.4)).startswith("Best lossless method: slow, 1.40x")
     line = best_lossless_line(pooled(0.37))
     assert line.startswith("No lossless method beat ar") and "0.37x" in line
+
+
+def test_lossy_methods_get_agreement_and_quality_files(tmp_path):
+    records = synthetic_run()
+    paths = write_run(tmp_path, records)
+    make_report(paths.root, console=quiet_console())
+    rows = json.loads((paths.root / "quality.json").read_text())["lossy_methods"]
+    assert {(r["suite"], r["method"]) for r in rows} == {("s1", "fast"), ("s2", "fast")}
+    for row in rows:
+        ar = {r["question_id"]: r for r in records if r["suite"] == row["suite"] and r["method"] == "ar"}
+        mine = [r for r in records if r["suite"] == row["suite"] and r["method"] == "fast"]
+        same = [
+            r["choices"][0]["output_ids"] == ar[r["question_id"]]["choices"][0]["output_ids"] for r in mine
+        ]
+        assert row["exact_match"] == pytest.approx(sum(same) / len(same))
+        assert row["quality_metric"] == "rouge_l_vs_ar" and 0.0 <= row["quality"] <= 1.0
+    assert "fast" in (paths.root / "quality.md").read_text()
+    # A run with no lossy method writes no quality files.
+    lossless = [r for r in records if r["method"] != "fast"]
+    clean = write_run(tmp_path / "clean", lossless)
+    make_report(clean.root, console=quiet_console())
+    assert not (clean.root / "quality.json").exists()

@@ -41,8 +41,68 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
     if not records:
         raise SpecbenchError(f"the answer files in '{paths.answers_dir}' hold no answers yet")
     df = summarise(records)
+    quality = lossy_quality_rows(records, paths.root)
     if write:
         write_tables(df, paths)
         write_plots(df, paths.plots_dir)
-    render(df, console if console is not None else Console())
+        if quality:
+            write_quality(quality, paths)
+    console = console if console is not None else Console()
+    render(df, console)
+    if quality:
+        render_quality(quality, console)
     return df
+
+
+def lossy_quality_rows(records: list[dict], run_dir: Path) -> list[dict]:
+    """Agreement with `ar` and a task figure for each lossy method (none: an empty list, no work)."""
+    if all(r.get("lossless_method", True) for r in records):
+        return []
+    from ..quality import lossy_quality, questions_from_config
+
+    return lossy_quality(records, questions_from_config(run_dir))
+
+
+def write_quality(rows: list[dict], paths: RunPaths) -> None:
+    """quality.json and quality.md beside the summary: lossy methods are judged by these, not by speed."""
+    import math
+
+    import pandas as pd
+
+    from ..results import write_json_atomic, write_text_atomic
+
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    write_json_atomic(paths.root / "quality.json", {"lossy_methods": clean})
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
+    write_text_atomic(
+        paths.root / "quality.md", "# Lossy methods: agreement with ar and task quality\n\n" + table + "\n"
+    )
+
+
+def render_quality(rows: list[dict], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="lossy methods: agreement with ar and task quality", title_style="bold")
+    for col in (
+        "suite",
+        "method",
+        "paired",
+        "token agreement",
+        "exact match",
+        "quality metric",
+        "quality",
+        "ar's quality",
+    ):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["suite"],
+            r["method"],
+            str(r["paired"]),
+            f"{r['token_agreement']:.3f}",
+            f"{r['exact_match']:.3f}",
+            r["quality_metric"],
+            f"{r['quality']:.3f}",
+            f"{r['quality_ar']:.3f}",
+        )
+    console.print(table)
