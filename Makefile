@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests -q --durations=15
+	$(PY) -m pytest tests --durations=15
 
 # One torch thread: on a 2-core box a second OpenMP thread gains little for a 135M model, and when
 # anything else holds a core, multi-token forwards with 2 threads stall at OpenMP barriers (10x slower).
