@@ -171,6 +171,7 @@ def answer_question(
 ) -> tuple[dict, list[Generation]]:
     import torch
 
+    from .engine.decode import generate
     from .suites import build_prompt_ids
 
     answers: list[str] = []
@@ -181,8 +182,6 @@ def answer_question(
         if cfg.temperature > 0:
             gen = torch.Generator(device=device)
             gen.manual_seed(question_seed(cfg.seed, question.question_id, turn))
-        from .engine.decode import generate
-
         g = generate(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen)
         gens.append(g)
         answers.append(tokenizer.decode(g.output_ids, skip_special_tokens=True))
@@ -221,7 +220,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     )
 
     from .datastores.manifest import check_datastore
-    from .engine.decode import Engine, generate
+    from .engine.decode import DEFAULT_MAX_NODES, Engine, generate
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
@@ -304,8 +303,6 @@ def run_eval(cfg: EvalConfig, console) -> Path:
         device,
     )
     write_json_atomic(paths.env, env)
-
-    from .engine.decode import DEFAULT_MAX_NODES
 
     max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
     engine = Engine(target, max_len=max_len, kind=cfg.engine)
