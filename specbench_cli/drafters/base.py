@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..types import DraftContext, DraftTree, MethodSetup, StepFeedback
+from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 
 
 class Drafter:
@@ -23,6 +23,19 @@ class Drafter:
 
     def __init__(self, setup: MethodSetup):
         self.setup = setup
+        if self.needs_draft_model and setup.draft is None:
+            raise SpecbenchError(
+                f"method '{self.name}' needs --draft-model (a small model with the target's tokenizer)"
+            )
+
+    def options(self, defaults: dict) -> dict:
+        """The method's options: `--method-opt` values over `defaults`; an unknown key is an error."""
+        unknown = sorted(set(self.setup.options) - set(defaults))
+        if unknown:
+            raise SpecbenchError(
+                f"unknown {self.name} option(s) {', '.join(unknown)}; choose from: {', '.join(defaults)}"
+            )
+        return defaults | dict(self.setup.options)
 
     def reset(self, prompt_ids: list[int]) -> None:
         """Called once per generated turn, before the first step."""

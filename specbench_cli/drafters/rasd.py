@@ -116,16 +116,7 @@ class Rasd(Drafter):
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        if setup.draft is None:
-            raise SpecbenchError(
-                "method 'rasd' needs --draft-model (a small model with the target's tokenizer)"
-            )
-        unknown = sorted(set(setup.options) - set(OPTIONS))
-        if unknown:
-            raise SpecbenchError(
-                f"unknown rasd option(s) {', '.join(unknown)}; choose from: {', '.join(OPTIONS)}"
-            )
-        opts = OPTIONS | setup.options
+        opts = self.options(OPTIONS)
         self.budget = int(opts["budget"])
         self.retrieval_nodes = int(opts["retrieval_nodes"])
         self.prune_min_prob = float(opts["prune_min_prob"])

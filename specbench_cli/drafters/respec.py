@@ -112,16 +112,7 @@ class ReSpec(Drafter):
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        if setup.draft is None:
-            raise SpecbenchError(
-                "method 'respec' needs --draft-model (a small model with the target's tokenizer)"
-            )
-        unknown = sorted(set(setup.options) - set(OPTIONS))
-        if unknown:
-            raise SpecbenchError(
-                f"unknown respec option(s) {', '.join(unknown)}; choose from: {', '.join(OPTIONS)}"
-            )
-        opts = OPTIONS | setup.options
+        opts = self.options(OPTIONS)
         self.relaxed = _as_bool(opts["relaxed"], "relaxed")
         self.relaxed_topk = int(opts["relaxed_topk"])
         self.relaxed_min_prob = float(opts["relaxed_min_prob"])

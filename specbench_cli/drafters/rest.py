@@ -93,12 +93,7 @@ class Rest(Drafter):
                 "method 'rest' needs a datastore: build one with `specbench build-index --method rest "
                 "--model M --corpus SPEC --out DIR` and pass it with --datastore DIR"
             )
-        unknown = set(setup.options) - set(DEFAULTS)
-        if unknown:
-            raise SpecbenchError(
-                f"unknown rest option(s) {', '.join(sorted(unknown))}; choose from: {', '.join(DEFAULTS)}"
-            )
-        params = DEFAULTS | dict(setup.options)
+        params = self.options(DEFAULTS)
         for key, value in params.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecbenchError(f"rest option {key} must be a positive integer, got {value!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..engine.runner import ModelRunner
-from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
+from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
 
 
@@ -29,11 +29,7 @@ class DraftModelChain(Drafter):
     needs_draft_model = True
 
     def __init__(self, setup: MethodSetup):
-        super().__init__(setup)
-        if setup.draft is None:
-            raise SpecbenchError(
-                "method 'sps' needs --draft-model (a small model with the target's tokenizer)"
-            )
+        super().__init__(setup)  # checks that --draft-model was given
         self.k = int(setup.options.get("k", 5))
         self.runner = ModelRunner(setup.draft.model, 4096)
         self.seen: list[int] = []  # tokens whose K/V sit in the draft cache, in order

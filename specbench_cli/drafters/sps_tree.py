@@ -38,16 +38,7 @@ class DraftModelTree(Drafter):
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        if setup.draft is None:
-            raise SpecbenchError(
-                "method 'sps-tree' needs --draft-model (a small model with the target's tokenizer)"
-            )
-        unknown = sorted(set(setup.options) - set(OPTIONS))
-        if unknown:
-            raise SpecbenchError(
-                f"unknown sps-tree option(s) {', '.join(unknown)}; choose from: {', '.join(OPTIONS)}"
-            )
-        opts = OPTIONS | setup.options
+        opts = self.options(OPTIONS)
         self.top_k, self.depth, self.total_nodes = (
             int(opts["top_k"]),
             int(opts["depth"]),
