@@ -17,7 +17,7 @@ from pathlib import Path
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
-ENGINES = ("eager", "compiled")
+ENGINES = ("auto", "eager", "compiled")
 
 # Settings that must match when a run is resumed (methods and limits may grow).
 RESUME_KEYS = ("model", "draft_model", "max_new_tokens", "temperature", "dtype", "seed", "engine")
@@ -39,7 +39,7 @@ class EvalConfig:
     seed: int = 0
     resume: bool = False
     warmup: int = 1
-    engine: str = "eager"
+    engine: str = "auto"
     force_datastore: bool = False
     threads: int | None = None
     method_options: dict[str, dict] = field(default_factory=dict)
@@ -128,10 +128,45 @@ def check_resume(cfg: EvalConfig, device: str, dtype: str) -> None:
         ) from None
     mine = cfg.to_json() | {"device": device, "dtype": dtype}
     for key in RESUME_KEYS + ("device",):
+        if key == "engine" and cfg.engine == "auto":
+            continue  # resolved once the model is loaded, then checked by check_resumed_engine
         if old.get(key) != mine.get(key):
             raise SpecbenchError(
                 f"--resume: {key} was {old.get(key)!r} in {cfg.out}, now {mine.get(key)!r}; use another --out"
             )
+
+
+def resolve_engine(requested: str, device: str, models: list) -> tuple[str, str]:
+    """`--engine auto`: compiled on CUDA for architectures the compiled runner takes, eager elsewhere.
+    Returns the engine and the reason, both printed in the run header and kept in config.json."""
+    from .engine.compiled import COMPILED_ARCHITECTURES
+
+    archs = [str(getattr(m.model.config, "model_type", "?")) for m in models]
+    unsupported = sorted({a for a in archs if a not in COMPILED_ARCHITECTURES})
+    if requested == "eager":
+        return "eager", "--engine eager"
+    if requested == "compiled":
+        if unsupported:
+            raise SpecbenchError(
+                f"--engine compiled does not support architecture {', '.join(unsupported)} (it supports "
+                f"{', '.join(COMPILED_ARCHITECTURES)}); use --engine eager"
+            )
+        return "compiled", "--engine compiled"
+    if not device.startswith("cuda"):
+        return "eager", "auto: no CUDA device (the compiled engine replays CUDA graphs)"
+    if unsupported:
+        return "eager", f"auto: the compiled runner does not support architecture {', '.join(unsupported)}"
+    return "compiled", f"auto: CUDA device and a supported architecture ({', '.join(sorted(set(archs)))})"
+
+
+def check_resumed_engine(cfg: EvalConfig, engine: str) -> None:
+    import json
+
+    if not (cfg.resume and (cfg.out / "config.json").exists()):
+        return
+    old = json.loads((cfg.out / "config.json").read_text()).get("engine")
+    if old is not None and old != engine:
+        raise SpecbenchError(f"--resume: engine was {old!r} in {cfg.out}, now {engine!r}; use another --out")
 
 
 def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
@@ -199,6 +234,7 @@ def answer_question(
         "t_draft": [s.t_draft for s in steps],
         "t_verify": [s.t_verify for s in steps],
         "t_other": [s.t_other for s in steps],
+        "draft_forwards": [s.draft_forwards for s in steps],
         "prefill_time": [g.prefill_time for g in gens],
         "output_ids": [g.output_ids for g in gens],
         "stop_reason": [g.stop_reason for g in gens],
@@ -220,6 +256,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     )
 
     from .datastores.manifest import check_datastore
+    from .engine.costs import probe_costs
     from .engine.decode import DEFAULT_MAX_NODES, Engine, generate
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
@@ -265,6 +302,11 @@ def run_eval(cfg: EvalConfig, console) -> Path:
                 path, kind, fingerprint, s.name, s.sha256, cfg.force_datastore
             )
 
+    engine_kind, engine_reason = resolve_engine(cfg.engine, device, [m for m in (target, draft) if m])
+    check_resumed_engine(cfg, engine_kind)
+    console.print(f"engine: {engine_kind} ({engine_reason})", highlight=False)
+    max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
+    engine = Engine(target, max_len=max_len, kind=engine_kind)
     drafters = {}
     for m, cls in classes.items():
         setup = MethodSetup(
@@ -274,6 +316,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
             options=cfg.method_options.get(m, {}),
             temperature=cfg.temperature,
             seed=cfg.seed,
+            runners=engine.runners,  # draft models run on the target's execution path
         )
         drafters[m] = cls(setup)
 
@@ -283,6 +326,9 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     config = cfg.to_json() | {
         "device": device,
         "dtype": dtype,
+        "engine": engine_kind,
+        "engine_requested": cfg.engine,
+        "engine_reason": engine_reason,
         "methods_params": {m: d.describe() for m, d in drafters.items()},
         "lossless_methods": {m: bool(d.lossless) for m, d in drafters.items()},
         "suites_info": [
@@ -304,8 +350,6 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     )
     write_json_atomic(paths.env, env)
 
-    max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
-    engine = Engine(target, max_len=max_len, kind=cfg.engine)
     torch.manual_seed(cfg.seed)
     if cfg.warmup > 0:
         # Warm-up on the first question (not recorded): allocator, kernels and lazy init settle first.
@@ -314,6 +358,9 @@ def run_eval(cfg: EvalConfig, console) -> Path:
         for m in cfg.methods:
             for _ in range(cfg.warmup):
                 generate(engine, drafters[m], ids, min(cfg.max_new_tokens, 32))
+        # What a target step, a verification and a draft step cost on this run's runners (report: c).
+        config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
+        write_json_atomic(paths.config, config)
 
     todo = []
     for s in suites:

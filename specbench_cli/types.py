@@ -133,6 +133,7 @@ class StepRecord:
     draft_depth: int
     accepted: int  # draft tokens accepted (bonus excluded)
     committed: int  # tokens this step added to the output (after EOS / length truncation)
+    draft_forwards: int = 0  # forwards of draft-model runners while proposing this step's tree
     t_draft: float = 0.0
     t_verify: float = 0.0
     t_other: float = 0.0
@@ -200,3 +201,14 @@ class MethodSetup:
     options: dict[str, Any] = field(default_factory=dict)  # method-specific overrides
     temperature: float = 0.0
     seed: int = 0
+    runners: Any = None  # engine.factory.RunnerFactory; None = eager runners of 4,096 slots
+
+    def draft_runner(self, max_nodes: int = 63) -> Any:
+        """A runner for the draft model, of the kind the engine chose (drafters never build their own)."""
+        if self.draft is None:
+            raise SpecbenchError("this method needs --draft-model")
+        if self.runners is None:
+            from .engine.factory import RunnerFactory
+
+            self.runners = RunnerFactory()
+        return self.runners.make(self.draft.model, max_nodes)

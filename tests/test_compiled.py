@@ -18,6 +18,7 @@ from specbench_cli.drafters.pld import PromptLookup
 from specbench_cli.drafters.sps import DraftModelChain
 from specbench_cli.engine.compiled import CompiledRunner, ancestor_closure
 from specbench_cli.engine.decode import Engine, generate
+from specbench_cli.engine.factory import RunnerFactory
 from specbench_cli.engine.runner import ModelRunner, ancestor_matrix
 from specbench_cli.registry import DRAFTERS
 from specbench_cli.types import DraftContext, DraftTree, MethodSetup, SpecbenchError
@@ -85,25 +86,32 @@ def test_forwards_match_eager_runner(tiny, attention, seed):
             assert compiled.length == eager.length
 
 
-def test_forward_tree_matches_eager_runner(tiny):
-    """Inputs placed after pending slots with explicit positions (how sps-tree grows its tree)."""
+@pytest.mark.parametrize("attention", ["tree", "packed"])
+def test_pending_levels_match_eager_runner(tiny, attention):
+    """Levels run after pending (written, uncommitted) slots, as sps-tree grows its tree: windows of
+    every width the buckets allow, and one too wide for them (the eager path)."""
     rng = random.Random(5)
     prompt = [rng.randrange(tiny.vocab_size) for _ in range(20)]
-    compiled, eager = CompiledRunner(tiny.model, 200, max_nodes=20), ModelRunner(tiny.model, 200)
-    first = [rng.randrange(tiny.vocab_size) for _ in range(3)]
-    second = [rng.randrange(tiny.vocab_size) for _ in range(4)]
-    level1 = torch.eye(3, dtype=torch.bool)
-    level2 = torch.zeros(4, 7, dtype=torch.bool)
-    for i, parent in enumerate([0, 0, 2, 1]):
-        level2[i, parent] = level2[i, 3 + i] = True
-    outs = []
+    compiled = CompiledRunner(tiny.model, 200, max_nodes=40, attention=attention)
+    eager = ModelRunner(tiny.model, 200)
     for runner in (compiled, eager):
         runner.forward(prompt)
         runner.commit(list(range(len(prompt))))
-        runner.forward_tree(first, torch.full((3,), 20), level1)
-        logits, _ = runner.forward_tree(second, torch.full((4,), 21), level2)
-        outs.append(logits)
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+    slot_parents: list[int] = []
+    every_level: list[int] = []
+    for width in (3, 5, 9, 12, 15):  # pending slots grow 0, 3, 8, 17, 29: the last level is too wide
+        level = [rng.randrange(tiny.vocab_size) for _ in range(width)]
+        every_level += level
+        pending = len(slot_parents)
+        slot_parents += [rng.randint(-1, pending - 1) if pending else -1 for _ in range(width)]
+        lc, hc = compiled.forward(level, slot_parents, want_hidden=True)
+        le, he = eager.forward(level, slot_parents, want_hidden=True)
+        assert lc.shape == (width, tiny.vocab_size)
+        torch.testing.assert_close(lc, le, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hc, he, atol=1e-4, rtol=1e-4)
+    # A level's logits are those of a plain tree forward over every pending node and the level at once.
+    full, _ = eager.forward(every_level, slot_parents)
+    torch.testing.assert_close(lc, full[-len(level) :], atol=1e-4, rtol=1e-4)
 
 
 def test_last_only_and_hidden_shapes(tiny):
@@ -155,23 +163,23 @@ def reference(tiny):
 
 
 @pytest.mark.parametrize(
-    "method", ["ar", "pld", "sps", "sps-compiled-draft", "sps-tree-compiled-draft", "random-trees"]
+    "method",
+    ["ar", "pld", "sps", "sps-compiled-draft", "sps-tree", "sps-tree-compiled-draft", "random-trees"],
 )
 def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
     engine = Engine(tiny, max_len=320, max_nodes=64, kind="compiled")
     assert isinstance(engine.runner, CompiledRunner)
-    setup = MethodSetup(target=tiny, draft=tiny_draft)
+    # "-compiled-draft": the draft model gets a compiled runner from the factory, as under --engine compiled.
+    runners = RunnerFactory("compiled", 320) if method.endswith("compiled-draft") else None
+    setup = MethodSetup(target=tiny, draft=tiny_draft, runners=runners)
     if method == "ar":
         drafter = Autoregressive(setup)
     elif method == "pld":
         drafter = PromptLookup(setup)
+    elif method.startswith("sps-tree"):  # grows its tree level by level after pending slots
+        drafter = DRAFTERS.get("sps-tree")(setup)
     elif method.startswith("sps"):
         drafter = DraftModelChain(setup)
-        if method == "sps-compiled-draft":  # how bench/gpu_bench.py runs the draft model
-            drafter.runner = CompiledRunner(tiny_draft.model, 320, max_nodes=15)
-    elif method == "sps-tree-compiled-draft":  # grows its tree with forward_tree
-        drafter = DRAFTERS.get("sps-tree")(setup)
-        drafter.runner = CompiledRunner(tiny_draft.model, 320, max_nodes=63)
     else:
         drafter = RandomTrees(setup, seed=4)
     accepted = 0
@@ -181,6 +189,9 @@ def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
         accepted += sum(s.accepted for s in gen.steps)
     if method != "ar":
         assert accepted > 0  # drafts were accepted, so compaction ran
+    if runners is not None:  # the drafter's runner is the factory's compiled one
+        assert [role for role, _ in runners.made] == ["draft"]
+        assert drafter.runner is runners.made[0][1] and isinstance(drafter.runner, CompiledRunner)
 
 
 def test_static_cache_too_small_is_a_user_error(tiny):

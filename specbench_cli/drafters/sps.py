@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.runner import ModelRunner
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
 
@@ -31,7 +30,7 @@ class DraftModelChain(Drafter):
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)  # checks that --draft-model was given
         self.k = int(setup.options.get("k", 5))
-        self.runner = ModelRunner(setup.draft.model, 4096)
+        self.runner = setup.draft_runner()
         self.seen: list[int] = []  # tokens whose K/V sit in the draft cache, in order
 
     def reset(self, prompt_ids: list[int]) -> None:

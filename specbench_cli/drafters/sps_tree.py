@@ -22,9 +22,10 @@ draw accepts a child with the target's probability of it, so the tree only decid
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from ..engine.runner import ModelRunner
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter
 from .sps import common_prefix
@@ -48,7 +49,7 @@ class DraftModelTree(Drafter):
             raise SpecbenchError(
                 f"sps-tree needs top_k >= 1, depth >= 1, total_nodes >= 0; got {self.top_k}, {self.depth}, {self.total_nodes}"
             )
-        self.runner = ModelRunner(setup.draft.model, 4096)
+        self.runner = setup.draft_runner()
         self.seen: list[int] = []  # tokens whose K/V sit in the draft cache, in order
         # About the last tree returned, node by node (for methods built on this one, e.g. RASD's pruning):
         self.last_node_logprobs: list[float] = []  # cumulative draft log-probability of the path to the node
@@ -86,44 +87,39 @@ class DraftModelTree(Drafter):
         k = min(self.top_k, self.runner.model.get_output_embeddings().weight.shape[0])
         root_logp = torch.log_softmax(self.catch_up(ctx.tokens, (self.depth - 1) * k + 1), dim=-1)
         self.last_root_logprobs = root_logp
-        committed = (
-            self.runner.length
-        )  # == len(ctx.tokens); a depth-d node sits at position committed + d - 1
-
         # Candidate pool, host-side lists indexed by candidate id; parents precede children.
         val, idx = root_logp.topk(k)
         tok, parent, score, own, depth = idx.tolist(), [-1] * k, val.tolist(), val.tolist(), [1] * k
         expanded: dict[int, torch.Tensor] = {}  # candidate -> log-probs of its children
         frontier = list(range(k))
+        front_score = val  # (n,) on the device: cumulative log-probability of each frontier node
         slot_of: dict[int, int] = {}  # candidate -> its pending slot (0-based after the committed ones)
-        max_pending = (self.depth - 1) * k
-        ancestors = torch.zeros(max_pending, max_pending, dtype=torch.bool)
+        slot_parents: list[int] = []  # parent slot of every pending slot (-1: a child of the root)
         for level in range(2, self.depth + 1):
-            m, n = len(slot_of), len(frontier)
-            for i, c in enumerate(frontier):
-                slot = m + i
-                if parent[c] >= 0:
-                    ancestors[slot] = ancestors[slot_of[parent[c]]]
-                ancestors[slot, slot] = True
-                slot_of[c] = slot
-            logits, _ = self.runner.forward_tree(
-                [tok[c] for c in frontier],
-                torch.tensor([committed + depth[c] - 1 for c in frontier]),
-                ancestors[m : m + n, : m + n],
-            )
+            n = len(frontier)
+            for c in frontier:
+                slot_of[c] = len(slot_parents)
+                slot_parents.append(slot_of[parent[c]] if parent[c] >= 0 else -1)
+            # The frontier runs after the earlier levels' pending slots, which it may attend to.
+            logits, _ = self.runner.forward([tok[c] for c in frontier], slot_parents)
             logp = torch.log_softmax(logits, dim=-1)
             val, idx = logp.topk(k, dim=-1)  # (n, k)
-            cum = val + torch.tensor([score[c] for c in frontier], device=val.device)[:, None]
-            best = cum.flatten().topk(min(k, n * k)).indices.tolist()
+            cum = (val + front_score[:, None]).flatten()
+            front_score, best = cum.topk(min(k, n * k))
+            # One device-to-host copy per level (each .tolist() would be a sync of its own).
+            # float64 holds every token id and float32 score exactly.
+            nk = n * k
+            host = torch.cat([idx.flatten().double(), cum.double(), val.flatten().double(), best.double()])
+            host = host.tolist()
             first = len(tok)
             for i, c in enumerate(frontier):
                 expanded[c] = logp[i]
-            tok += idx.flatten().tolist()
+            tok += [int(t) for t in host[:nk]]
             parent += [c for c in frontier for _ in range(k)]
-            score += cum.flatten().tolist()
-            own += val.flatten().tolist()
-            depth += [level] * (n * k)
-            frontier = [first + b for b in best]
+            score += host[nk : 2 * nk]
+            own += host[2 * nk : 3 * nk]
+            depth += [level] * nk
+            frontier = [first + int(b) for b in host[3 * nk :]]
 
         # Best `budget` candidates; ties: shallower, then earlier. A node whose parent was not taken is
         # skipped (cannot happen with exact arithmetic, kept so the tree is closed regardless).
@@ -154,11 +150,4 @@ class DraftModelTree(Drafter):
 
 def host_tree(setup: MethodSetup, options: dict) -> DraftModelTree:
     """The draft-model tree a hybrid method (rasd, respec) builds on, with the host's own options."""
-    host_setup = MethodSetup(
-        target=setup.target,
-        draft=setup.draft,
-        options=options,
-        temperature=setup.temperature,
-        seed=setup.seed,
-    )
-    return DraftModelTree(host_setup)
+    return DraftModelTree(replace(setup, options=options))

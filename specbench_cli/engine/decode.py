@@ -18,7 +18,7 @@ import torch
 
 from ..drafters.base import Drafter
 from ..types import DraftContext, DraftTree, Generation, LoadedModel, StepFeedback, StepRecord
-from .runner import ModelRunner
+from .factory import RunnerFactory
 from .verifier import sample_tokens, verify
 
 DEFAULT_MAX_NODES = 128
@@ -55,20 +55,20 @@ class StepClock:
 
 @dataclass
 class Engine:
-    """The target model with its cache. `kind="compiled"` swaps in the CUDA-graph runner."""
+    """The target model with its runner, and the factory that gives drafters theirs.
+
+    `kind="compiled"` runs the target (and every draft model built through `runners`) from CUDA graphs.
+    """
 
     loaded: LoadedModel
     max_len: int = 4096
     max_nodes: int = DEFAULT_MAX_NODES
     kind: str = "eager"
+    compile_mode: str | None = "default"
 
     def __post_init__(self) -> None:
-        if self.kind == "compiled":
-            from .compiled import CompiledRunner
-
-            self.runner = CompiledRunner(self.loaded.model, self.max_len, self.max_nodes)
-        else:
-            self.runner = ModelRunner(self.loaded.model, self.max_len)
+        self.runners = RunnerFactory(self.kind, self.max_len, self.compile_mode)
+        self.runner = self.runners.make(self.loaded.model, self.max_nodes, role="target")
         self.eos = set(self.loaded.eos_ids)
         self.vocab_size = self.loaded.vocab_size
         self.clock = StepClock(self.runner.device)
@@ -119,7 +119,9 @@ def generate(
     stop = "eos" if root in engine.eos else ""
     last_logits, last_hidden = logits[-1], (hidden[-1] if hidden is not None else None)
 
+    draft_runners = [r for role, r in engine.runners.made if role == "draft"]
     while not stop and len(out) < max_new_tokens:
+        forwards_before = sum(r.forwards for r in draft_runners)
         t0 = clock.mark()
         room = runner.max_len - runner.length - 1
         if room < 1:
@@ -164,6 +166,7 @@ def generate(
                 draft_depth=tree.depth(),
                 accepted=len(verdict.accepted_nodes),
                 committed=len(committed),
+                draft_forwards=sum(r.forwards for r in draft_runners) - forwards_before,
             )
         )
         marks.append((t0, t1, t2, t3))

@@ -1,0 +1,292 @@
+"""Attention functions for the compiled runner: packed-GQA SDPA and a Triton tree-attention kernel.
+
+Both plug into transformers through its `AttentionInterface` (`register_attention()`), so the model's
+own forward calls them with the query, the whole static cache and our mask.
+
+Why not transformers' SDPA: with a mask it repeats every K/V head over the whole static cache (6x the
+cache bytes per layer for Qwen2.5-1.5B). `packed_sdpa_attention` stacks the query heads of a group along
+the query axis instead. The tree kernel goes further: it splits the key range across thread blocks
+(flash-decoding), stops at the last live slot and builds the tree mask itself from a tiny input.
+
+The tree mask travels through transformers' `attention_mask` argument (any 4-D tensor reaches the
+attention function untouched): float32 (1, 1, B, W + 1) for B query inputs over a window of W >= B slots.
+Its first W columns say which window slots each input sees (1 = visible): window slot j is cache slot
+`start + j`; the last column holds `start`, the committed length. Input i sees every slot < start and
+window slot j when mask[i, j] is 1. A plain tree forward has W = B (its inputs are the window); a draft
+tree grown level by level puts the earlier levels' pending slots in front of the new inputs (W > B).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+PACKED_ATTENTION = "specbench_packed_sdpa"
+TREE_ATTENTION = "specbench_tree_attention"
+_TREE_OP: Any = None
+_TREE_KERNELS: Any = None
+
+
+def packed_sdpa_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA for grouped-query attention without repeating K/V: (b, Hq, q, d) -> (b, q, Hq, d).
+
+    The g query heads sharing a K/V head become g * q query rows of that head, and the mask rows are
+    tiled to match, so each layer reads the cache once instead of g times.
+    """
+    b, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    if groups > 1:
+        query = query.reshape(b, kv_heads, groups * q_len, dim)
+        if attention_mask is not None and attention_mask.shape[-2] == q_len:
+            attention_mask = attention_mask.repeat(1, 1, groups, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling
+    )
+    return out.reshape(b, heads, q_len, -1).transpose(1, 2).contiguous(), None
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tree_mask(visible: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """(B, W) bool window visibility + 0-dim start -> the (1, 1, B, W + 1) float32 tree mask."""
+    rows = visible.shape[0]
+    return torch.cat([visible.float(), start.float().expand(rows, 1)], dim=1)[None, None]
+
+
+def dense_tree_mask(mask: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """The tree mask as an additive (B, length) mask (the reference path, and the CPU path)."""
+    width = mask.shape[-1] - 1
+    visible, start = mask[0, 0, :, :width] > 0.5, mask[0, 0, 0, width].long()
+    cols = torch.arange(length, device=mask.device)
+    rel = cols - start
+    window = visible.index_select(1, rel.clamp(0, width - 1)) & ((rel >= 0) & (rel < width))
+    allowed = window | (cols < start)
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def reference_tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q (Hkv, R, D) with R = groups * B rows (row r is input r % B); k, v (Hkv, L, D) -> (Hkv, R, D)."""
+    dense = dense_tree_mask(mask, k.shape[1], q.dtype)
+    rows = dense.repeat(q.shape[1] // dense.shape[0], 1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=scale)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Triton kernels.
+#
+# Measured on an H200 (bench/results/h200-2026-11-21-profile-before-tree-kernel.json): with a dense mask
+# over the whole static cache, SDPA's memory-efficient kernel took ~100 us per layer for ONE query token
+# (2 K/V heads -> 2 thread blocks walking 2,176 keys): 2.7 of 6.4 ms per Qwen2.5-1.5B forward. Splitting
+# the key range across thread blocks and stopping at the last live slot brought a forward to 2.7 ms.
+# The first merge kernel then cost ~1 ms per forward at 16+ inputs: one program per (head, 64 rows)
+# walked every chunk of the static cache, live or not. The merge below reads only the live chunks and
+# runs one program per (head, 16 rows), so it has 4x the programs and reads a fraction of the bytes.
+
+MERGE_ROWS = 16
+
+
+def _build_tree_kernels() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def split_kernel(
+        Q, K, V, Mask, Opart, Mpart, Lpart,
+        stride_qh, stride_qr, stride_kh, stride_kn, stride_vh, stride_vn,
+        R, R_PAD, HEADS, scale,
+        SIZE: tl.constexpr, WIDTH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        split, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        start = tl.load(Mask + WIDTH).to(tl.int32)
+        live = start + WIDTH
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < R
+        node = rows % SIZE
+        d = tl.arange(0, D)
+        q = tl.load(
+            Q + head * stride_qh + rows[:, None] * stride_qr + d[None, :], mask=row_ok[:, None], other=0.0
+        )
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        denom = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        lo = split * CHUNK
+        hi = tl.minimum(lo + CHUNK, live)  # slots past the live window are never read
+        for n0 in range(lo, hi, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < hi
+            k = tl.load(
+                K + head * stride_kh + cols[:, None] * stride_kn + d[None, :], mask=col_ok[:, None], other=0.0
+            )
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale
+            rel = cols - start
+            in_window = row_ok[:, None] & (col_ok & (rel >= 0))[None, :]
+            seen = tl.load(Mask + node[:, None] * (WIDTH + 1) + rel[None, :], mask=in_window, other=0.0)
+            allowed = ((cols < start)[None, :] | (seen > 0.5)) & col_ok[None, :]
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+            p = tl.exp(s - m_ref[:, None])
+            alpha = tl.exp(m - m_ref)
+            denom = denom * alpha + tl.sum(p, 1)
+            v = tl.load(
+                V + head * stride_vh + cols[:, None] * stride_vn + d[None, :], mask=col_ok[:, None], other=0.0
+            )
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        at = (split * HEADS + head) * R_PAD + rows
+        tl.store(Mpart + at, m)
+        tl.store(Lpart + at, denom)
+        tl.store(Opart + at[:, None] * D + d[None, :], acc)
+
+    @triton.jit
+    def merge_kernel(
+        Opart, Mpart, Lpart, Out, Mask, stride_oh, stride_or, R, R_PAD, HEADS,
+        WIDTH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
+        head, block = tl.program_id(0), tl.program_id(1)
+        # Chunks past the live window hold nothing (their split programs read no key): skip them.
+        live_splits = tl.cdiv(tl.load(Mask + WIDTH).to(tl.int32) + WIDTH, CHUNK)
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        d = tl.arange(0, D)
+        top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for split in range(0, live_splits):
+            top = tl.maximum(top, tl.load(Mpart + (split * HEADS + head) * R_PAD + rows))
+        top = tl.where(top == float("-inf"), 0.0, top)  # padding rows only
+        total = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        for split in range(0, live_splits):
+            at = (split * HEADS + head) * R_PAD + rows
+            weight = tl.exp(tl.load(Mpart + at) - top)
+            total += weight * tl.load(Lpart + at)
+            acc += weight[:, None] * tl.load(Opart + at[:, None] * D + d[None, :])
+        out = acc / tl.where(total > 0, total, 1.0)[:, None]
+        row_ok = rows < R
+        tl.store(
+            Out + head * stride_oh + rows[:, None] * stride_or + d[None, :],
+            out.to(Out.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+
+    return split_kernel, merge_kernel
+
+
+def triton_tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """`reference_tree_attention` as two Triton kernels: partial softmax per key chunk, then a merge."""
+    global _TREE_KERNELS
+    if _TREE_KERNELS is None:
+        _TREE_KERNELS = _build_tree_kernels()
+    split_kernel, merge_kernel = _TREE_KERNELS
+    heads, rows, dim = q.shape
+    size, width, length = mask.shape[-2], mask.shape[-1] - 1, k.shape[1]
+    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    blocks = cdiv(rows, block_m)
+    block_n = 64
+    # Enough (chunk, head, row block) programs to fill the GPU; more chunks also mean more partial
+    # results to write and merge, so the chunk count falls as the row blocks grow.
+    splits = max(1, min(cdiv(length, block_n), cdiv(256, heads * blocks)))
+    chunk = cdiv(cdiv(length, splits), block_n) * block_n
+    splits = cdiv(length, chunk)
+    r_pad = blocks * block_m  # a multiple of MERGE_ROWS
+    opart = torch.empty(splits * heads * r_pad, dim, dtype=torch.float32, device=q.device)
+    mpart = torch.empty(splits * heads * r_pad, dtype=torch.float32, device=q.device)
+    lpart = torch.empty_like(mpart)
+    out = torch.empty_like(q)
+    mask = mask.contiguous()
+    ieee = q.dtype == torch.float32
+    split_kernel[(splits, heads, blocks)](
+        q, k, v, mask, opart, mpart, lpart,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        rows, r_pad, heads, scale,
+        SIZE=size, WIDTH=width, CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee,
+    )  # fmt: skip
+    merge_kernel[(heads, r_pad // MERGE_ROWS)](
+        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), rows, r_pad, heads,
+        WIDTH=width, CHUNK=chunk, BLOCK_M=MERGE_ROWS, D=dim,
+    )  # fmt: skip
+    return out
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tree_attention_op() -> Any:
+    """A torch custom op (opaque to torch.compile) that runs the Triton kernels on CUDA."""
+    global _TREE_OP
+    if _TREE_OP is None:
+
+        @torch.library.custom_op("specbench::tree_attention", mutates_args=())
+        def op(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+        ) -> torch.Tensor:
+            dim = q.shape[-1]
+            if q.is_cuda and dim & (dim - 1) == 0 and dim >= 16 and q.stride(-1) == 1 and k.stride(-1) == 1:
+                return triton_tree_attention(q, k, v, mask, scale)
+            return reference_tree_attention(q, k, v, mask, scale)
+
+        @op.register_fake
+        def _(q, k, v, mask, scale):
+            return torch.empty_like(q)
+
+        _TREE_OP = op
+    return _TREE_OP
+
+
+def tree_attention_forward(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function for the graph forwards: query (1, Hq, B, D), key/value the whole
+    static cache (1, Hkv, L, D), attention_mask the tree mask -> (1, B, Hq, D)."""
+    _, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(kv_heads, heads // kv_heads * q_len, dim)  # query heads of a group stacked
+    scale = scaling if scaling is not None else dim**-0.5
+    out = tree_attention_op()(q, key[0], value[0], attention_mask, float(scale))
+    return out.reshape(1, heads, q_len, -1).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    """Make our attention functions valid `config._attn_implementation`s (mask rules: SDPA's)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    AttentionInterface.register(TREE_ATTENTION, tree_attention_forward)
+    AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)
+    tree_attention_op()  # registered now: never for the first time inside a torch.compile trace

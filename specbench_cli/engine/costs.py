@@ -1,0 +1,65 @@
+"""Forward costs measured inside a run: one target step, a verification of N inputs, one draft step.
+
+Speculative decoding pays for a step with the draft's forwards plus one verification, and gets MAT
+tokens for it. With c = t_draft(1) / t_target(1) and v(N) = t_target(N) / t_target(1), a method that runs
+F draft forwards per step can at best reach MAT / (F * c + v(N)) times `ar`'s speed. `eval` measures
+these costs on the run's own runners after warm-up (config.json `forward_costs`) and the report prints
+the draft/target ratio and that prediction beside the measured speedup, so what is left over is overhead.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+PROBE_SIZES = (1, 16, 32, 64)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_forwards(runner, sizes: list[int], context_ids: list[int], reps: int = 10) -> dict[str, float]:
+    """Median milliseconds of one `runner.forward` of each size (a chain of inputs after `context_ids`),
+    wall time with the device synchronised: what a drafter or the decode loop pays for it."""
+    runner.reset()
+    runner.forward(list(context_ids), last_only=True)
+    runner.commit(list(range(len(context_ids))))
+    out: dict[str, float] = {}
+    for size in sizes:
+        if runner.length + size > runner.max_len:
+            continue
+        tokens = [context_ids[i % len(context_ids)] for i in range(size)]
+        for _ in range(2):  # capture / compile / allocate outside the timing
+            runner.forward(tokens)
+        times = []
+        for _ in range(reps):
+            _sync(runner.device)
+            begin = time.perf_counter()
+            runner.forward(tokens)
+            _sync(runner.device)
+            times.append(time.perf_counter() - begin)
+        out[str(size)] = 1000.0 * statistics.median(times)
+    runner.reset()
+    return out
+
+
+def probe_costs(engine, prompt_ids: list[int], context: int = 512, reps: int = 10) -> dict:
+    """Forward costs of the target and of the first draft-model runner, at `context` committed tokens."""
+    room = engine.max_len - engine.max_nodes - 2
+    ids = [prompt_ids[i % len(prompt_ids)] for i in range(max(1, min(context, room)))]
+    top = engine.max_nodes + 1
+    target_sizes = sorted({s for s in PROBE_SIZES if s < top} | {top})
+    costs: dict = {
+        "context": len(ids),
+        "reps": reps,
+        "target": time_forwards(engine.runner, target_sizes, ids, reps),
+    }
+    drafts = [r for role, r in engine.runners.made if role == "draft"]
+    if drafts:
+        costs["draft"] = time_forwards(drafts[0], [1, 16], ids, reps)
+    return costs
