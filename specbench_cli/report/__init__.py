@@ -42,16 +42,86 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
         raise SpecbenchError(f"the answer files in '{paths.answers_dir}' hold no answers yet")
     df = summarise(records)
     quality = lossy_quality_rows(records, paths.root)
+    costs = method_costs(records, df, paths)
     if write:
         write_tables(df, paths)
         write_plots(df, paths.plots_dir)
         if quality:
             write_quality(quality, paths)
+        if costs:
+            write_costs(costs, paths)
     console = console if console is not None else Console()
     render(df, console)
     if quality:
         render_quality(quality, console)
+    if costs:
+        render_costs(costs["methods"], console)
     return df
+
+
+def method_costs(records: list[dict], df: Any, paths: RunPaths) -> dict:
+    """Cost ratios and predicted speedups (report/costs.py) from the run's forward-cost probe:
+    {"forward_costs": ..., "methods": rows}, or {} for a run without a probe."""
+    import json
+
+    from .costs import cost_rows
+    from .metrics import ALL
+
+    try:
+        probe = json.loads(paths.config.read_text()).get("forward_costs")
+    except (OSError, ValueError):
+        return {}
+    pooled = df[(df["suite"] == ALL) & (df["category"] == ALL)]
+    rows = cost_rows(records, probe, dict(zip(pooled["method"], pooled["speedup"])))
+    return {"forward_costs": probe, "methods": rows} if rows else {}
+
+
+def write_costs(costs: dict, paths: RunPaths) -> None:
+    import math
+
+    import pandas as pd
+
+    from ..results import write_json_atomic, write_text_atomic
+
+    rows = costs["methods"]
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    write_json_atomic(paths.root / "costs.json", {"forward_costs": costs["forward_costs"], "methods": clean})
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
+    write_text_atomic(
+        paths.root / "costs.md",
+        "# Step costs: draft/target ratio c and the speedup the measured MAT predicts\n\n"
+        "predicted speedup = MAT * t_target(1) / (draft forwards * t_draft + t_target(verified inputs)); "
+        "see docs/results.md\n\n" + table + "\n",
+    )
+
+
+def render_costs(rows: list[dict], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="step costs: c = draft/target step, and the speedup MAT predicts", title_style="bold")
+    for col in (
+        "method",
+        "MAT",
+        "draft fwd/step",
+        "c",
+        "verify / step",
+        "draft ms/step",
+        "predicted",
+        "measured",
+    ):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["method"],
+            f"{r['decode_mat']:.2f}",
+            f"{r['draft_forwards_per_step']:.2f}",
+            f"{r['c']:.3f}",
+            f"{r['verify_cost']:.2f}",
+            f"{r['draft_ms_per_step']:.2f}",
+            f"{r['predicted_speedup']:.2f}x",
+            f"{r['speedup']:.2f}x",
+        )
+    console.print(table)
 
 
 def lossy_quality_rows(records: list[dict], run_dir: Path) -> list[dict]:

@@ -1,0 +1,95 @@
+"""What each method's speed should be, given what its steps cost: the draft/target cost ratio and the
+speedup that the measured MAT predicts, beside the measured speedup.
+
+`eval` measures forward costs on the run's own runners (config.json `forward_costs`, engine/costs.py):
+t_T(N), the target's forward of N inputs, and t_D(N), the draft model's. Per decode step a method
+runs F draft forwards (recorded per step as `draft_forwards`) and one verification of its tree. So
+
+    predicted step time = F * t_D(b) + t_T(bucket(nodes + 1))     (b = 1 for chains, 16 for trees)
+    predicted speedup   = MAT * t_T(1) / mean predicted step time
+
+with MAT over decode steps (the prefill left out). The measured speedup falls short of the prediction
+by the step's overhead: Python, retrieval, tree building, host syncs. `c = t_D(1) / t_T(1)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NAN = float("nan")
+
+
+def _cost(table: dict[str, float], size: int) -> float:
+    """Cost of a forward of `size` inputs: the smallest probed size that holds it (the runner's bucket)."""
+    sizes = sorted(int(s) for s in table)
+    fit = next((s for s in sizes if s >= size), sizes[-1] if sizes else None)
+    return float(table[str(fit)]) if fit is not None else NAN
+
+
+def cost_rows(records: list[dict], forward_costs: dict | None, speedups: dict[str, float]) -> list[dict]:
+    """One row per method, pooled over every suite of the run; [] when the run has no cost probe."""
+    if not forward_costs or "target" not in forward_costs:
+        return []
+    target, draft = forward_costs["target"], forward_costs.get("draft")
+    t1 = _cost(target, 1)
+    c = _cost(draft, 1) / t1 if draft else NAN
+    by_method: dict[str, dict[str, Any]] = {}
+    for record in records:
+        choice = record["choices"][0]
+        acc = by_method.setdefault(
+            record["method"],
+            {
+                "steps": 0,
+                "committed": 0,
+                "forwards": 0,
+                "draft_ms": 0.0,
+                "pred_draft": 0.0,
+                "pred_verify": 0.0,
+            },
+        )
+        nodes, depth = choice.get("draft_nodes") or [], choice.get("draft_depth") or []
+        forwards = choice.get("draft_forwards") or [0] * len(nodes)
+        committed, t_draft = choice.get("accept_lengths") or [], choice.get("t_draft") or []
+        # The first step of each turn is its prefill: not a decode step.
+        first, prefill_steps = 0, set()
+        for n in choice.get("decoding_steps") or []:
+            prefill_steps.add(first)
+            first += int(n)
+        for i in range(len(nodes)):
+            if i in prefill_steps:
+                continue
+            size = 1 if nodes[i] == depth[i] else 16
+            acc["steps"] += 1
+            acc["committed"] += int(committed[i]) if i < len(committed) else 0
+            acc["forwards"] += int(forwards[i])
+            acc["draft_ms"] += 1000.0 * float(t_draft[i]) if i < len(t_draft) else 0.0
+            acc["pred_draft"] += int(forwards[i]) * (_cost(draft, size) if draft else 0.0)
+            acc["pred_verify"] += _cost(target, int(nodes[i]) + 1)
+    rows = []
+    for method, acc in by_method.items():
+        steps = acc["steps"]
+        if not steps:
+            continue
+        mat = acc["committed"] / steps
+        predicted_step = (acc["pred_draft"] + acc["pred_verify"]) / steps
+        predicted = mat * t1 / predicted_step if predicted_step > 0 else NAN
+        measured = speedups.get(method, NAN)
+        rows.append(
+            {
+                "method": method,
+                "decode_mat": mat,
+                "draft_forwards_per_step": acc["forwards"] / steps,
+                "c": c if acc["forwards"] else NAN,
+                "verify_cost": acc["pred_verify"] / steps / t1,  # v: verification / one target step
+                "draft_ms_per_step": acc["draft_ms"] / steps,
+                "predicted_draft_ms": acc["pred_draft"] / steps,
+                "draft_time_ratio": (acc["draft_ms"] / acc["pred_draft"]) if acc["pred_draft"] else NAN,
+                "predicted_speedup": predicted,
+                "speedup": measured,
+                "measured_over_predicted": measured / predicted
+                if predicted and math.isfinite(predicted)
+                else NAN,
+            }
+        )
+    return rows
