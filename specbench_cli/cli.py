@@ -104,8 +104,12 @@ def eval_command(
     ] = False,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up generations per method.")] = 1,
     engine: Annotated[
-        str, typer.Option(help="eager (any model) or compiled (static cache + CUDA graphs; Llama/Qwen2).")
-    ] = "eager",
+        str,
+        typer.Option(
+            help="auto (compiled on CUDA for supported architectures, else eager), eager (any model) or "
+            "compiled (static cache + CUDA graphs for the target and draft models; Llama/Qwen2/Qwen3/Mistral)."
+        ),
+    ] = "auto",
     method_opt: Annotated[
         list[str] | None, typer.Option(help="METHOD.KEY=VALUE override, e.g. pld.num_pred=8.")
     ] = None,

@@ -1,0 +1,131 @@
+"""The fast path's plumbing: runners come from the engine's factory, `--engine auto` picks and says
+why, the forward-cost probe lands in config.json, and the report's cost model is the documented one."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from specbench_cli.cli import app
+from specbench_cli.engine.factory import RunnerFactory
+from specbench_cli.engine.runner import ModelRunner
+from specbench_cli.evaluate import resolve_engine
+from specbench_cli.registry import DRAFTERS
+from specbench_cli.report.costs import cost_rows
+from specbench_cli.types import MethodSetup, SpecbenchError
+
+QUESTIONS = Path(__file__).parent / "fixtures" / "questions_small.jsonl"
+DRAFTERS_DIR = Path(__file__).parents[1] / "specbench_cli" / "drafters"
+
+
+class RecordingFactory(RunnerFactory):
+    """Counts every runner a drafter asks for."""
+
+    def __init__(self):
+        super().__init__("eager", 512)
+        self.asked = 0
+
+    def make(self, model, max_nodes, role="draft"):
+        self.asked += 1
+        return super().make(model, max_nodes, role)
+
+
+@pytest.mark.parametrize("method", [m for m in DRAFTERS.names() if DRAFTERS.get(m).needs_draft_model])
+def test_draft_model_runners_come_from_the_factory(method, tiny, tiny_draft):
+    factory = RecordingFactory()
+    drafter = DRAFTERS.get(method)(MethodSetup(target=tiny, draft=tiny_draft, runners=factory))
+    assert factory.asked >= 1
+    runners = [r for role, r in factory.made if role == "draft"]
+    assert runners and all(r.model is tiny_draft.model for r in runners)
+    # The drafter's runner (directly or through its host tree) is one the factory made.
+    host = getattr(drafter, "host", drafter)
+    assert any(host.runner is r for r in runners)
+
+
+def test_no_drafter_constructs_a_runner():
+    for path in DRAFTERS_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        called = {
+            node.func.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        assert not called & {"ModelRunner", "CompiledRunner"}, path.name
+
+
+def test_methods_drafting_with_one_model_share_its_runner(tiny, tiny_draft):
+    factory = RunnerFactory("eager", 512)
+    setup = MethodSetup(target=tiny, draft=tiny_draft, runners=factory)
+    a, b = DRAFTERS.get("sps")(setup), DRAFTERS.get("sps-tree")(setup)
+    assert a.runner is b.runner and isinstance(a.runner, ModelRunner)
+    assert len(factory.made) == 1
+
+
+def test_engine_auto_is_eager_on_cpu_and_says_why(tiny):
+    assert resolve_engine("auto", "cpu", [tiny]) == (
+        "eager",
+        "auto: no CUDA device (the compiled engine replays CUDA graphs)",
+    )
+    kind, reason = resolve_engine("auto", "cuda", [tiny])  # a Llama: supported
+    assert kind == "compiled" and "llama" in reason
+    with pytest.raises(SpecbenchError, match="architecture"):
+        odd = type(
+            "M", (), {"model": type("X", (), {"config": type("C", (), {"model_type": "mamba"})()})()}
+        )()
+        resolve_engine("compiled", "cuda", [odd])
+    assert resolve_engine("auto", "cuda", [odd])[0] == "eager"
+
+
+def test_eval_records_engine_choice_and_forward_costs(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--model", "tiny-random", "--draft-model", "tiny-random-draft", "--suite", f"jsonl:{QUESTIONS}",
+         "--methods", "ar,sps", "--limit", "2", "--max-new-tokens", "10", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "engine: eager (auto: no CUDA device" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["engine"] == "eager" and config["engine_requested"] == "auto"
+    costs = config["forward_costs"]
+    assert set(costs["target"]) >= {"1", "16"} and set(costs["draft"]) == {"1", "16"}
+    assert all(v > 0 for v in costs["target"].values())
+    sps = [
+        json.loads(line) for line in (out / "answers").glob("*/sps.jsonl").__next__().read_text().splitlines()
+    ]
+    forwards = sps[0]["choices"][0]["draft_forwards"]
+    assert forwards[0] == 0 and all(f >= 1 for f in forwards[1:])  # the prefill step drafts nothing
+    table = json.loads((out / "costs.json").read_text())
+    assert {row["method"] for row in table["methods"]} == {"ar", "sps"}
+
+
+def test_cost_model_matches_the_documented_formula():
+    costs = {"target": {"1": 2.0, "16": 3.0, "64": 4.0}, "draft": {"1": 1.0, "16": 1.5}}
+    record = {
+        "method": "sps-tree",
+        "choices": [
+            {
+                # one turn: the prefill, then two tree steps
+                "decoding_steps": [3],
+                "draft_nodes": [0, 10, 40],
+                "draft_depth": [0, 3, 5],
+                "draft_forwards": [0, 4, 6],
+                "accept_lengths": [1, 3, 2],
+                "t_draft": [0.0, 0.008, 0.010],
+            }
+        ],
+    }
+    (row,) = cost_rows([record], costs, {"sps-tree": 1.1})
+    mat = (3 + 2) / 2
+    step = ((4 * 1.5 + 3.0) + (6 * 1.5 + 4.0)) / 2  # trees: draft forwards cost t_D(16); verify bucket
+    assert math.isclose(row["decode_mat"], mat)
+    assert math.isclose(row["predicted_speedup"], mat * 2.0 / step)
+    assert math.isclose(row["c"], 0.5)
+    assert math.isclose(row["draft_time_ratio"], 18.0 / (4 * 1.5 + 6 * 1.5))
+    assert math.isclose(row["measured_over_predicted"], 1.1 / (mat * 2.0 / step))
+    assert cost_rows([record], None, {}) == []
