@@ -37,16 +37,16 @@ format:
 bench-rest: install
 	$(PY) bench/rest_peer.py
 
-# On a GPU machine with the models staged (bench/README.md): every method, eager and compiled,
-# against transformers' eager and static-cache generate, one JSON under $(BENCH_OUT).
-BENCH_OUT ?= bench/results/gpu.json
+# On a GPU machine with the models staged (bench/README.md): the methods on the compiled engine beside
+# transformers' eager and static-cache generate, one run folder (answers + report) under $(BENCH_OUT).
+BENCH_OUT ?= results/gpu
 STORES ?= /root/work
 bench-gpu:
-	PYTHONUNBUFFERED=1 $(PY) bench/gpu_bench.py run --model qwen2.5-coder-1.5b+qwen2.5-coder-0.5b \
-		--suite jsonl:.benchdata/spec-bench.jsonl --suite jsonl:.benchdata/humaneval.jsonl \
-		--suite jsonl:.benchdata/code-alpaca.jsonl --methods ar,pld,rest,dresd,sps \
-		--datastore $(STORES)/rest --datastore $(STORES)/dresd --engines compiled --no-hf \
-		--max-new-tokens 128 --draft-compile none --time-budget 540 --compiled-share 1.0 --out $(BENCH_OUT)
+	PYTHONUNBUFFERED=1 $(PY) -m specbench_cli eval --model qwen2.5-coder-1.5b --draft-model qwen2.5-coder-0.5b \
+		--suite jsonl:.benchdata/spec-bench.jsonl,jsonl:.benchdata/humaneval.jsonl,jsonl:.benchdata/code-alpaca.jsonl \
+		--methods ar,pld,rest,dresd,sps --baselines hf-eager,hf-static \
+		--datastore $(STORES)/rest --datastore $(STORES)/dresd --engine compiled \
+		--max-new-tokens 128 --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(STAMP) build *.egg-info .pytest_cache .ruff_cache

@@ -85,6 +85,12 @@ def eval_command(
     suite: Annotated[list[str], typer.Option(help="Suite NAME[:PATH][#CATEGORY]; repeat or comma-separate.")],
     out: Annotated[Path, typer.Option(help="Run folder, e.g. results/RUN.")],
     methods: Annotated[str, typer.Option(help="Comma-separated methods (see `specbench ls`).")] = "ar,pld",
+    baselines: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated transformers baselines run beside the methods: hf-eager, hf-static."
+        ),
+    ] = "",
     draft_model: Annotated[str | None, typer.Option(help="Draft model for sps (same tokenizer).")] = None,
     datastore: Annotated[
         list[Path] | None, typer.Option(help="Datastore folder from build-index; repeatable.")
@@ -129,6 +135,7 @@ def eval_command(
             suites=split_csv(suite),
             methods=split_csv([methods]),
             out=out,
+            baselines=split_csv([baselines]),
             draft_model=draft_model,
             datastores=list(datastore or []),
             limit=limit,

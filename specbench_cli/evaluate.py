@@ -14,6 +14,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .baselines import Baseline, check_baselines
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
@@ -29,6 +30,7 @@ class EvalConfig:
     suites: list[str]
     methods: list[str]
     out: Path
+    baselines: list[str] = field(default_factory=list)  # transformers' own generate (baselines.py)
     draft_model: str | None = None
     datastores: list[Path] = field(default_factory=list)
     limit: int | None = None
@@ -112,6 +114,9 @@ def validate_cheap(cfg: EvalConfig) -> None:
     for m in cfg.method_options:
         if m not in cfg.methods:
             raise SpecbenchError(f"--method-opt names method '{m}', which is not in --methods")
+    check_baselines(cfg.baselines)
+    if cfg.baselines and cfg.temperature > 0:
+        raise SpecbenchError("--baselines run greedy transformers generate; use them with --temperature 0")
 
 
 def check_resume(cfg: EvalConfig, device: str, dtype: str) -> None:
@@ -201,12 +206,20 @@ def question_seed(seed: int, question_id, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def run_turn(engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None) -> Generation:
+    """One turn through our decode loop, or through transformers' generate for a baseline."""
+    from .engine.decode import generate
+
+    if isinstance(drafter, Baseline):
+        return drafter.generate(prompt_ids, max_new_tokens)
+    return generate(engine, drafter, prompt_ids, max_new_tokens, temperature, generator)
+
+
 def answer_question(
     engine, drafter, tokenizer, question, cfg: EvalConfig, device: str
 ) -> tuple[dict, list[Generation]]:
     import torch
 
-    from .engine.decode import generate
     from .suites import build_prompt_ids
 
     answers: list[str] = []
@@ -217,7 +230,7 @@ def answer_question(
         if cfg.temperature > 0:
             gen = torch.Generator(device=device)
             gen.manual_seed(question_seed(cfg.seed, question.question_id, turn))
-        g = generate(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen)
+        g = run_turn(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen)
         gens.append(g)
         answers.append(tokenizer.decode(g.output_ids, skip_special_tokens=True))
     steps = [s for g in gens for s in g.steps]
@@ -257,7 +270,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
 
     from .datastores.manifest import check_datastore
     from .engine.costs import probe_costs
-    from .engine.decode import DEFAULT_MAX_NODES, Engine, generate
+    from .engine.decode import DEFAULT_MAX_NODES, Engine
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
@@ -340,6 +353,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     if cfg.resume and paths.config.exists():
         old = json.loads(paths.config.read_text())
         config["methods"] = list(dict.fromkeys(old.get("methods", []) + cfg.methods))
+        config["baselines"] = list(dict.fromkeys(old.get("baselines", []) + cfg.baselines))
     write_json_atomic(paths.config, config)
     env = collect_env(
         [m for m in (target, draft) if m is not None],
@@ -350,31 +364,36 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     )
     write_json_atomic(paths.env, env)
 
+    # Baselines run like methods from here on (same questions, interleaving and answer files).
+    drafters |= {b: Baseline(b, target, static_len=max_len) for b in cfg.baselines}
+    names = cfg.methods + cfg.baselines
     torch.manual_seed(cfg.seed)
     if cfg.warmup > 0:
         # Warm-up on the first question (not recorded): allocator, kernels and lazy init settle first.
         q0 = suites[0].questions[0]
         ids = build_prompt_ids(target.tokenizer, [q0.turns[0]], [])
-        for m in cfg.methods:
+        for m in names:
             for _ in range(cfg.warmup):
-                generate(engine, drafters[m], ids, min(cfg.max_new_tokens, 32))
+                run_turn(engine, drafters[m], ids, min(cfg.max_new_tokens, 32))
+                if m in cfg.baselines:  # a second prompt length: transformers' recompile, off the clock
+                    run_turn(engine, drafters[m], ids[: max(1, len(ids) - 7)], min(cfg.max_new_tokens, 32))
         # What a target step, a verification and a draft step cost on this run's runners (report: c).
         config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
         write_json_atomic(paths.config, config)
 
     todo = []
     for s in suites:
-        done = {m: done_question_ids(paths.answers_file(s.name, m)) for m in cfg.methods}
+        done = {m: done_question_ids(paths.answers_file(s.name, m)) for m in names}
         for q in s.questions:
-            for m in cfg.methods:
+            for m in names:
                 if q.question_id not in done[m]:
                     todo.append((s, q, m))
-    total = sum(len(s.questions) for s in suites) * len(cfg.methods)
+    total = sum(len(s.questions) for s in suites) * len(names)
     console.print(
         f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
     )
 
-    live = {m: [0, 0, 0.0] for m in cfg.methods}  # tokens, steps, seconds
+    live = {m: [0, 0, 0.0] for m in names}  # tokens, steps, seconds
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -399,6 +418,7 @@ def run_eval(cfg: EvalConfig, console) -> Path:
                 "suite": s.name,
                 # per instance: whether ReSpec is lossy depends on its options
                 "lossless_method": bool(drafters[m].lossless),
+                "baseline": m in cfg.baselines,  # transformers' generate: a reference, not a method
                 "tstamp": time.time(),
                 "choices": [choice],
             }

@@ -152,3 +152,62 @@ def test_datastore_for_another_tokenizer_is_refused(tmp_path):
 
 def test_report_on_a_folder_without_answers_fails_cleanly(tmp_path):
     assert_one_line_error(run("report", str(tmp_path)))
+
+
+def test_baselines_run_beside_the_methods_and_match_ar(tmp_path):
+    out = tmp_path / "run"
+    result = run(*eval_args(out, "--limit", "2", "--baselines", "hf-eager,hf-static", "--warmup", "1"))
+    assert result.exit_code == 0, result.output
+    answers = {p.stem: p for p in (out / "answers").glob("*/*.jsonl")}
+    assert set(answers) == {"ar", "pld", "hf-eager", "hf-static"}
+    lines = {m: [json.loads(x) for x in p.read_text().splitlines()] for m, p in answers.items()}
+    for name in ("hf-eager", "hf-static"):
+        assert [r["question_id"] for r in lines[name]] == [r["question_id"] for r in lines["ar"]]
+        for mine, ar in zip(lines[name], lines["ar"]):
+            assert mine["baseline"] is True and mine["lossless_method"] is True and mine["method"] == name
+            c, ca = mine["choices"][0], ar["choices"][0]
+            # transformers' greedy generate in float32 on the CPU is ar, token for token
+            assert c["output_ids"] == ca["output_ids"] and c["stop_reason"] == ca["stop_reason"]
+            assert c["accept_lengths"] == [1] * sum(c["new_tokens"]) == [1] * len(c["t_verify"])
+            assert set(c["draft_nodes"]) == {0} and all(t > 0 for t in c["wall_time"])
+    assert all(r["baseline"] is False for r in lines["ar"] + lines["pld"])
+    assert json.loads((out / "config.json").read_text())["baselines"] == ["hf-eager", "hf-static"]
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    pooled = {r["method"]: r for r in rows if r["suite"] == "all"} or {
+        r["method"]: r for r in rows if r["category"] == "overall"
+    }
+    assert [m for m in pooled][:3] == ["ar", "hf-eager", "hf-static"]  # beside ar
+    assert pooled["hf-static"]["baseline"] and pooled["hf-static"]["lossless"] == 1.0
+    assert pooled["hf-static"]["speedup"] > 0
+    report = run("report", str(out))
+    assert "hf-static (baseline)" in report.output and "ar runs at" in report.output
+    best = [line for line in report.output.splitlines() if "lossless method" in line]
+    assert best and "hf-" not in best[0]
+    # Resume: a baseline may be added like a method; it is answered for the finished questions too.
+    more = run(*eval_args(out, "--limit", "3", "--resume", "--baselines", "hf-eager"))
+    assert more.exit_code == 0, more.output
+    assert (
+        len(
+            (out / "answers")
+            .joinpath(answers["hf-eager"].parent.name, "hf-eager.jsonl")
+            .read_text()
+            .splitlines()
+        )
+        == 3
+    )
+    assert json.loads((out / "config.json").read_text())["baselines"] == ["hf-eager", "hf-static"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--baselines", "hf-eager,vllm"], ["unknown baseline 'vllm'", "hf-static"]),
+        (["--baselines", "hf-eager,hf-eager"], ["twice"]),
+        (["--baselines", "hf-eager", "--temperature", "0.7"], ["--temperature 0"]),
+    ],
+)
+def test_bad_baselines_are_one_line_exit_2_and_write_nothing(tmp_path, extra, needles):
+    out = tmp_path / "run"
+    result = run(*eval_args(out, *extra))
+    assert_one_line_error(result, *needles)
+    assert not out.exists()

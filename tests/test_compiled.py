@@ -2,7 +2,7 @@
 
 On CPU the CompiledRunner runs its static-shape code without CUDA graphs: the padding to buckets,
 the mask built from [tokens | parents | start], the full-length static cache and the compaction are
-all exercised here; only the graph capture itself needs a GPU (bench/gpu_bench.py checks it there).
+all exercised here; only the graph capture itself needs a GPU (bench/micro.py checks it there).
 """
 
 from __future__ import annotations

@@ -302,3 +302,26 @@ def test_lossy_methods_get_agreement_and_quality_files(tmp_path):
     clean = write_run(tmp_path / "clean", lossless)
     make_report(clean.root, console=quiet_console())
     assert not (clean.root / "quality.json").exists()
+
+
+def test_baselines_sit_beside_ar_and_are_never_ranked(tmp_path):
+    # A transformers baseline faster than every method (as if ar were slow) and with ar's output.
+    records = synthetic_run()
+    for rec in [r for r in records if r["method"] == "ar"]:
+        base = json.loads(json.dumps(rec)) | {"method": "hf-static", "baseline": True}
+        base["choices"][0]["wall_time"] = [t / 10 for t in base["choices"][0]["wall_time"]]
+        records.append(base)
+    df = summarise(records)
+    assert list(df["method"][df["suite"] == ALL]) == ["ar", "hf-static", "fast", "pld"]
+    pooled = df[df["suite"] == ALL].set_index("method")
+    assert pooled.loc["hf-static", "baseline"] and not pooled.loc["pld", "baseline"]
+    assert pooled.loc["hf-static", "speedup"] == pytest.approx(10.0)
+    assert pooled.loc["hf-static", "lossless"] == 1.0
+    console = quiet_console()
+    make_report(write_run(tmp_path, records).root, console=console)
+    screen = console.file.getvalue()
+    assert "hf-static (baseline)" in screen
+    assert next(x for x in screen.splitlines() if x.startswith("Best lossless")).startswith(
+        "Best lossless method: pld,"
+    )
+    assert "ar runs at 0.10x hf-static (same output on 100%)" in screen

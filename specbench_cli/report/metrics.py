@@ -24,6 +24,7 @@ COLUMNS = [
     "category",
     "method",
     "lossless_method",
+    "baseline",
     "questions",
     "new_tokens",
     "steps",
@@ -51,6 +52,8 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
     Columns:
       lossless_method      the method claims to be lossless (answer field `lossless_method`; a missing
                            field reads as true). Lossy methods are never ranked as "best lossless".
+      baseline             transformers' own `generate` run by `eval --baselines` (answer field
+                           `baseline`), shown beside `ar` with its speedup over `ar` but never ranked.
       questions            answered questions in the row.
       new_tokens           Σ generated tokens (the recorded `new_tokens` of every turn).
       steps                Σ decoding steps = target forwards, prefill included (`decoding_steps`).
@@ -77,7 +80,7 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
     Without `ar` answers, speedup, speedup_mean and lossless are NaN.
     """
     questions = per_question(records)
-    methods = _method_order(questions["method"].unique())
+    methods = _method_order(questions["method"].unique(), set(questions.loc[questions["baseline"], "method"]))
     suites = sorted(questions["suite"].unique(), key=str)
     rows: list[dict[str, Any]] = []
     for suite in suites:
@@ -88,7 +91,15 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
         rows += _rows_per_method(in_suite, suite, OVERALL, methods)
     rows += _rows_per_method(questions, ALL, ALL, methods)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.astype({"questions": "int64", "new_tokens": "int64", "steps": "int64", "lossless_method": bool})
+    return df.astype(
+        {
+            "questions": "int64",
+            "new_tokens": "int64",
+            "steps": "int64",
+            "lossless_method": bool,
+            "baseline": bool,
+        }
+    )
 
 
 def per_question(records: Iterable[dict]) -> pd.DataFrame:
@@ -134,6 +145,7 @@ def _question_row(record: dict) -> dict[str, Any]:
             "question_id": qid,
             "category": str(record.get("category", "")),
             "lossless_method": bool(record.get("lossless_method", True)),
+            "baseline": bool(record.get("baseline", False)),
             "new_tokens": int(sum(choice["new_tokens"])),
             "steps": int(sum(choice["decoding_steps"])),
             "wall_time": float(sum(choice["wall_time"])),
@@ -171,6 +183,7 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
     new_tokens, steps, accepted = int(g["new_tokens"].sum()), int(g["steps"].sum()), int(g["accepted"].sum())
     return {
         "lossless_method": bool(g["lossless_method"].all()),
+        "baseline": bool(g["baseline"].any()),
         "questions": len(g),
         "new_tokens": new_tokens,
         "steps": steps,
@@ -199,6 +212,7 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
-def _method_order(methods: Iterable[str]) -> list[str]:
-    # The baseline first, so every table reads "ar, then what beats it".
-    return sorted(methods, key=lambda m: (m != BASELINE, m))
+def _method_order(methods: Iterable[str], baselines: set[str] = frozenset()) -> list[str]:
+    # `ar` first, then transformers' baselines beside it, so every table reads "ar and the
+    # references, then what beats them".
+    return sorted(methods, key=lambda m: (m != BASELINE, m not in baselines, m))

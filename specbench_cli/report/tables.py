@@ -48,6 +48,7 @@ HEADLINE = {
 }
 
 LOSSY_MARK = " (lossy)"
+BASELINE_MARK = " (baseline)"
 
 
 def write_tables(df: pd.DataFrame, paths: RunPaths) -> list:
@@ -81,7 +82,8 @@ def summary_markdown(df: pd.DataFrame, run_name: str) -> str:
         f"# specbench summary: {run_name}\n\n"
         f"Speedup and lossless are measured against `{BASELINE}` on the same questions of the same run; "
         "definitions in docs/results.md. Methods with `lossless_method` false are lossy and never ranked "
-        "as lossless.\n\n" + body + "\n"
+        "as lossless. Rows marked (baseline) are transformers' own `generate` (`eval --baselines`): their "
+        "speedup is over `ar` too, and they are never ranked.\n\n" + body + "\n"
     )
 
 
@@ -136,6 +138,9 @@ def render(df: pd.DataFrame, console: Any, categories: bool = False) -> None:
         table.add_row(*[row[col] for col in HEADLINE])
     console.print(table)
     console.print(best_lossless_line(df))
+    line = baselines_line(df)
+    if line:
+        console.print(line)
 
 
 def best_lossless_line(df: pd.DataFrame) -> str:
@@ -145,8 +150,12 @@ def best_lossless_line(df: pd.DataFrame) -> str:
     note = f" Lossy methods ({', '.join(lossy)}) are not ranked." if lossy else ""
     if BASELINE not in set(pooled["method"]):
         return f"No `{BASELINE}` answers in this run, so speedup and lossless are n/a.{note}"
+    # Transformers' baselines are references, not drafting methods: never the "best method".
     candidates = pooled[
-        pooled["lossless_method"] & (pooled["method"] != BASELINE) & pooled["speedup"].map(_finite)
+        pooled["lossless_method"]
+        & ~_baseline_rows(pooled)
+        & (pooled["method"] != BASELINE)
+        & pooled["speedup"].map(_finite)
     ]
     if candidates.empty:
         return f"No lossless method besides `{BASELINE}` to rank.{note}"
@@ -168,6 +177,24 @@ def best_lossless_line(df: pd.DataFrame) -> str:
     )
 
 
+def baselines_line(df: pd.DataFrame) -> str:
+    """`ar` against transformers' own generate over all suites, e.g. "ar runs at 1.93x hf-static";
+    empty when the run has no baselines (or no `ar`)."""
+    pooled = df[(df["suite"] == ALL) & (df["category"] == ALL) & _baseline_rows(df)]
+    parts = [
+        f"{1 / row['speedup']:.2f}x {row['method']}"
+        + ("" if _missing(row["lossless"]) else f" (same output on {row['lossless']:.0%})")
+        for _, row in pooled.iterrows()
+        if _finite(row["speedup"]) and row["speedup"] > 0
+    ]
+    if not parts:
+        return ""
+    return (
+        f"{BASELINE} runs at {', '.join(parts)}: transformers' own generate, ratio of totals over the "
+        "questions both answered."
+    )
+
+
 _TEXT_COLUMNS = ("suite", "category", "method")
 
 
@@ -179,7 +206,15 @@ def _overview_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _method_labels(df: pd.DataFrame) -> list[str]:
-    return [m + ("" if ok else LOSSY_MARK) for m, ok in zip(df["method"], df["lossless_method"], strict=True)]
+    return [
+        m + ("" if ok else LOSSY_MARK) + (BASELINE_MARK if base else "")
+        for m, ok, base in zip(df["method"], df["lossless_method"], _baseline_rows(df), strict=True)
+    ]
+
+
+def _baseline_rows(df: pd.DataFrame) -> pd.Series:
+    # Summaries written before baselines existed have no such column: no row is a baseline there.
+    return df["baseline"] if "baseline" in df else pd.Series(False, index=df.index)
 
 
 def _latex_label(name: str) -> str:
