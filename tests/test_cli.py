@@ -94,10 +94,12 @@ def test_two_turn_question_feeds_back_its_own_first_answer(tmp_path, tiny):
 
 def test_resume_skips_finished_questions(tmp_path):
     out = tmp_path / "run"
-    assert run(*eval_args(out, "--limit", "2")).exit_code == 0
+    assert run(*eval_args(out, "--limit", "4")).exit_code == 0
     refused = run(*eval_args(out, "--limit", "4"))
     assert_one_line_error(refused, "already exists", "--resume")
-    # Simulate a run killed mid-write: a partial trailing line must be dropped, not kept.
+    # Simulate a run killed after two questions, mid-write: the partial trailing line must be dropped.
+    for p in (out / "answers").glob("*/*.jsonl"):
+        p.write_text("".join(p.read_text().splitlines(keepends=True)[:2]))
     ar_file = next((out / "answers").glob("*/ar.jsonl"))
     with ar_file.open("a") as f:
         f.write('{"question_id": 99, "choi')
