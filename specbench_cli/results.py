@@ -259,6 +259,9 @@ def _parse_record(raw: bytes) -> dict | None:
         return None
     if not isinstance(record, dict) or "question_id" not in record:
         return None
+    qid = record["question_id"]
+    if not isinstance(qid, (int, str)) or isinstance(qid, bool):
+        return None  # ids key dicts and pair answers across methods: a list or null cannot
     return record
 
 

@@ -68,6 +68,7 @@ def test_eval_writes_answers_env_config_and_report(tmp_path):
     assert env["packages"]["torch"] and env["python"] and env["models"][0]["name"] == "tiny-random"
     summary = json.loads((out / "summary.json").read_text())
     assert summary  # the report ran as part of eval
+    assert summary["excluded_records"] == 0, summary["excluded"]  # real answers pass validation
     report = run("report", str(out))
     assert report.exit_code == 0 and "pld" in report.output
 
