@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .types import SpecbenchError
 
@@ -45,7 +46,8 @@ def user_errors():
     try:
         yield
     except SpecbenchError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # escape: a message naming e.g. `method_options[pld]` must not be read as rich markup
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .baselines import Baseline, check_baselines
 from .registry import DRAFTERS
@@ -20,8 +22,21 @@ from .types import Generation, MethodSetup, SpecbenchError
 
 ENGINES = ("auto", "eager", "compiled")
 
-# Settings that must match when a run is resumed (methods and limits may grow).
-RESUME_KEYS = ("model", "draft_model", "max_new_tokens", "temperature", "dtype", "seed", "engine")
+# Top-level config.json settings that must match when a run is resumed (see `provenance`).
+RESUME_KEYS = (
+    "model",
+    "draft_model",
+    "max_new_tokens",
+    "temperature",
+    "dtype",
+    "device",
+    "seed",
+    "engine",
+    "limit",
+)
+# Provenance keys that belong to one method or datastore: compared only when both runs have them,
+# because methods (and the datastores they bring) may be added on resume, or left out of one.
+SCOPED_PREFIXES = ("method_options[", "datastore[")
 
 
 @dataclass
@@ -119,26 +134,102 @@ def validate_cheap(cfg: EvalConfig) -> None:
         raise SpecbenchError("--baselines run greedy transformers generate; use them with --temperature 0")
 
 
-def check_resume(cfg: EvalConfig, device: str, dtype: str) -> None:
-    """A resumed run must keep the settings that change the numbers (methods may be added)."""
+def provenance(config: dict) -> dict[str, Any]:
+    """Everything in a config.json that changes a number, one comparable value per key.
+
+    Warm-up, threads and --force-datastore are left out: they change no recorded number. Suites are
+    keyed by label, so a different question file under the same name is caught by its sha256.
+    """
+    prov: dict[str, Any] = {key: config.get(key) for key in RESUME_KEYS}
+    suites = config.get("suites_info") or []
+    prov["suites"] = sorted(str(s.get("name")) for s in suites)
+    for s in suites:
+        for key in ("source", "sha256", "questions"):
+            prov[f"suite[{s.get('name')}].{key}"] = s.get(key)
+    options = config.get("method_options") or {}
+    for m in config.get("methods") or []:
+        prov[f"method_options[{m}]"] = options.get(m, {})
+    for kind, info in (config.get("datastores_info") or {}).items():
+        prov[f"datastore[{kind}]"] = {key: info.get(key) for key in ("path", "manifest_sha256")}
+    return prov
+
+
+def provenance_mismatch(old: dict, new: dict, final: bool = True) -> tuple[str, Any, Any] | None:
+    """The first (key, old value, new value) where two configs' provenance differs, or None.
+
+    With `final` False (the check before the model loads) a new value "auto" is skipped: it is
+    resolved later and compared again, resolved, right before config.json is written.
+    """
+    mine, theirs = provenance(new), provenance(old)
+    for key in list(dict.fromkeys([*theirs, *mine])):
+        if key.startswith(SCOPED_PREFIXES) and (key not in mine or key not in theirs):
+            continue
+        if not final and mine.get(key) == "auto":
+            continue
+        if theirs.get(key) != mine.get(key):
+            return key, theirs.get(key), mine.get(key)
+    return None
+
+
+def read_run_config(out: Path) -> dict | None:
+    """The config.json of an existing run folder; None when the folder holds no run yet."""
     import json
 
-    if not (cfg.resume and cfg.out.exists()):
-        return
+    path = out / "config.json"
+    if not path.exists() and not (out / "answers").exists():
+        return None  # nothing written yet (e.g. a run killed while its model loaded)
     try:
-        old = json.loads((cfg.out / "config.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SpecbenchError(
-            f"--resume: {cfg.out} has no readable config.json ({e.__class__.__name__})"
+            f"--resume: {out} has no readable config.json ({e.__class__.__name__})"
         ) from None
-    mine = cfg.to_json() | {"device": device, "dtype": dtype}
-    for key in RESUME_KEYS + ("device",):
-        if key == "engine" and cfg.engine == "auto":
-            continue  # resolved once the model is loaded, then checked by check_resumed_engine
-        if old.get(key) != mine.get(key):
-            raise SpecbenchError(
-                f"--resume: {key} was {old.get(key)!r} in {cfg.out}, now {mine.get(key)!r}; use another --out"
-            )
+
+
+def check_resume(out: Path, config: dict, final: bool = True) -> dict | None:
+    """A resumed run must keep every setting that changes the numbers (methods may be added).
+
+    Refuses with one line naming the first setting that differs, its old and its new value; returns
+    the old config (None for a folder without a run yet).
+    """
+    old = read_run_config(out)
+    if old is None:
+        return None
+    diff = provenance_mismatch(old, config, final)
+    if diff is not None:
+        key, was, now = diff
+        raise SpecbenchError(f"--resume: {key} was {was!r} in {out}, now {now!r}; use another --out")
+    return old
+
+
+def carry_forward(config: dict, old: dict | None) -> dict:
+    """The config to write on resume: this run's, plus what earlier runs recorded for methods and
+    datastores that this one left out (their answers stay in the folder, so must their settings)."""
+    if old is None:
+        return config
+    merged = dict(config)
+    for key in ("methods", "baselines"):
+        merged[key] = list(dict.fromkeys((old.get(key) or []) + (config.get(key) or [])))
+    for key in ("method_options", "methods_params", "lossless_methods", "datastores_info"):
+        merged[key] = {**(old.get(key) or {}), **(config.get(key) or {})}
+    return merged
+
+
+def base_config(cfg: EvalConfig, device: str, dtype: str, suites, stores: dict[str, Path]) -> dict:
+    """What config.json records before any model loads (provenance is checked on this first)."""
+    from .datastores.manifest import manifest_sha256
+
+    return cfg.to_json() | {
+        "device": device,
+        "dtype": dtype,
+        "suites_info": [
+            {"name": s.name, "source": s.source, "sha256": s.sha256, "questions": len(s.questions)}
+            for s in suites
+        ],
+        "datastores_info": {
+            k: {"path": str(p), "manifest_sha256": manifest_sha256(p)} for k, p in stores.items()
+        },
+    }
 
 
 def resolve_engine(requested: str, device: str, models: list) -> tuple[str, str]:
@@ -162,16 +253,6 @@ def resolve_engine(requested: str, device: str, models: list) -> tuple[str, str]
     if unsupported:
         return "eager", f"auto: the compiled runner does not support architecture {', '.join(unsupported)}"
     return "compiled", f"auto: CUDA device and a supported architecture ({', '.join(sorted(set(archs)))})"
-
-
-def check_resumed_engine(cfg: EvalConfig, engine: str) -> None:
-    import json
-
-    if not (cfg.resume and (cfg.out / "config.json").exists()):
-        return
-    old = json.loads((cfg.out / "config.json").read_text()).get("engine")
-    if old is not None and old != engine:
-        raise SpecbenchError(f"--resume: engine was {old!r} in {cfg.out}, now {engine!r}; use another --out")
 
 
 def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
@@ -256,8 +337,12 @@ def answer_question(
 
 
 def run_eval(cfg: EvalConfig, console) -> Path:
-    import json
+    # The run-folder lock is taken part-way through (after the cheap checks) and held to the end.
+    with ExitStack() as hold:
+        return _run_eval(cfg, console, hold)
 
+
+def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     import torch
     from rich.progress import (
         BarColumn,
@@ -274,17 +359,16 @@ def run_eval(cfg: EvalConfig, console) -> Path:
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
-    from .results import RunPaths, append_answer, done_question_ids, write_json_atomic
-    from .suites import build_prompt_ids, load_suite
+    from .results import RunPaths, append_answer, done_question_ids, run_folder_lock, write_json_atomic
+    from .suites import build_prompt_ids, load_suites
 
     validate_cheap(cfg)
     device, dtype = resolve_device(cfg.device, cfg.dtype)
-    check_resume(cfg, device, dtype)
     if cfg.threads is not None:
         if cfg.threads < 1:
             raise SpecbenchError(f"--threads must be positive, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
-    suites = [load_suite(s, cfg.limit, cfg.seed) for s in cfg.suites]
+    suites = load_suites(cfg.suites, cfg.limit, cfg.seed)  # labels unique: one answer folder each
     for s in suites:
         if not s.questions:
             raise SpecbenchError(f"suite '{s.name}' has no questions")
@@ -299,6 +383,13 @@ def run_eval(cfg: EvalConfig, console) -> Path:
                 f"method '{m}' needs a datastore: build one with `specbench build-index --method "
                 f"{c.datastore_kind}` and pass it with --datastore DIR"
             )
+
+    # Cheap checks passed: claim the folder (created here if new, removed again if the run fails
+    # before its first write) and hold it while the model loads, so no second eval can interleave.
+    hold.enter_context(run_folder_lock(cfg.out, cfg.resume))
+    config = base_config(cfg, device, dtype, suites, stores)
+    if cfg.resume:
+        check_resume(cfg.out, config, final=False)  # before the slow model load
 
     console.print(f"loading {cfg.model} ({dtype}, {device})")
     target = load_model(cfg.model, dtype=dtype, device=device)
@@ -316,7 +407,6 @@ def run_eval(cfg: EvalConfig, console) -> Path:
             )
 
     engine_kind, engine_reason = resolve_engine(cfg.engine, device, [m for m in (target, draft) if m])
-    check_resumed_engine(cfg, engine_kind)
     console.print(f"engine: {engine_kind} ({engine_reason})", highlight=False)
     max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
     engine = Engine(target, max_len=max_len, kind=engine_kind)
@@ -335,25 +425,17 @@ def run_eval(cfg: EvalConfig, console) -> Path:
 
     # Everything checked: from here on the run folder is written.
     paths = RunPaths(cfg.out)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    config = cfg.to_json() | {
-        "device": device,
-        "dtype": dtype,
-        "engine": engine_kind,
+    config |= {
+        "engine": engine_kind,  # resolved: what the resume check compares
         "engine_requested": cfg.engine,
         "engine_reason": engine_reason,
         "methods_params": {m: d.describe() for m, d in drafters.items()},
         "lossless_methods": {m: bool(d.lossless) for m, d in drafters.items()},
-        "suites_info": [
-            {"name": s.name, "source": s.source, "sha256": s.sha256, "questions": len(s.questions)}
-            for s in suites
-        ],
-        "datastores_info": {k: {"path": str(p), "check": store_notes} for k, p in stores.items()},
     }
-    if cfg.resume and paths.config.exists():
-        old = json.loads(paths.config.read_text())
-        config["methods"] = list(dict.fromkeys(old.get("methods", []) + cfg.methods))
-        config["baselines"] = list(dict.fromkeys(old.get("baselines", []) + cfg.baselines))
+    for kind, info in config["datastores_info"].items():
+        info["check"] = {k: v for k, v in store_notes.items() if k.startswith(f"{kind}:")}
+    old = check_resume(cfg.out, config) if cfg.resume else None  # again, on resolved values
+    config = carry_forward(config, old)
     write_json_atomic(paths.config, config)
     env = collect_env(
         [m for m in (target, draft) if m is not None],

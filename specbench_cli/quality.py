@@ -281,15 +281,18 @@ def questions_from_config(run_dir: Path) -> dict[str, list[Question]]:
         config = json.loads((Path(run_dir) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+    # The run may have renamed clashing labels (suites.load_suites): suites_info, in --suite order,
+    # holds the label each spec's answers were filed under.
+    labels = [info.get("name") for info in config.get("suites_info") or []]
     out: dict[str, list[Question]] = {}
-    for spec in config.get("suites", []):
+    for i, spec in enumerate(config.get("suites", [])):
         if not str(spec).startswith("humaneval"):
             continue
         try:
             suite = load_suite(str(spec), None, int(config.get("seed", 0)))
         except (SpecbenchError, OSError):
             continue
-        out[suite.name] = suite.questions
+        out[labels[i] if i < len(labels) and labels[i] else suite.name] = suite.questions
     return out
 
 

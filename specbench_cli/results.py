@@ -3,18 +3,22 @@
 Usage: `paths = RunPaths(Path("results/run1")); append_answer(paths.answers_file("mt-bench", "pld"), rec)`.
 
 Layout of `results/RUN/` (docs/results.md describes every field):
-    config.json, env.json, answers/<suite_label>/<method>.jsonl,
-    summary.json, summary.md, summary.csv, summary.tex, plots/*.png
+    .lock (held by the eval that writes the folder), config.json, env.json,
+    answers/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
 No torch or pandas here: `eval --resume` reads these files before any model loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,14 @@ def append_answer(path: Path, record: dict) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class AnswerLine:
+    """One kept answer record and its 1-based line number in the file (for error messages)."""
+
+    line: int
+    record: dict
+
+
 def read_answers(path: Path, repair: bool = False) -> list[dict]:
     """Read an answer file, one record per question_id (the last line for an id wins).
 
@@ -53,11 +65,16 @@ def read_answers(path: Path, repair: bool = False) -> list[dict]:
     with `repair=True` cut off the file (atomically, by rewriting the good prefix). A bad line
     anywhere before the last one means the file was damaged some other way: SpecbenchError.
     """
+    return [kept.record for kept in read_answer_lines(path, repair)]
+
+
+def read_answer_lines(path: Path, repair: bool = False) -> list[AnswerLine]:
+    """`read_answers`, with the line number each kept record came from."""
     data = Path(path).read_bytes()
     raw_lines = data.split(b"\n")
     # Index of the last non-blank line: the only one allowed to be a partial write.
     last = max((i for i, raw in enumerate(raw_lines) if raw.strip()), default=-1)
-    by_id: dict[Any, dict] = {}
+    by_id: dict[Any, AnswerLine] = {}
     good_end = 0  # byte offset just past the last good line
     offset = 0
     for i, raw in enumerate(raw_lines):
@@ -74,7 +91,7 @@ def read_answers(path: Path, repair: bool = False) -> list[dict]:
                 "fix or delete that line"
             )
         by_id.pop(record["question_id"], None)  # re-insert, so the order follows the kept lines
-        by_id[record["question_id"]] = record
+        by_id[record["question_id"]] = AnswerLine(i + 1, record)
         good_end = min(offset, len(data))
     if repair:
         fixed = data[:good_end]
@@ -128,6 +145,7 @@ class RunPaths:
     """Every path of one run folder, so no other module spells out file names."""
 
     root: Path
+    lock: Path = field(init=False)
     config: Path = field(init=False)
     env: Path = field(init=False)
     answers_dir: Path = field(init=False)
@@ -139,6 +157,7 @@ class RunPaths:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self.lock = self.root / ".lock"
         self.config = self.root / "config.json"
         self.env = self.root / "env.json"
         self.answers_dir = self.root / "answers"
@@ -164,6 +183,75 @@ class RunPaths:
                 yield path.parent.name, path.stem, path
 
 
+@contextmanager
+def run_folder_lock(root: Path, resume: bool) -> Iterator[Path]:
+    """Hold an exclusive lock on the run folder `root` for the whole `with` block.
+
+    Two evals appending to one folder would interleave answers and overwrite each other's config, so a
+    second one is refused (one line, exit 2) while the first holds the lock. A missing folder is
+    created here, atomically, so two new runs cannot both claim it; an existing one is only entered
+    with `resume`. If the block fails while a folder created here holds nothing but the lock file, the
+    folder is removed again: a run that dies before its first write leaves nothing behind. The lock
+    file stays in a kept folder (deleting it would let a third process lock a fresh inode while a
+    second one still holds the old one).
+    """
+    root = Path(root)
+    lock_path = RunPaths(root).lock
+    created = _create_folder(root, resume)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise SpecbenchError(
+                f"run folder {root} is in use by another specbench eval{_lock_holder(lock_path)}; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        # Who holds it, for the message above (informational only: the flock is the lock).
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield root
+        except BaseException:
+            if created and _holds_only(root, lock_path.name):
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _create_folder(root: Path, resume: bool) -> bool:
+    """mkdir `root`; True when this call created it. An existing folder needs `resume`."""
+    try:
+        root.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        if not resume:
+            raise SpecbenchError(
+                f"run folder {root} already exists; pass --resume to continue it or choose another --out"
+            ) from None
+        if not root.is_dir():
+            raise SpecbenchError(f"--out {root} exists and is not a folder") from None
+        return False
+
+
+def _lock_holder(lock_path: Path) -> str:
+    try:
+        pid = lock_path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def _holds_only(root: Path, name: str) -> bool:
+    try:
+        return [p.name for p in root.iterdir()] == [name]
+    except OSError:
+        return False
+
+
 def _parse_record(raw: bytes) -> dict | None:
     try:
         record = json.loads(raw)
@@ -171,6 +259,9 @@ def _parse_record(raw: bytes) -> dict | None:
         return None
     if not isinstance(record, dict) or "question_id" not in record:
         return None
+    qid = record["question_id"]
+    if not isinstance(qid, (int, str)) or isinstance(qid, bool):
+        return None  # ids key dicts and pair answers across methods: a list or null cannot
     return record
 
 

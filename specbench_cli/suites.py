@@ -149,6 +149,63 @@ def load_suite(spec: str, limit: int | None = None, seed: int = 0) -> LoadedSuit
     )
 
 
+def load_suites(specs: list[str], limit: int | None = None, seed: int = 0) -> list[LoadedSuite]:
+    """`load_suite` for every spec of one run, with labels made unique (each suite has its own answers).
+
+    Labels come from the suite name or, for `jsonl:`, the file name, so `jsonl:a/question.jsonl` and
+    `jsonl:b/question.jsonl` would share one answer folder. Suites that hold the same questions (same
+    label and same file sha256) are the same suite listed twice: refused. Otherwise each label of a
+    clashing group gets its file's folder name (`jsonl-question-a`, `jsonl-question-b`, before any
+    `#category`), and where that still clashes a number (`-2`, `-3`, ... in --suite order). The result
+    depends only on the specs and their order, so a `--resume` with the same --suite list finds the
+    same answer folders.
+    """
+    suites = [load_suite(spec, limit, seed) for spec in specs]
+    groups: dict[str, list[int]] = {}
+    for i, suite in enumerate(suites):
+        groups.setdefault(suite.name, []).append(i)
+    taken = set(groups)
+    for label, members in groups.items():
+        if len(members) < 2:
+            continue
+        _refuse_repeats(label, [suites[i] for i in members], [specs[i] for i in members])
+        by_folder = [_qualified(label, _safe_label(Path(suites[i].source).parent.name)) for i in members]
+        if len(set(by_folder)) == len(by_folder) and not taken & set(by_folder):
+            new_labels = by_folder
+        else:  # same folder names (x/a/q.jsonl, y/a/q.jsonl): number them instead
+            new_labels = [label]
+            for _ in members[1:]:
+                new_labels.append(_numbered(label, taken | set(new_labels)))
+        for i, new in zip(members, new_labels, strict=True):
+            suites[i].name = new
+        taken |= set(new_labels)
+    return suites
+
+
+def _refuse_repeats(label: str, clashing: list[LoadedSuite], specs: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for suite, spec in zip(clashing, specs, strict=True):
+        if suite.sha256 in seen:
+            raise SpecbenchError(
+                f"suites '{seen[suite.sha256]}' and '{spec}' are the same suite ('{label}', same questions, "
+                f"sha256 {suite.sha256[:12]}); list it once"
+            )
+        seen[suite.sha256] = spec
+
+
+def _qualified(label: str, qualifier: str) -> str:
+    # The qualifier goes before any "#category", which stays the label's last part.
+    base, hash_sign, category = label.partition("#")
+    return f"{base}-{qualifier}{hash_sign}{category}"
+
+
+def _numbered(label: str, taken: set[str]) -> str:
+    n = 2
+    while _qualified(label, str(n)) in taken:
+        n += 1
+    return _qualified(label, str(n))
+
+
 def _parse_spec(spec: str) -> tuple[str, str | None, str | None]:
     # The category is split off the end so that a ':' inside PATH stays part of the path.
     rest, hash_sign, category = spec.rpartition("#") if "#" in spec else (spec, "", "")

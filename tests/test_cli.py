@@ -68,6 +68,7 @@ def test_eval_writes_answers_env_config_and_report(tmp_path):
     assert env["packages"]["torch"] and env["python"] and env["models"][0]["name"] == "tiny-random"
     summary = json.loads((out / "summary.json").read_text())
     assert summary  # the report ran as part of eval
+    assert summary["excluded_records"] == 0, summary["excluded"]  # real answers pass validation
     report = run("report", str(out))
     assert report.exit_code == 0 and "pld" in report.output
 
@@ -94,10 +95,12 @@ def test_two_turn_question_feeds_back_its_own_first_answer(tmp_path, tiny):
 
 def test_resume_skips_finished_questions(tmp_path):
     out = tmp_path / "run"
-    assert run(*eval_args(out, "--limit", "2")).exit_code == 0
+    assert run(*eval_args(out, "--limit", "4")).exit_code == 0
     refused = run(*eval_args(out, "--limit", "4"))
     assert_one_line_error(refused, "already exists", "--resume")
-    # Simulate a run killed mid-write: a partial trailing line must be dropped, not kept.
+    # Simulate a run killed after two questions, mid-write: the partial trailing line must be dropped.
+    for p in (out / "answers").glob("*/*.jsonl"):
+        p.write_text("".join(p.read_text().splitlines(keepends=True)[:2]))
     ar_file = next((out / "answers").glob("*/ar.jsonl"))
     with ar_file.open("a") as f:
         f.write('{"question_id": 99, "choi')
@@ -183,8 +186,8 @@ def test_baselines_run_beside_the_methods_and_match_ar(tmp_path):
     assert "hf-static (baseline)" in report.output and "ar runs at" in report.output
     best = [line for line in report.output.splitlines() if "lossless method" in line]
     assert best and "hf-" not in best[0]
-    # Resume: a baseline may be added like a method; it is answered for the finished questions too.
-    more = run(*eval_args(out, "--limit", "3", "--resume", "--baselines", "hf-eager"))
+    # Resume with the same settings (a changed --limit is refused): finished baselines are not redone.
+    more = run(*eval_args(out, "--limit", "2", "--resume", "--baselines", "hf-eager"))
     assert more.exit_code == 0, more.output
     assert (
         len(
@@ -193,7 +196,7 @@ def test_baselines_run_beside_the_methods_and_match_ar(tmp_path):
             .read_text()
             .splitlines()
         )
-        == 3
+        == 2
     )
     assert json.loads((out / "config.json").read_text())["baselines"] == ["hf-eager", "hf-static"]
 

@@ -325,3 +325,129 @@ def test_baselines_sit_beside_ar_and_are_never_ranked(tmp_path):
         "Best lossless method: pld,"
     )
     assert "ar runs at 0.10x hf-static (same output on 100%)" in screen
+
+
+# ----------------------------------------------------------------------------------------------------
+# Malformed records: named, excluded, counted
+
+
+def test_a_nan_wall_time_is_excluded_visibly_and_does_not_move_the_speedup(tmp_path):
+    records = synthetic_run()
+    # ar's answer to s1/question 2 gets a NaN time: before validation it dragged ar's tok/s to NaN
+    # (or, as inf, inflated every method's speedup).
+    bad_index = next(
+        i for i, r in enumerate(records) if (r["suite"], r["method"], r["question_id"]) == ("s1", "ar", 2)
+    )
+    bad_line = 1 + sum(1 for r in records[:bad_index] if (r["suite"], r["method"]) == ("s1", "ar"))
+    records[bad_index]["choices"][0]["wall_time"][0] = float("nan")
+    paths = write_run(tmp_path, records)
+    console = quiet_console()
+    df = make_report(paths.root, console=console)
+
+    clean = records[:bad_index] + records[bad_index + 1 :]
+    check_against_records(df, clean)  # every number as if the bad line were not there
+    want = summarise(clean).set_index(["suite", "category", "method"])
+    got = df.set_index(["suite", "category", "method"])
+    assert got.loc[(ALL, ALL, "pld"), "speedup"] == pytest.approx(want.loc[(ALL, ALL, "pld"), "speedup"])
+    assert math.isfinite(got.loc[(ALL, ALL, "pld"), "speedup"])
+    assert got.loc[("s1", OVERALL, "ar"), "questions"] == 5
+
+    warnings = [line for line in console.file.getvalue().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert f"answers/s1/ar.jsonl line {bad_line}" in warnings[0]
+    assert "choices[0].wall_time[0]" in warnings[0] and "nan" in warnings[0]
+    summary = json.loads(paths.summary_json.read_text())
+    assert summary["excluded_records"] == 1
+    assert summary["excluded"] == [
+        {
+            "file": "answers/s1/ar.jsonl",
+            "line": bad_line,
+            "question_id": 2,
+            "field": "choices[0].wall_time[0]",
+            "problem": "is nan, not a finite number >= 0",
+        }
+    ]
+
+
+def test_a_clean_run_excludes_nothing(tmp_path):
+    paths = write_run(tmp_path, synthetic_run())
+    console = quiet_console()
+    make_report(paths.root, console=console)
+    assert "warning:" not in console.file.getvalue()
+    assert json.loads(paths.summary_json.read_text())["excluded_records"] == 0
+
+
+def _break(path: str, value):
+    """A change to one field of a good record: path is `key` or `key.index` inside choices[0]."""
+
+    def apply(record):
+        choice = record["choices"][0]
+        key, _, index = path.partition(".")
+        if index:
+            choice[key][int(index)] = value
+        elif value is _DELETE:
+            del choice[key]
+        else:
+            choice[key] = value
+        return record
+
+    return apply
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (_break("wall_time.0", -0.5), "wall_time[0]"),
+        (_break("wall_time.0", float("inf")), "wall_time[0]"),
+        (_break("wall_time.0", 0.0), "wall_time[0]"),  # tokens in no time: infinite speed
+        (_break("wall_time.0", "1.0"), "wall_time[0]"),
+        (_break("new_tokens.0", -3), "new_tokens[0]"),
+        (_break("new_tokens.0", 2.5), "new_tokens[0]"),
+        (_break("decoding_steps.0", True), "decoding_steps[0]"),
+        (_break("t_verify.0", float("nan")), "t_verify[0]"),
+        (_break("draft_nodes.0", -1), "draft_nodes[0]"),
+        (_break("wall_time", [0.1, 0.2, 0.3]), "wall_time"),  # 3 times for 1 turn
+        (_break("new_tokens", _DELETE), "new_tokens"),
+        (_break("t_draft", [0.0]), "t_draft"),  # per-step lists of different lengths
+        (_break("output_ids", [[1, 2, 3]]), "output_ids[0]"),  # 3 ids, but new_tokens says otherwise
+        (_break("decoding_steps.0", 1), "accept_lengths"),  # steps no longer match the per-step lists
+        (_break("accept_lengths.1", 9), "accept_lengths"),  # commits more tokens than the turn has
+        (lambda r: r | {"lossless_method": "false"}, "lossless_method"),
+        (lambda r: r | {"choices": []}, "choices"),
+    ],
+)
+def test_record_problem_names_the_field(change, field):
+    from specbench_cli.report.validate import record_problem
+
+    rng = random.Random(7)
+    good = make_answer(rng, "s1", 1, "qa", "pld", [list(range(30))], 4, 90.0)
+    assert record_problem(good) is None
+    problem = record_problem(change(good))
+    assert problem is not None
+    assert problem[0].removeprefix("choices[0].") == field, problem
+
+
+def test_plain_spec_bench_records_still_pass():
+    from specbench_cli.report.validate import record_problem
+
+    # Spec-Bench's own files: no ids, no step timings, steps counted their own way.
+    record = {
+        "question_id": 81,
+        "category": "writing",
+        "choices": [
+            {"index": 0, "turns": ["a", "b"], "new_tokens": [40, 30], "wall_time": [1.2, 0.9],
+             "decoding_steps": [20, 16], "accept_lengths": [2, 2, 3, 1, 2]}
+        ],
+    }  # fmt: skip
+    assert record_problem(record) is None
+
+
+def test_report_refuses_when_every_record_is_malformed(tmp_path):
+    records = synthetic_run()[:1]
+    records[0]["choices"][0]["new_tokens"][0] = -1
+    paths = write_run(tmp_path, records)
+    with pytest.raises(SpecbenchError, match=r"all 1 answer records .* malformed.*new_tokens\[0\]"):
+        make_report(paths.root, console=quiet_console())

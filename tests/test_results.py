@@ -180,3 +180,28 @@ def test_run_paths_refuse_unsafe_labels(tmp_path, label):
         RunPaths(tmp_path).answers_file(label, "ar")
     with pytest.raises(SpecbenchError, match="invalid"):
         RunPaths(tmp_path).answers_file("suite", label)
+
+
+def test_run_folder_lock_refuses_a_second_holder_and_cleans_up_a_failed_start(tmp_path):
+    from specbench_cli.results import run_folder_lock
+
+    root = tmp_path / "run"
+    with run_folder_lock(root, resume=False):
+        assert [p.name for p in root.iterdir()] == [".lock"]
+        with pytest.raises(SpecbenchError, match="in use by another specbench eval"):
+            with run_folder_lock(root, resume=True):
+                pass
+        with pytest.raises(SpecbenchError, match="already exists"):
+            with run_folder_lock(root, resume=False):
+                pass
+    with run_folder_lock(root, resume=True):  # released at the end of the block
+        pass
+    # A run that fails before writing anything leaves no folder behind; one that wrote keeps it.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError), run_folder_lock(fresh, resume=False):
+        raise RuntimeError("model load failed")
+    assert not fresh.exists()
+    with pytest.raises(RuntimeError), run_folder_lock(fresh, resume=False):
+        (fresh / "config.json").write_text("{}")
+        raise RuntimeError("died after the first write")
+    assert (fresh / "config.json").exists()

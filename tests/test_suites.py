@@ -483,3 +483,24 @@ def test_flat_ids_accepts_every_return_shape():
         torch.tensor([[1, 2, 3]]),
     ):
         assert suites._flat_ids(out) == [1, 2, 3]
+
+
+def test_load_suites_gives_clashing_labels_their_folder_names(tmp_path):
+    from specbench_cli.suites import load_suites
+
+    files = {}
+    for folder in ("a", "b", "x/c", "y/c"):
+        (tmp_path / folder).mkdir(parents=True)
+        rows = [json.loads(line) for line in SMALL.read_text().splitlines() if line.strip()]
+        rows[0]["turns"] = [f"question from {folder}"]  # other content: a different suite
+        files[folder] = tmp_path / folder / "question.jsonl"
+        files[folder].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    specs = [f"jsonl:{files['a']}#code", f"jsonl:{files['b']}#code", f"jsonl:{SMALL}"]
+    labels = [s.name for s in load_suites(specs)]
+    assert labels == ["jsonl-question-a#code", "jsonl-question-b#code", f"jsonl-{SMALL.name.split('.')[0]}"]
+    # Same folder name twice: numbered in --suite order instead, the first keeps the plain label.
+    labels = [s.name for s in load_suites([f"jsonl:{files['x/c']}", f"jsonl:{files['y/c']}"])]
+    assert labels == ["jsonl-question", "jsonl-question-2"]
+    assert [s.name for s in load_suites([f"jsonl:{files['y/c']}", f"jsonl:{files['x/c']}"])] == labels
+    with pytest.raises(SpecbenchError, match="same suite"):
+        load_suites([f"jsonl:{files['a']}", f"jsonl:{files['a']}"])

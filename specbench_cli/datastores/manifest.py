@@ -162,3 +162,14 @@ def staged_build(out_dir: Path) -> Iterator[Path]:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
+
+
+def manifest_sha256(folder: Path) -> str:
+    """sha256 of the datastore's manifest.json: its identity for `eval --resume`.
+
+    The manifest records the corpus hash, the build parameters and the build time, so a rebuilt
+    datastore (even from the same corpus) gets another id, and a run is never resumed on other drafts.
+    """
+    import hashlib
+
+    return hashlib.sha256((Path(folder) / MANIFEST_FILE).read_bytes()).hexdigest()

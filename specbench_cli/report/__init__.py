@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..results import RunPaths, read_answers
+from ..results import RunPaths, read_answer_lines
 from ..types import SpecbenchError
+from .validate import BadRecord, record_problem
 
 
 def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
@@ -24,6 +25,7 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
     from .plots import write_plots
     from .tables import render, write_tables
 
+    console = console if console is not None else Console()
     paths = RunPaths(Path(run_dir))
     if not paths.root.is_dir():
         raise SpecbenchError(
@@ -34,24 +36,33 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
         raise SpecbenchError(
             f"'{run_dir}' is not a run folder with answers: no answers/<suite>/<method>.jsonl files in it"
         )
-    records = []
-    for suite, method, path in files:
-        # The file's place names its suite and method, so renamed or copied files group as they lie.
-        records += [{**record, "suite": suite, "method": method} for record in read_answers(path)]
+    records, excluded = read_valid_records(paths, files)
+    for bad in excluded:
+        console.print(f"warning: {bad.message()}", markup=False, highlight=False, soft_wrap=True)
     if not records:
+        if excluded:
+            raise SpecbenchError(
+                f"all {len(excluded)} answer records in '{paths.answers_dir}' are malformed, "
+                f"e.g. {excluded[0].message()}"
+            )
         raise SpecbenchError(f"the answer files in '{paths.answers_dir}' hold no answers yet")
     df = summarise(records)
     quality = lossy_quality_rows(records, paths.root)
     costs = method_costs(records, df, paths)
     if write:
-        write_tables(df, paths)
+        write_tables(df, paths, excluded)
         write_plots(df, paths.plots_dir)
         if quality:
             write_quality(quality, paths)
         if costs:
             write_costs(costs, paths)
-    console = console if console is not None else Console()
     render(df, console)
+    if excluded:
+        console.print(
+            f"{len(excluded)} malformed answer record(s) excluded (warnings above; listed in summary.json)",
+            markup=False,
+            highlight=False,
+        )
     if quality:
         render_quality(quality, console)
     if costs:
@@ -122,6 +133,26 @@ def render_costs(rows: list[dict], console: Any) -> None:
             f"{r['speedup']:.2f}x",
         )
     console.print(table)
+
+
+def read_valid_records(paths: RunPaths, files) -> tuple[list[dict], list[BadRecord]]:
+    """Every answer record of `files` that passes `validate.record_problem`, and the ones that did not.
+
+    A malformed record is left out rather than failing the whole report: one bad line in a long run
+    should cost that question, visibly, not every other number.
+    """
+    records: list[dict] = []
+    excluded: list[BadRecord] = []
+    for suite, method, path in files:
+        for kept in read_answer_lines(path):
+            problem = record_problem(kept.record)
+            if problem is not None:
+                where = str(path.relative_to(paths.root))
+                excluded.append(BadRecord(where, kept.line, kept.record.get("question_id"), *problem))
+                continue
+            # The file's place names its suite and method, so renamed or copied files group as they lie.
+            records.append({**kept.record, "suite": suite, "method": method})
+    return records, excluded
 
 
 def lossy_quality_rows(records: list[dict], run_dir: Path) -> list[dict]:

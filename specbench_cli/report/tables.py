@@ -51,16 +51,19 @@ LOSSY_MARK = " (lossy)"
 BASELINE_MARK = " (baseline)"
 
 
-def write_tables(df: pd.DataFrame, paths: RunPaths) -> list:
-    """Write summary.json, summary.md, summary.csv and summary.tex atomically; return their paths."""
-    write_json_atomic(paths.summary_json, summary_json(df, paths))
+def write_tables(df: pd.DataFrame, paths: RunPaths, excluded: list | None = None) -> list:
+    """Write summary.json, summary.md, summary.csv and summary.tex atomically; return their paths.
+
+    `excluded`: the malformed answer records (`validate.BadRecord`) left out of `df`.
+    """
+    write_json_atomic(paths.summary_json, summary_json(df, paths, excluded or []))
     write_text_atomic(paths.summary_md, summary_markdown(df, paths.root.name))
     write_text_atomic(paths.summary_csv, df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(paths.summary_tex, summary_latex(df, paths.root.name))
     return [paths.summary_json, paths.summary_md, paths.summary_csv, paths.summary_tex]
 
 
-def summary_json(df: pd.DataFrame, paths: RunPaths) -> dict[str, Any]:
+def summary_json(df: pd.DataFrame, paths: RunPaths, excluded: list | None = None) -> dict[str, Any]:
     # The config's sha256 ties these numbers to the exact config.json they came from.
     config_sha = hashlib.sha256(paths.config.read_bytes()).hexdigest() if paths.config.is_file() else None
     return {
@@ -71,6 +74,9 @@ def summary_json(df: pd.DataFrame, paths: RunPaths) -> dict[str, Any]:
         "baseline": BASELINE,
         "columns": COLUMNS,
         "rows": [{key: _plain(value) for key, value in row.items()} for row in df.to_dict("records")],
+        # Malformed answer records left out of every row (file, line, question_id, field, problem).
+        "excluded_records": len(excluded or []),
+        "excluded": [bad.to_json() for bad in excluded or []],
     }
 
 
