@@ -118,6 +118,13 @@ def eval_command(
             "compiled (static cache + CUDA graphs for the target and draft models; Llama/Qwen2/Qwen3/Mistral)."
         ),
     ] = "auto",
+    draft_compile: Annotated[
+        str,
+        typer.Option(
+            help="Compiled engine: default (torch.compile draft models too) or none (CUDA graphs only, "
+            "no compile time: each draft forward launches more kernels)."
+        ),
+    ] = "default",
     method_opt: Annotated[
         list[str] | None, typer.Option(help="METHOD.KEY=VALUE override, e.g. pld.num_pred=8.")
     ] = None,
@@ -149,6 +156,7 @@ def eval_command(
             resume=resume,
             warmup=warmup,
             engine=engine,
+            draft_compile=draft_compile,
             force_datastore=force_datastore,
             threads=threads,
             method_options=parse_method_options(method_opt or []),

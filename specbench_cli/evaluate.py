@@ -57,6 +57,9 @@ class EvalConfig:
     resume: bool = False
     warmup: int = 1
     engine: str = "auto"
+    draft_compile: str = (
+        "default"  # compiled engine: torch.compile mode of draft models, "none" = graphs only
+    )
     force_datastore: bool = False
     threads: int | None = None
     method_options: dict[str, dict] = field(default_factory=dict)
@@ -120,6 +123,8 @@ def validate_cheap(cfg: EvalConfig) -> None:
         raise SpecbenchError(f"--temperature must be >= 0, got {cfg.temperature}")
     if cfg.limit is not None and cfg.limit <= 0:
         raise SpecbenchError(f"--limit must be positive, got {cfg.limit}")
+    if cfg.draft_compile not in ("default", "none"):
+        raise SpecbenchError(f"unknown --draft-compile '{cfg.draft_compile}'; choose from: default, none")
     if cfg.engine not in ENGINES:
         raise SpecbenchError(f"unknown --engine '{cfg.engine}'; choose from: {', '.join(ENGINES)}")
     if cfg.out.exists() and not cfg.resume:
@@ -409,7 +414,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     engine_kind, engine_reason = resolve_engine(cfg.engine, device, [m for m in (target, draft) if m])
     console.print(f"engine: {engine_kind} ({engine_reason})", highlight=False)
     max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
-    engine = Engine(target, max_len=max_len, kind=engine_kind)
+    draft_mode = None if cfg.draft_compile == "none" else cfg.draft_compile
+    engine = Engine(target, max_len=max_len, kind=engine_kind, draft_compile_mode=draft_mode)
     drafters = {}
     for m, cls in classes.items():
         setup = MethodSetup(

@@ -65,9 +65,10 @@ class Engine:
     max_nodes: int = DEFAULT_MAX_NODES
     kind: str = "eager"
     compile_mode: str | None = "default"
+    draft_compile_mode: str | None = "default"
 
     def __post_init__(self) -> None:
-        self.runners = RunnerFactory(self.kind, self.max_len, self.compile_mode)
+        self.runners = RunnerFactory(self.kind, self.max_len, self.compile_mode, self.draft_compile_mode)
         self.runner = self.runners.make(self.loaded.model, self.max_nodes, role="target")
         self.eos = set(self.loaded.eos_ids)
         self.vocab_size = self.loaded.vocab_size

@@ -21,6 +21,7 @@ class RunnerFactory:
     kind: str = "eager"  # eager | compiled
     max_len: int = 4096  # live slots of every runner it makes (the run's longest conversation)
     compile_mode: str | None = "default"  # compiled runners: torch.compile mode, None = graphs only
+    draft_compile_mode: str | None = "default"  # the same for draft-model runners
     made: list[tuple[str, Runner]] = field(default_factory=list)  # (role, runner), for cost probes
 
     def make(self, model: Any, max_nodes: int, role: str = "draft") -> Runner:
@@ -39,7 +40,8 @@ class RunnerFactory:
         if self.kind == "compiled":
             from .compiled import CompiledRunner
 
-            runner: Runner = CompiledRunner(model, self.max_len, max_nodes, compile_mode=self.compile_mode)
+            mode = self.compile_mode if role == "target" else self.draft_compile_mode
+            runner: Runner = CompiledRunner(model, self.max_len, max_nodes, compile_mode=mode)
         else:
             runner = ModelRunner(model, self.max_len)
         runner.max_nodes = max_nodes
