@@ -1,7 +1,8 @@
 """A static KV cache whose write slots the engine chooses.
 
 transformers' StaticCache appends at its own running counter and ignores the positions we pass
-(see ../shared/notes/engine.md), which breaks rewinding and tree verification. Here every layer
+(checked with transformers 5.17-5.23: three calls with the same cache_position wrote three
+different slot ranges), which breaks rewinding and tree verification. Here every layer
 writes the new keys/values at `slots.write` (a device tensor the runner fills before each forward),
 the same design as gpt-fast's KVCache(input_pos), so one captured graph per draft size can replay.
 """
