@@ -31,11 +31,7 @@ class RunnerFactory:
         compilation): methods take turns, and each resets the runner when its generation starts.
         """
         for made_role, runner in self.made:
-            if (
-                made_role == role
-                and runner.model is model
-                and getattr(runner, "max_nodes", max_nodes) == max_nodes
-            ):
+            if made_role == role and runner.model is model and runner.max_nodes == max_nodes:
                 return runner
         if self.kind == "compiled":
             from .compiled import CompiledRunner
@@ -44,6 +40,6 @@ class RunnerFactory:
             runner: Runner = CompiledRunner(model, self.max_len, max_nodes, compile_mode=mode)
         else:
             runner = ModelRunner(model, self.max_len)
-        runner.max_nodes = max_nodes
+        runner.max_nodes = max_nodes  # what the lookup above matches on
         self.made.append((role, runner))
         return runner

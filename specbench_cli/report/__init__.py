@@ -88,29 +88,20 @@ def method_costs(records: list[dict], df: Any, paths: RunPaths) -> dict:
 
 
 def write_costs(costs: dict, paths: RunPaths) -> None:
-    import math
-
-    import pandas as pd
-
-    from ..results import write_json_atomic, write_text_atomic
-
-    rows = costs["methods"]
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    write_json_atomic(paths.root / "costs.json", {"forward_costs": costs["forward_costs"], "methods": clean})
-    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
-    write_text_atomic(
-        paths.root / "costs.md",
+    write_rows(
+        paths,
+        "costs",
         "# Step costs: draft/target ratio c and the speedup the measured MAT predicts\n\n"
         "predicted speedup = MAT * t_target(1) / (draft forwards * t_draft + t_target(verified inputs)); "
-        "see docs/results.md\n\n" + table + "\n",
+        "see docs/results.md",
+        "methods",
+        costs["methods"],
+        {"forward_costs": costs["forward_costs"]},
     )
 
 
 def render_costs(rows: list[dict], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title="step costs: c = draft/target step, and the speedup MAT predicts", title_style="bold")
-    for col in (
+    columns = (
         "method",
         "MAT",
         "draft fwd/step",
@@ -119,10 +110,9 @@ def render_costs(rows: list[dict], console: Any) -> None:
         "draft ms/step",
         "predicted",
         "measured",
-    ):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
+    )
+    cells = [
+        (
             r["method"],
             f"{r['decode_mat']:.2f}",
             f"{r['draft_forwards_per_step']:.2f}",
@@ -132,7 +122,9 @@ def render_costs(rows: list[dict], console: Any) -> None:
             f"{r['predicted_speedup']:.2f}x",
             f"{r['speedup']:.2f}x",
         )
-    console.print(table)
+        for r in rows
+    ]
+    print_table(console, "step costs: c = draft/target step, and the speedup MAT predicts", columns, cells)
 
 
 def read_valid_records(paths: RunPaths, files) -> tuple[list[dict], list[BadRecord]]:
@@ -166,6 +158,13 @@ def lossy_quality_rows(records: list[dict], run_dir: Path) -> list[dict]:
 
 def write_quality(rows: list[dict], paths: RunPaths) -> None:
     """quality.json and quality.md beside the summary: lossy methods are judged by these, not by speed."""
+    write_rows(paths, "quality", "# Lossy methods: agreement with ar and task quality", "lossy_methods", rows)
+
+
+def write_rows(
+    paths: RunPaths, stem: str, heading: str, key: str, rows: list[dict], extra: dict | None = None
+) -> None:
+    """`<stem>.json` ({key: rows} with NaN as null, plus `extra`) and `<stem>.md` (heading, then the table)."""
     import math
 
     import pandas as pd
@@ -173,30 +172,17 @@ def write_quality(rows: list[dict], paths: RunPaths) -> None:
     from ..results import write_json_atomic, write_text_atomic
 
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    write_json_atomic(paths.root / "quality.json", {"lossy_methods": clean})
+    write_json_atomic(paths.root / f"{stem}.json", {**(extra or {}), key: clean})
     table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f")
-    write_text_atomic(
-        paths.root / "quality.md", "# Lossy methods: agreement with ar and task quality\n\n" + table + "\n"
-    )
+    write_text_atomic(paths.root / f"{stem}.md", heading + "\n\n" + table + "\n")
 
 
 def render_quality(rows: list[dict], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title="lossy methods: agreement with ar and task quality", title_style="bold")
-    for col in (
-        "suite",
-        "method",
-        "paired",
-        "token agreement",
-        "exact match",
-        "quality metric",
-        "quality",
-        "ar's quality",
-    ):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
+    columns = (
+        "suite", "method", "paired", "token agreement", "exact match", "quality metric", "quality", "ar's quality",
+    )  # fmt: skip
+    cells = [
+        (
             r["suite"],
             r["method"],
             str(r["paired"]),
@@ -206,4 +192,17 @@ def render_quality(rows: list[dict], console: Any) -> None:
             f"{r['quality']:.3f}",
             f"{r['quality_ar']:.3f}",
         )
+        for r in rows
+    ]
+    print_table(console, "lossy methods: agreement with ar and task quality", columns, cells)
+
+
+def print_table(console: Any, title: str, columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_style="bold")
+    for col in columns:
+        table.add_column(col)
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
