@@ -7,7 +7,7 @@ Subclass `Drafter`, set the class flags, implement `propose`, and add one line t
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 
@@ -20,6 +20,7 @@ class Drafter:
     datastore_kind: ClassVar[str | None] = None  # which `build-index --method` this drafter reads
     lossless: ClassVar[bool] = True  # False: the report keeps it out of lossless rankings
     lossless_options: ClassVar[dict] = {}  # for a lossy method: the options that make it lossless
+    options_class: ClassVar[type | None] = None  # a dataclass of `options.option` fields (typed options)
 
     def __init__(self, setup: MethodSetup):
         self.setup = setup
@@ -36,6 +37,18 @@ class Drafter:
                 f"unknown {self.name} option(s) {', '.join(unknown)}; choose from: {', '.join(defaults)}"
             )
         return defaults | dict(self.setup.options)
+
+    def typed_options(self, nested: bool = False) -> Any:
+        """`--method-opt` values parsed into `options_class` (one-line error on unknown keys or bad values).
+
+        With nested=True, dotted keys (`fallback.k=3`) are returned separately for the method to route:
+        (options, {"fallback": {"k": 3}}).
+        """
+        from ..options import parse_options, split_nested
+
+        own, sub = split_nested(dict(self.setup.options)) if nested else (dict(self.setup.options), {})
+        parsed = parse_options(self.options_class, own, owner=self.name)
+        return (parsed, sub) if nested else parsed
 
     def reset(self, prompt_ids: list[int]) -> None:
         """Called once per generated turn, before the first step."""

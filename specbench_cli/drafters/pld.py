@@ -7,11 +7,20 @@ suffix itself, gives those tokens as a chain draft. No match: an empty draft (a 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
+
+
+@dataclass
+class PldOptions:
+    max_ngram: int = option(3, "longest n-gram searched first (then n-1 ... 1)", "Spec-Bench PLD", minimum=1)
+    num_pred: int = option(10, "tokens drafted after the match", "Spec-Bench PLD, num_pred_tokens", minimum=1)
 
 
 def find_candidate(tokens: np.ndarray, max_ngram: int = 3, num_pred: int = 10) -> np.ndarray:
@@ -33,15 +42,17 @@ def find_candidate(tokens: np.ndarray, max_ngram: int = 3, num_pred: int = 10) -
 
 class PromptLookup(Drafter):
     name = "pld"
+    options_class = PldOptions
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        self.max_ngram = int(setup.options.get("max_ngram", 3))
-        self.num_pred = int(setup.options.get("num_pred", 10))
+        self.opts = self.typed_options()
+        self.max_ngram = self.opts.max_ngram
+        self.num_pred = self.opts.num_pred
 
     def propose(self, ctx: DraftContext) -> DraftTree:
         draft = find_candidate(np.asarray(ctx.tokens, dtype=np.int64), self.max_ngram, self.num_pred)
         return DraftTree.chain(draft[: ctx.max_nodes].tolist())
 
     def describe(self) -> dict:
-        return {"max_ngram": self.max_ngram, "num_pred": self.num_pred}
+        return asdict(self.opts)
