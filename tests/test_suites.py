@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specbench_cli import suites
-from specbench_cli.suites import SUITES, build_prompt_ids, load_suite, spec_bench_task, suite_file_sha256
+from specbench_cli.files import sha256_file as suite_file_sha256
+from specbench_cli.suites import SUITES, build_prompt_ids, load_suite, spec_bench_task
 from specbench_cli.types import Question, SpecbenchError
 
 REPO = Path(__file__).resolve().parents[1]
