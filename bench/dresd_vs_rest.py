@@ -187,8 +187,9 @@ def evaluate(args, stores: dict[str, Path], device: str, dtype: str, console) ->
     from specbench_cli.datastores.manifest import check_datastore
     from specbench_cli.engine.decode import Engine, generate
     from specbench_cli.models import load_model, tokenizer_fingerprint
+    from specbench_cli.prompts import build_prompt_ids
     from specbench_cli.registry import DRAFTERS
-    from specbench_cli.suites import build_prompt_ids, load_suite
+    from specbench_cli.suites import load_suite
     from specbench_cli.types import MethodSetup
 
     target = load_model(args.model, dtype=dtype, device=device)

@@ -275,7 +275,7 @@ def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
 def cache_length(suites, tokenizer, max_new_tokens: int, max_nodes: int) -> int:
     """Slots a static cache needs for the longest conversation of the run (every turn's question,
     every answer at full length, chat-template overhead), rounded up to a multiple of 256."""
-    from .suites import build_prompt_ids
+    from .prompts import build_prompt_ids
 
     longest = 0
     for s in suites:
@@ -306,7 +306,7 @@ def answer_question(
 ) -> tuple[dict, list[Generation]]:
     import torch
 
-    from .suites import build_prompt_ids
+    from .prompts import build_prompt_ids
 
     answers: list[str] = []
     gens: list[Generation] = []
@@ -363,9 +363,10 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .engine.decode import DEFAULT_MAX_NODES, Engine
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
+    from .prompts import build_prompt_ids
     from .report import make_report
     from .results import RunPaths, append_answer, done_question_ids, run_folder_lock, write_json_atomic
-    from .suites import build_prompt_ids, load_suites
+    from .suites import load_suites
 
     validate_cheap(cfg)
     device, dtype = resolve_device(cfg.device, cfg.dtype)

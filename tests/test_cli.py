@@ -76,7 +76,7 @@ def test_eval_writes_answers_env_config_and_report(tmp_path):
 def test_two_turn_question_feeds_back_its_own_first_answer(tmp_path, tiny):
     from specbench_cli.drafters.ar import Autoregressive
     from specbench_cli.engine.decode import Engine, generate
-    from specbench_cli.suites import build_prompt_ids
+    from specbench_cli.prompts import build_prompt_ids
     from specbench_cli.types import MethodSetup
 
     out = tmp_path / "run"

@@ -288,7 +288,7 @@ def test_torch_backend_matches_faiss(store, tiny):
 def test_build_index_from_a_generated_corpus_keys_prompt_plus_answer(tiny, tmp_path):
     """`build-index --method dresd --corpus generate:FILE`: documents are the chat prompt + the answer."""
     from specbench_cli.datastores import build_index
-    from specbench_cli.suites import build_prompt_ids
+    from specbench_cli.prompts import build_prompt_ids
 
     fixture = "tests/fixtures/code_alpaca_small.json"
     options = {

@@ -360,7 +360,7 @@ def generate_answers(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..suites import build_prompt_ids
+    from ..prompts import build_prompt_ids
 
     done: dict[tuple[str, int], dict] = {}
     if path.is_file():

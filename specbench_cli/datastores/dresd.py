@@ -469,7 +469,7 @@ def corpus_documents(source, tokenizer, console) -> tuple[list[np.ndarray], str]
     then the model's answer, so each stored key saw the same kind of context a query will see (DReSD's
     "Question: ...\\nAnswer:\\n" + response). Other corpora are their plain texts.
     """
-    from ..suites import build_prompt_ids
+    from ..prompts import build_prompt_ids
     from .corpus import tokenize_documents
 
     if source.kind == "generate" and source.records:
