@@ -54,6 +54,7 @@ MT_BENCH_CATEGORIES = (
 )
 CODE_ALPACA_SUBSET = 100  # DReSD-style evaluation subset when no --limit is given
 
+
 @dataclass(frozen=True)
 class SuiteSource:
     """How a suite's questions are found (when no PATH is given) and read."""

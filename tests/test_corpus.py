@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from specbench_cli.datastores import build_index
-from specbench_cli.datastores import corpus as corpus_mod
+from specbench_cli.datastores import generate as generate_mod
 from specbench_cli.datastores.base import file_records
 from specbench_cli.datastores.corpus import iter_corpus, stdlib_files, tokenize_documents
 from specbench_cli.datastores.manifest import (
@@ -21,6 +21,7 @@ from specbench_cli.datastores.manifest import (
     write_manifest,
 )
 from specbench_cli.datastores.rest import RestDatastore
+from specbench_cli.files import sha256_file
 from specbench_cli.types import SpecbenchError
 
 QUIET = Console(quiet=True)
@@ -161,7 +162,7 @@ def test_build_index_rest_from_jsonl(tiny, tmp_path):
     manifest = build_index("rest", "tiny-random", str(path), out, options(text_key=["q", "a"]), QUIET)
     assert manifest["documents"] == 20 and manifest["tokens"] > 100
     assert manifest["tokenizer"]["fingerprint"] == tokenizer_fingerprint(tiny.tokenizer)
-    assert manifest["corpus"]["sha256"] == corpus_mod.file_sha256(path)
+    assert manifest["corpus"]["sha256"] == sha256_file(path)
     store = RestDatastore(out)
     conts = {bytes(c.tolist()).decode() for c in store.continuations(list(b"answer 1"), length=3)}
     assert conts == {str(d) for d in range(10)}  # "answer 1" ends its document: no continuation
@@ -178,13 +179,13 @@ def test_generate_corpus_writes_answers_once_and_reuses_them(tiny, tmp_path, mon
     opts = options(generated_dir=str(tmp_path / "gen"))
     first = iter_corpus(f"generate:{prompts}", opts, loaded=tiny, console=QUIET)
     assert first.kind == "generate" and first.suite == "prompts" and first.documents == 3
-    assert first.suite_sha256 == corpus_mod.file_sha256(prompts)
+    assert first.suite_sha256 == sha256_file(prompts)
     lines = first.answers_file.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(x)["new_tokens"] <= 6 for x in lines)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("answers should have been reused")
 
-    monkeypatch.setattr(corpus_mod, "generate_batch", no_generation)
+    monkeypatch.setattr(generate_mod, "generate_batch", no_generation)
     again = iter_corpus(f"generate:{prompts}", opts, loaded=tiny, console=QUIET)
     assert list(again.texts()) == list(first.texts()) and again.sha256 == first.sha256
