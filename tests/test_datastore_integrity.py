@@ -21,7 +21,7 @@ from specbench_cli import files
 from specbench_cli.datastores import build_from_token_docs
 from specbench_cli.datastores.base import VERIFIED_FILE, file_records
 from specbench_cli.datastores.dresd import DresdDatastore
-from specbench_cli.datastores.manifest import read_manifest, write_manifest
+from specbench_cli.datastores.manifest import check_datastore, read_manifest, write_manifest
 from specbench_cli.datastores.rest import RestDatastore
 from specbench_cli.datastores.sam import SamDatastore
 from specbench_cli.models import tokenizer_fingerprint
@@ -102,7 +102,9 @@ def test_hash_is_checked_once_then_cached(tmp_path, tiny, monkeypatch):
         return real(p, *args, **kwargs)
 
     monkeypatch.setattr("specbench_cli.datastores.base.sha256_file", counting)
-    RestDatastore(path)
+    fingerprint = read_manifest(path)["tokenizer"]["fingerprint"]
+    check_datastore(path, "rest", fingerprint, "mt-bench", None, False)  # what eval does first
+    RestDatastore(path)  # then the drafter opens it
     assert sorted(hashed) == ["sa.npy", "tokens.npy"]
     RestDatastore(path)
     assert len(hashed) == 2  # sizes checked, hashes not recomputed
@@ -134,22 +136,25 @@ def test_eval_refuses_a_damaged_store_before_writing(tmp_path, tiny):
 # Array checks: bad arrays under a consistent manifest
 
 
-def test_rest_suffix_array_out_of_range_is_refused(tmp_path, tiny):
-    path = _store("rest", tmp_path, tiny)
-    sa = np.load(path / "sa.npy")
-    sa[len(sa) // 2] = len(sa) + 1000  # would read past the stream in the search kernel
-    np.save(path / "sa.npy", sa)
-    _reseal(path)
-    _one_line_refusal(lambda: RestDatastore(path), "sa.npy", "outside")
+def _point_past_the_stream(sa: np.ndarray) -> None:
+    sa[len(sa) // 2] = len(sa) + 1000  # the search kernel would read past the token stream
 
 
-def test_sam_edge_target_out_of_range_is_refused(tmp_path, tiny):
-    path = _store("sam", tmp_path, tiny)
-    edges = np.load(path / "edges.npy")
-    edges[0, 1] = 10**9
-    np.save(path / "edges.npy", edges)
+def _edge_to_nowhere(edges: np.ndarray) -> None:
+    edges[0, 1] = 10**9  # a transition to a state that does not exist
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "corrupt"),
+    [("rest", "sa.npy", _point_past_the_stream), ("sam", "edges.npy", _edge_to_nowhere)],
+)
+def test_out_of_range_index_is_refused(kind, name, corrupt, tmp_path, tiny):
+    path = _store(kind, tmp_path, tiny)
+    arr = np.load(path / name)
+    corrupt(arr)
+    np.save(path / name, arr)
     _reseal(path)
-    _one_line_refusal(lambda: SamDatastore(path), "edges.npy", "outside")
+    _one_line_refusal(lambda: OPENERS[kind](path), name, "outside")
 
 
 def test_sam_suffix_link_cycle_is_refused(tmp_path, tiny):

@@ -108,12 +108,14 @@ class VerifiedFiles:
         """True when the arrays were already validated in exactly this state of the files."""
         return self.cache.get("files") == self.state and self.cache.get("validated") is True
 
-    def save(self) -> None:
-        """Remember the confirmed state; a read-only store just gets hashed again next time."""
-        if self.validated:
+    def save(self, validated: bool) -> None:
+        """Remember the confirmed hashes (and whether the arrays passed their checks in this state);
+        a read-only store just gets hashed again next time."""
+        record = {"files": self.state, "validated": validated or self.validated}
+        if record == self.cache:
             return
         try:
-            write_atomic(self.folder / VERIFIED_FILE, json.dumps({"files": self.state, "validated": True}))
+            write_atomic(self.folder / VERIFIED_FILE, json.dumps(record))
         except OSError:
             pass
 
@@ -190,7 +192,7 @@ class Datastore:
             ) from None
         if not files.validated:
             self.validate()
-        files.save()
+        files.save(validated=True)
 
     # -- opening ------------------------------------------------------------------------------------
 
