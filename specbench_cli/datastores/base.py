@@ -186,7 +186,9 @@ class Datastore:
         files.check()
         try:
             self.load()
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001 - numpy, safetensors and faiss each raise their own types
+            # Checksums matched, so the files are the ones the build wrote; an unreadable one means
+            # the manifest itself was rewritten over other files.
             raise damaged(
                 self.path, f"its files cannot be read ({str(e).splitlines()[0] if str(e) else e!r})"
             ) from None
