@@ -82,10 +82,6 @@ def global_options(
     show_tracebacks = debug  # set on every call, so in-process runs (tests) do not leak it
 
 
-def debugging() -> bool:
-    return show_tracebacks
-
-
 def print_error(message: str, label: str = "error") -> None:
     # One line whatever the message holds; escape: `method_options[pld]` must not be read as markup.
     line = " ".join(str(message).split())
@@ -126,7 +122,7 @@ def user_errors(resumable: bool = False):
         )
         raise typer.Exit(130) from None
     except Exception as e:
-        if debugging():
+        if show_tracebacks:
             console.print_exception(show_locals=False)
         if isinstance(e, SpecbenchError):
             print_error(str(e))
@@ -134,7 +130,7 @@ def user_errors(resumable: bool = False):
         if isinstance(e, OSError):
             print_error(os_error_message(e, resumable))
             raise typer.Exit(2) from None
-        hint = "" if debugging() else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+        hint = "" if show_tracebacks else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
         print_error(f"{e.__class__.__name__}: {str(e)[:300]}{hint}", label="internal error")
         raise typer.Exit(1) from None
 
