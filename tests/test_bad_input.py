@@ -36,6 +36,14 @@ def eval_args(out: Path, *extra: str, suite: str | None = None) -> list[str]:
     ]  # fmt: skip
 
 
+def with_option(args: list[str], flag: str, value: str) -> list[str]:
+    """`args` with `flag` set to `value` (replaced where present, else appended)."""
+    if flag in args:
+        i = args.index(flag)
+        return [*args[: i + 1], value, *args[i + 2 :]]
+    return [*args, flag, value]
+
+
 def refused(root: Path, args: list[str], *needles: str, lines: int = 1, env: dict | None = None) -> str:
     """Run the CLI in-process and check the contract; returns the error line."""
     before = snapshot(root)
@@ -86,12 +94,7 @@ def refused(root: Path, args: list[str], *needles: str, lines: int = 1, env: dic
     ],
 )
 def test_bad_eval_value_is_refused_before_anything_loads(tmp_path, flag, value, needle):
-    args = eval_args(tmp_path / "run")
-    if flag in args:
-        args[args.index(flag) + 1] = value
-    else:
-        args += [flag, value]
-    line = refused(tmp_path, args, needle)
+    line = refused(tmp_path, with_option(eval_args(tmp_path / "run"), flag, value), needle)
     assert flag in line or flag.lstrip("-") in line
 
 
@@ -301,11 +304,7 @@ def test_report_on_things_that_are_not_runs(tmp_path):
 def test_bad_build_index_value_is_refused_before_anything_loads(tmp_path, flag, value, needle):
     args = ["build-index", "--method", "rest", "--model", "tiny-random", "--corpus", str(QUESTIONS),
             "--out", str(tmp_path / "store")]  # fmt: skip
-    if flag in args:
-        args[args.index(flag) + 1] = value
-    else:
-        args += [flag, value]
-    refused(tmp_path, args, needle)
+    refused(tmp_path, with_option(args, flag, value), needle)
 
 
 def test_build_index_out_under_a_file(tmp_path):
