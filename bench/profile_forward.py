@@ -77,10 +77,11 @@ def make_runner(loaded: Any, variant: str, max_len: int) -> Any:
 
     if variant == "eager":
         return ModelRunner(loaded.model, max_len)
-    attention, backend, mode = variant.split(":")
+    # ATTENTION:BACKEND:MODE[:nofuse], e.g. tree:efficient:default or tree:efficient:default:nofuse
+    attention, backend, mode, *flags = variant.split(":")
     runner = CompiledRunner(
         loaded.model, max_len, 128, attention=attention, backend=backend,
-        compile_mode=None if mode == "eager" else mode,
+        compile_mode=None if mode == "eager" else mode, fuse="nofuse" not in flags,
     )  # fmt: skip
     return runner
 
