@@ -365,6 +365,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
     from .results import RunPaths, append_answer, done_question_ids, run_folder_lock, write_json_atomic
+    from .scoring.scores import scorable, score_answer, score_missing
     from .suites import build_prompt_ids, load_suites
 
     validate_cheap(cfg)
@@ -511,6 +512,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 "choices": [choice],
             }
             append_answer(paths.answers_file(s.name, m), record)
+            if scorable(q):  # HumanEval: pass/fail in the sandbox now, so the report runs nothing
+                append_answer(paths.scores_file(s.name, m), score_answer(q, record))
             acc = live[m]
             acc[0] += sum(g.new_tokens for g in gens)
             acc[1] += sum(len(g.steps) for g in gens)
@@ -521,5 +524,6 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 if v[1]
             )
             progress.update(task, advance=1, stats=stats)
+    score_missing(paths, {s.name: s.questions for s in suites})  # answers of an interrupted run
     make_report(paths.root, console=console)
     return paths.root
