@@ -72,7 +72,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     control = spec["control_fd"]
     uid, gid = os.getuid(), os.getgid()
-    namespaces = enter_namespaces(uid, gid)
+    namespaces = [] if "namespaces" in spec["without"] else enter_namespaces(uid, gid)
     pid = os.fork()
     if pid == 0:
         try:
@@ -121,7 +121,7 @@ def child(spec: dict, namespaces: list[str]) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher killed: the sample goes too
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:  # setuid binaries cannot raise privileges
         isolation["no_new_privs"] = True
-    isolation["landlock"] = landlock(work)
+    isolation["landlock"] = 0 if "landlock" in spec["without"] else landlock(work)
     send(spec["control_fd"], {"isolation": isolation})
     # The sample keeps stdin (/dev/null), stdout/stderr (the bounded pipe), 3: result marker, 4: nonce;
     # the control pipe stays open until exec (close-on-exec), so a failed exec is still reported.
