@@ -140,6 +140,10 @@ def _run(work: Path, python_mount: Path, limits: Limits, without: tuple[str, ...
             pass_fds=(result_w, nonce_r, control_w),
             start_new_session=True,  # its own session and process group, killed as one
         )
+    except BaseException:
+        os.close(result_r)
+        os.close(control_r)
+        raise
     finally:
         for fd in (result_w, nonce_r, control_w):
             os.close(fd)
@@ -147,9 +151,9 @@ def _run(work: Path, python_mount: Path, limits: Limits, without: tuple[str, ...
     streams = {out_fd: bytearray(), result_r: bytearray(), control_r: bytearray()}
     try:
         timed_out = _collect(proc, streams, limits)
+    finally:  # also on Ctrl-C: nothing of the sample outlives the call
         messages = _messages(streams[control_r])
         _kill_all(proc, messages.get("init_pid"))
-    finally:
         proc.stdout.close()
         os.close(result_r)
         os.close(control_r)
@@ -164,7 +168,9 @@ def _collect(proc: subprocess.Popen, streams: dict[int, bytearray], limits: Limi
     launcher is polled without being reaped, so its pid and process group stay reserved for the kill.
     """
     deadline = time.monotonic() + limits.wall_s
-    open_fds = set(streams)
+    poller = select.poll()  # not select(): descriptors above 1024 are common in a process with torch
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
     drain_until = None  # once the launcher is gone: read what is buffered, briefly, then stop
     while True:
         exited = _exited(proc.pid)
@@ -172,11 +178,11 @@ def _collect(proc: subprocess.Popen, streams: dict[int, bytearray], limits: Limi
             drain_until = time.monotonic() + 0.2
         remaining = deadline - time.monotonic()
         wait = 0.0 if exited else min(max(remaining, 0.0), 0.05)
-        ready = select.select(list(open_fds), [], [], wait)[0] if open_fds else []
+        ready = [fd for fd, _ in poller.poll(wait * 1000)]
         for fd in ready:
             data = os.read(fd, 65536)
             if not data:
-                open_fds.discard(fd)
+                poller.unregister(fd)  # end-of-file (POLLHUP with nothing left)
                 continue
             buf = streams[fd]
             buf += data
