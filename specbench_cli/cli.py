@@ -271,8 +271,10 @@ def score_command(
     with user_errors():
         from collections import Counter
 
+        from .inputs import check_run_folder
         from .scoring.scores import score_run
 
+        check_run_folder(run)
         made, missing = score_run(run, rescore)
         for label in missing:
             console.print(f"warning: suite '{label}' could not be loaded again; its answers stay unscored")

@@ -114,3 +114,6 @@ def test_score_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = run("score", str(tmp_path / "nothing"))
     assert result.exit_code == 2 and "no config.json" in result.output
     assert not (tmp_path / "nothing").exists()
+    (tmp_path / "file").write_text("x")
+    result = run("score", str(tmp_path / "file"))
+    assert result.exit_code == 2 and "is a file" in result.output
