@@ -24,37 +24,41 @@ def occurrences(texts: list[list[int]], s: tuple[int, ...]) -> int:
     return sum(tuple(t[i : i + n]) == s for t in texts for i in range(len(t) - n + 1))
 
 
-def oracle_draft(texts, depth, context, opts: SuffixOptions, max_spec):
-    """Speculation from brute-force counts, by the documented rule (same tie order as the module)."""
-    best = ([], [], [], 0)  # tokens, parents, probs, match length
+def oracle_grow(texts, depth, pattern, cap, opts: SuffixOptions):
+    """The draft below `pattern` from brute-force counts, by the documented rule (same tie order)."""
     alphabet = sorted({tok for t in texts for tok in t})
+    tokens, parents, probs, heap = [], [], [], []
+
+    def offer(string, index, prob):
+        if len(string) >= depth:  # the trie holds nothing deeper
+            return
+        kids = sorted((-occurrences(texts, string + (a,)), a) for a in alphabet)
+        for neg_c, a in [k for k in kids if k[0] < 0][: None if opts.tree else 1]:
+            p = prob * -neg_c / occurrences(texts, string)
+            if p < opts.min_token_prob:
+                break
+            heapq.heappush(heap, (-p, next(counter), a, string + (a,), index))
+
+    counter = iter(range(10**9))
+    offer(pattern, -1, 1.0)
+    while heap and len(tokens) < cap:
+        neg_p, _, a, string, parent = heapq.heappop(heap)
+        tokens.append(a)
+        parents.append(parent)
+        probs.append(-neg_p)
+        offer(string, len(tokens) - 1, -neg_p)
+    return tokens, parents, probs
+
+
+def oracle_draft(texts, depth, context, opts: SuffixOptions, max_spec):
+    """The best draft over match lengths, from brute-force counts."""
+    best = ([], [], [], 0)  # tokens, parents, probs, match length
     for m in range(1, len(context)):
         pattern = tuple(context[-m:])
         if m > depth or occurrences(texts, pattern) == 0:
             break
         cap = min(max_spec, max(0, int(m * opts.max_spec_factor + opts.max_spec_offset + 1e-6)))
-        tokens, parents, probs, heap, order = [], [], [], [], 0
-
-        def offer(string, index, prob):
-            nonlocal order
-            if len(string) >= depth:  # the trie holds nothing deeper
-                return
-            kids = [(occurrences(texts, string + (a,)), a) for a in alphabet]
-            kids = sorted(((-c, a) for c, a in kids if c > 0))
-            for neg_c, a in kids[: None if opts.tree else 1]:
-                p = prob * -neg_c / occurrences(texts, string)
-                if p < opts.min_token_prob:
-                    break
-                heapq.heappush(heap, (-p, order, a, string + (a,), index))
-                order += 1
-
-        offer(pattern, -1, 1.0)
-        while heap and len(tokens) < cap:
-            neg_p, _, a, string, parent = heapq.heappop(heap)
-            tokens.append(a)
-            parents.append(parent)
-            probs.append(-neg_p)
-            offer(string, len(tokens) - 1, -neg_p)
+        tokens, parents, probs = oracle_grow(texts, depth, pattern, cap, opts)
         if sum(probs) >= sum(best[2]):
             best = (tokens, parents, probs, m)
     return best

@@ -36,7 +36,10 @@ from .base import Drafter
 @dataclass
 class SuffixOptions:
     max_tree_depth: int = option(
-        24, "longest substring the trees hold (match + draft)", "vLLM suffix_decoding_max_tree_depth", minimum=1
+        24,
+        "longest substring the trees hold (match + draft)",
+        "vLLM suffix_decoding_max_tree_depth",
+        minimum=1,
     )
     max_cached_requests: int = option(
         10000,
@@ -45,16 +48,25 @@ class SuffixOptions:
         minimum=0,
     )
     max_spec_factor: float = option(
-        1.0, "a match of m tokens drafts at most factor * m + offset tokens", "vLLM suffix_decoding_max_spec_factor", minimum=0
+        1.0,
+        "a match of m tokens drafts at most factor * m + offset tokens",
+        "vLLM suffix_decoding_max_spec_factor",
+        minimum=0,
     )
     max_spec_offset: float = option(
         0.0, "added to factor * m (may be negative)", "arctic-inference SuffixDecodingCache.speculate default"
     )
     min_token_prob: float = option(
-        0.1, "draft no token whose estimated probability is below this", "vLLM suffix_decoding_min_token_prob", minimum=0
+        0.1,
+        "draft no token whose estimated probability is below this",
+        "vLLM suffix_decoding_min_token_prob",
+        minimum=0,
     )
     max_spec_tokens: int | None = option(
-        None, "draft tokens per step at most; none = max_tree_depth", "vLLM: num_speculative_tokens defaults to the depth", minimum=1
+        None,
+        "draft tokens per step at most; none = max_tree_depth",
+        "vLLM: num_speculative_tokens defaults to the depth",
+        minimum=1,
     )
     tree: bool = option(
         True,

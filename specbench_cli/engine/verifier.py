@@ -36,7 +36,9 @@ def children_by_input(tree: DraftTree) -> list[dict[int, int]]:
     return kids
 
 
-def choose_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def choose_tokens(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """One token per row, left on the device: argmax at temperature 0, else one draw from softmax(logits / T)."""
     if temperature <= 0:
         return logits.argmax(-1)
