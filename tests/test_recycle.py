@@ -87,12 +87,12 @@ def test_decode_loop_feeds_the_targets_own_topk(tiny, kind):
     prompt = [5, 9, 5, 9, 5, 9, 2]
     gen = generate(engine, Spy(MethodSetup(target=tiny)), prompt, 24)
     for fb in seen[:4]:
-        assert len(fb.node_topk) == len(fb.tree) + 1 and all(len(r) == 8 for r in fb.node_topk)
+        assert fb.node_topk.shape == (len(fb.tree) + 1, 8)
         # Row 0 belongs to the root: the logits after the committed text up to and including it.
         upto = fb.tokens[: len(fb.tokens) - len(fb.committed)]
         with torch.inference_mode():
             logits = tiny.model(torch.tensor([upto])).logits[0, -1]
-        assert fb.node_topk[0] == logits.topk(8).indices.tolist()
+        assert fb.node_topk[0].tolist() == logits.topk(8).indices.tolist()
     accepted = sum(s.accepted for s in gen.steps)
     assert accepted > 0  # the recycled successors do get accepted on this repetitive prompt
 

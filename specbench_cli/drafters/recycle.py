@@ -78,13 +78,15 @@ class Template:
         return cls(parents, ranks, tuple(levels))
 
     def fill(self, matrix: np.ndarray, root: int) -> np.ndarray:
-        """The template's tokens for this root: one vectorised matrix lookup per level."""
-        tokens = np.empty(len(self.parents), dtype=np.int64)
+        """The template's tokens for this root: one vectorised lookup per level, in the flat matrix."""
+        k = matrix.shape[1]
+        flat = matrix.reshape(-1)
+        slots = np.empty(len(self.parents) + 1, dtype=np.int64)  # slot 0: the root, slot i + 1: node i
+        slots[0] = root
         for start, end in self.levels:
-            parents = self.parents[start:end]
-            parent_tokens = np.where(parents < 0, root, tokens[np.maximum(parents, 0)])
-            tokens[start:end] = matrix[parent_tokens, self.ranks[start:end]]
-        return tokens
+            parent_tokens = slots[self.parents[start:end] + 1]
+            slots[start + 1 : end + 1] = flat[parent_tokens * k + self.ranks[start:end]]
+        return slots[1:]
 
 
 class TokenRecycling(Drafter):
@@ -97,25 +99,26 @@ class TokenRecycling(Drafter):
         self.k = self.opts.k
         self.needs_node_topk = self.k
         self.template = Template.from_paths(PAPER_TEMPLATE, self.k)
+        self.parents = tuple(self.template.parents.tolist())
         self.matrix = np.zeros((setup.target.vocab_size, self.k), dtype=np.int32)
 
     def start_run(self) -> None:
         self.matrix[:] = 0
 
     def propose(self, ctx: DraftContext) -> DraftTree:
-        n = min(len(self.template.parents), ctx.max_nodes)
+        n = min(len(self.parents), ctx.max_nodes)
         tokens = self.template.fill(self.matrix, ctx.tokens[-1])[:n]
-        return DraftTree(tuple(tokens.tolist()), tuple(self.template.parents[:n].tolist()))
+        return DraftTree(tuple(tokens.tolist()), self.parents[:n])
 
     def update(self, feedback: StepFeedback) -> None:
         if feedback.node_topk is None:
             return
         root = feedback.tokens[-len(feedback.committed) - 1]
-        inputs = [root, *feedback.tree.tokens]
-        # A token forwarded twice in one step keeps the top-k of its last (deepest) occurrence.
-        last = {tok: row for row, tok in enumerate(inputs)}
-        rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
-        self.matrix[list(last)] = np.asarray(feedback.node_topk, dtype=np.int32)[rows]
+        inputs = np.array([root, *feedback.tree.tokens], dtype=np.int64)
+        # A token forwarded twice in one step keeps the top-k of its last (deepest) occurrence:
+        # np.unique on the reversed inputs finds each token's last row.
+        tokens, first_from_end = np.unique(inputs[::-1], return_index=True)
+        self.matrix[tokens] = feedback.node_topk[len(inputs) - 1 - first_from_end]
 
     def describe(self) -> dict:
         depth = len(self.template.levels)

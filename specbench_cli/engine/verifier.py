@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..types import DraftTree
@@ -53,7 +54,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
 
 def choices_with_topk(
     logits: torch.Tensor, k: int, temperature: float, generator: torch.Generator | None
-) -> tuple[list[int], list[list[int]]]:
+) -> tuple[list[int], np.ndarray]:
     """The verifier's choice per row and each row's k most likely token ids, in one host copy.
 
     For drafters that learn from every forwarded input (Token Recycling): the top-k is taken on the
@@ -63,8 +64,8 @@ def choices_with_topk(
     """
     chosen = choose_tokens(logits, temperature, generator)
     top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
-    rows = torch.cat([chosen[:, None], top], dim=1).tolist()
-    return [r[0] for r in rows], [r[1:] for r in rows]
+    rows = torch.cat([chosen[:, None], top], dim=1).cpu().numpy()
+    return rows[:, 0].tolist(), rows[:, 1:]
 
 
 def verify(
