@@ -102,8 +102,12 @@ class SuffixTrie:
         self.kids: list[dict[int, int]] = [{}]
         self.count: list[int] = [0]
         self.active: list[int] = []  # nodes of the current text's suffixes shorter than max_depth
+        # node -> its children ranked, valid until the counts change: the cross-request tree changes only
+        # when an answer is added, so a common token's thousands of children are sorted once per answer.
+        self.ranked: dict[int, list[tuple[int, int]]] = {}
 
     def extend(self, tokens) -> None:
+        self.ranked.clear()
         kids, count, depth = self.kids, self.count, self.max_depth
         for tok in tokens:
             tok = int(tok)
@@ -127,6 +131,7 @@ class SuffixTrie:
 
     def remove(self, tokens: list[int]) -> None:
         """Forget a text added earlier with `extend` + `close` (nodes left at count 0 are unlinked)."""
+        self.ranked.clear()
         for start in range(len(tokens)):
             node = 0
             for tok in tokens[start : start + self.max_depth]:
@@ -145,13 +150,14 @@ class SuffixTrie:
                 return None
         return node
 
-    def ranked_kids(self, node: int, prob: float = 1.0, min_prob: float = 0.0) -> list[tuple[int, int]]:
-        """(token, child) pairs, most frequent first (the smaller token on equal counts), leaving out
-        children too rare to reach `min_prob` from `prob` (a loose bound: `grow` checks exactly)."""
-        count = self.count
-        need = min_prob * count[node] / prob * (1 - 1e-9) if prob > 0 else float("inf")
-        kept = [(tok, child) for tok, child in self.kids[node].items() if count[child] >= need]
-        return sorted(kept, key=lambda kv: (-count[kv[1]], kv[0]))
+    def ranked_kids(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) pairs, most frequent first (the smaller token on equal counts)."""
+        ranked = self.ranked.get(node)
+        if ranked is None:
+            count = self.count
+            ranked = sorted(self.kids[node].items(), key=lambda kv: (-count[kv[1]], kv[0]))
+            self.ranked[node] = ranked
+        return ranked
 
     def grow(self, node: int, max_tokens: int, min_prob: float, tree: bool) -> Draft:
         """The draft below `node`: the most probable candidate next, until full or none reaches min_prob."""
@@ -161,7 +167,7 @@ class SuffixTrie:
 
         def offer(parent_node: int, parent_index: int, prob: float) -> None:
             nonlocal order
-            for tok, child in self.ranked_kids(parent_node, prob, min_prob)[: None if tree else 1]:
+            for tok, child in self.ranked_kids(parent_node)[: None if tree else 1]:
                 p = prob * self.count[child] / self.count[parent_node]
                 if p < min_prob:
                     break  # ranked by count: the rest are less probable still
@@ -179,16 +185,24 @@ class SuffixTrie:
 
     def speculate(self, context: list[int], opts: SuffixOptions, max_spec_tokens: int) -> Draft:
         """The best-scoring draft over every match length of `context`'s suffix (the longer on ties)."""
-        best = Draft()
+        nodes = []  # nodes[m - 1]: the node of the last m tokens, for m below the context's length
         for m in range(1, len(context)):
             node = self.find(context[-m:])
             if node is None:
                 break
+            nodes.append(node)
+        # Longest match first, so a shorter one must score strictly better. A draft scores at most its
+        # token cap (every probability is at most 1) and the cap shrinks with m: once the cap cannot
+        # beat the best score, no shorter match can.
+        best, best_score = Draft(), -1.0
+        for m in range(len(nodes), 0, -1):
             cap = min(max_spec_tokens, max(0, int(m * opts.max_spec_factor + opts.max_spec_offset + 1e-6)))
-            draft = self.grow(node, cap, opts.min_token_prob, opts.tree)
-            if draft.score >= best.score:
+            if cap <= best_score:
+                break
+            draft = self.grow(nodes[m - 1], cap, opts.min_token_prob, opts.tree)
+            if draft.score > best_score:
                 draft.match_len = m
-                best = draft
+                best, best_score = draft, draft.score
         return best
 
 
