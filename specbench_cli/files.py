@@ -8,6 +8,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .types import SpecbenchError
@@ -28,19 +29,30 @@ def cache_dir() -> Path:
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write `data` to `path` through a temporary sibling and a rename: a reader never sees half a file."""
+    """Write `data` to a temp file in the same folder, fsync, then os.replace it over `path`.
+
+    Readers see either the old file or the new one, never half of one, and a failure leaves no temp file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read the umask is to set it and put it back
+    os.umask(mask)
+    return mask
 
 
 def peak_rss_mb() -> float:

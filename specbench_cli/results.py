@@ -4,7 +4,7 @@ Usage: `paths = RunPaths(Path("results/run1")); append_answer(paths.answers_file
 
 Layout of `results/RUN/` (docs/results.md describes every field):
     .lock (held by the eval that writes the folder), config.json, env.json,
-    answers/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
+    answers/<suite_label>/<method>.jsonl, scores/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
 No torch or pandas here: `eval --resume` reads these files before any model loads.
 """
 
@@ -16,13 +16,13 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
 from .types import SpecbenchError
 
 
@@ -111,23 +111,7 @@ def done_question_ids(path: Path) -> set:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file in the same folder, fsync, then os.replace it over `path`.
-
-    Readers see either the old file or the new one, never half of one, and a failure leaves no temp file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)  # files.py: temp file, fsync, rename
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -149,6 +133,7 @@ class RunPaths:
     config: Path = field(init=False)
     env: Path = field(init=False)
     answers_dir: Path = field(init=False)
+    scores_dir: Path = field(init=False)
     summary_json: Path = field(init=False)
     summary_md: Path = field(init=False)
     summary_csv: Path = field(init=False)
@@ -161,6 +146,7 @@ class RunPaths:
         self.config = self.root / "config.json"
         self.env = self.root / "env.json"
         self.answers_dir = self.root / "answers"
+        self.scores_dir = self.root / "scores"  # sandboxed task scores (scoring/scores.py)
         self.summary_json = self.root / "summary.json"
         self.summary_md = self.root / "summary.md"
         self.summary_csv = self.root / "summary.csv"
@@ -173,6 +159,9 @@ class RunPaths:
             / _check_name("suite label", suite_label)
             / f"{_check_name('method', method)}.jsonl"
         )
+
+    def scores_file(self, suite_label: str, method: str) -> Path:
+        return self.scores_dir / self.answers_file(suite_label, method).relative_to(self.answers_dir)
 
     def iter_answer_files(self) -> Iterator[tuple[str, str, Path]]:
         """(suite_label, method, path) for every answer file, sorted; temp and hidden files skipped."""
@@ -283,12 +272,6 @@ def _check_name(kind: str, name: str) -> str:
             f"invalid {kind} '{name}' for a results file name; use letters, digits, '-', '_', ':' or '#'"
         )
     return name
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read the umask is to set it and put it back
-    os.umask(mask)
-    return mask
 
 
 def _to_jsonable(obj: Any) -> Any:
