@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import Baseline, check_baselines
+from .drafters.base import Drafter
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
@@ -134,6 +135,8 @@ def validate_cheap(cfg: EvalConfig) -> None:
     for m in cfg.method_options:
         if m not in cfg.methods:
             raise SpecbenchError(f"--method-opt names method '{m}', which is not in --methods")
+    for m in cfg.methods:  # typed options: a misspelt key or a bad value stops here, before any load
+        DRAFTERS.get(m).check_options(cfg.method_options.get(m, {}), has_draft_model=bool(cfg.draft_model))
     check_baselines(cfg.baselines)
     if cfg.baselines and cfg.temperature > 0:
         raise SpecbenchError("--baselines run greedy transformers generate; use them with --temperature 0")
@@ -310,6 +313,9 @@ def answer_question(
 
     answers: list[str] = []
     gens: list[Generation] = []
+    method = drafter if isinstance(drafter, Drafter) else None  # baselines report no method stats
+    if method is not None:
+        method.clear_stats()
     for turn in range(len(question.turns)):
         prompt_ids = build_prompt_ids(tokenizer, list(question.turns[: turn + 1]), answers)
         gen = None
@@ -337,6 +343,7 @@ def answer_question(
         "prefill_time": [g.prefill_time for g in gens],
         "output_ids": [g.output_ids for g in gens],
         "stop_reason": [g.stop_reason for g in gens],
+        "method_stats": method.stats() if method is not None else {},  # the method's own counters
     }
     return choice, gens
 

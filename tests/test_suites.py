@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from specbench_cli import suites
-from specbench_cli.suites import SUITES, build_prompt_ids, load_suite, spec_bench_task, suite_file_sha256
+from specbench_cli.registry import SUITES
+from specbench_cli.suites import build_prompt_ids, load_suite, spec_bench_task, suite_file_sha256
 from specbench_cli.types import Question, SpecbenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_unknown_suite_lists_all_suites():
     with pytest.raises(SpecbenchError) as err:
         load_suite("gsm8k")
     assert "gsm8k" in str(err.value)
-    for name in SUITES:
+    for name in SUITES.names():
         assert name in str(err.value)
 
 
@@ -106,9 +107,10 @@ def test_jsonl_without_a_path_and_empty_category_are_errors():
         load_suite(f"jsonl:{SMALL}#")
 
 
-def test_suites_dict_has_the_five_suites_with_one_line_each():
-    assert set(SUITES) == {"spec-bench", "mt-bench", "code-alpaca", "humaneval", "jsonl"}
-    assert all(text and "\n" not in text for text in SUITES.values())
+def test_suite_registry_has_the_five_suites_with_one_line_each():
+    assert set(SUITES.names()) == {"spec-bench", "mt-bench", "code-alpaca", "humaneval", "jsonl"}
+    assert all(SUITES.describe(n) and "\n" not in SUITES.describe(n) for n in SUITES.names())
+    assert all(callable(SUITES.get(n)) for n in SUITES.names())  # every entry resolves
 
 
 # ---------------------------------------------------------------------------------------------------

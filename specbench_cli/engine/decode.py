@@ -138,12 +138,11 @@ def generate(
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
         t1 = clock.mark()
 
-        parents = [-1] + [p + 1 for p in tree.parents]
-        logits, hidden = runner.forward([root, *tree.tokens], parents, want_hidden=want_hidden)
+        logits, hidden = runner.forward([root, *tree.tokens], tree.input_parents(), want_hidden=want_hidden)
         verdict = verify(tree, logits, temperature, generator, **vopts)
         t2 = clock.mark()
 
-        kept = [0] + [n + 1 for n in verdict.accepted_nodes]
+        kept = [0] + [tree.input_of(n) for n in verdict.accepted_nodes]
         runner.commit(kept)
         last = kept[-1]
         last_logits = logits[last]
@@ -159,7 +158,8 @@ def generate(
             stop = stop or "length"
         out.extend(committed)
         root = committed[-1]
-        drafter.update(StepFeedback(tree, verdict.accepted_nodes, committed, list(prompt_ids) + out))
+        tokens = list(prompt_ids) + out
+        drafter.update(StepFeedback(tree, verdict.accepted_nodes, committed, tokens, verdict.relaxed_accepts))
         t3 = clock.mark()
         steps.append(
             StepRecord(

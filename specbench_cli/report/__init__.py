@@ -11,6 +11,7 @@ from typing import Any
 
 from ..results import RunPaths, read_answer_lines
 from ..types import SpecbenchError
+from .method_stats import method_stats_rows, render_method_stats
 from .validate import BadRecord, record_problem
 
 
@@ -49,6 +50,7 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
     df = summarise(records)
     quality = lossy_quality_rows(records, paths.root)
     costs = method_costs(records, df, paths)
+    stats = method_stats_rows(records)
     if write:
         write_tables(df, paths, excluded)
         write_plots(df, paths.plots_dir)
@@ -56,6 +58,10 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
             write_quality(quality, paths)
         if costs:
             write_costs(costs, paths)
+        if stats:
+            write_rows(
+                paths, "method_stats", "# Method statistics: the drafters' own counters", "rows", stats
+            )
     render(df, console)
     if excluded:
         console.print(
@@ -67,6 +73,8 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
         render_quality(quality, console)
     if costs:
         render_costs(costs["methods"], console)
+    if stats:
+        render_method_stats(stats, console)
     return df
 
 
