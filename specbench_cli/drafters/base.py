@@ -16,6 +16,7 @@ Two typed channels connect a method to the rest of the harness:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..options import NoOptions, parse_options, split_nested
@@ -93,6 +94,16 @@ class Drafter:
 
     def clear_stats(self) -> None:
         self._stats: dict[str, int | float] = dict.fromkeys(self.stat_names, 0)
+
+    def datastore_path(self) -> Path:
+        """The `--datastore` folder this method reads; one line naming the build command when missing."""
+        path = self.setup.datastores.get(self.datastore_kind)
+        if path is None:
+            raise SpecbenchError(
+                f"method '{self.name}' needs a datastore: build one with `specbench build-index --method "
+                f"{self.datastore_kind}` and pass it with --datastore DIR"
+            )
+        return Path(path)
 
     # -- the contract ---------------------------------------------------------------------------------
 

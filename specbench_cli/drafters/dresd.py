@@ -94,13 +94,8 @@ class DReSD(Drafter):
             o.draft_len,
             o.distinct,
         )
-        if "dresd" not in setup.datastores:
-            raise SpecbenchError(
-                "method 'dresd' needs a datastore: build one with `specbench build-index --method dresd` "
-                "and pass it with --datastore DIR"
-            )
         self.store = DenseStore(
-            setup.datastores["dresd"], setup.target, backend=o.backend, nprobe=o.nprobe, k=self.neighbours
+            self.datastore_path(), setup.target, backend=o.backend, nprobe=o.nprobe, k=self.neighbours
         )
         layer = self.store.manifest.get("layer", -1)
         n_layers = setup.target.model.config.get_text_config().num_hidden_layers

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -112,13 +111,7 @@ class Rest(Drafter):
 
     def __init__(self, setup: MethodSetup, options: RestOptions | None = None):
         super().__init__(setup, options)
-        path = setup.datastores.get("rest")
-        if path is None:
-            raise SpecbenchError(
-                "method 'rest' needs a datastore: build one with `specbench build-index --method rest "
-                "--model M --corpus SPEC --out DIR` and pass it with --datastore DIR"
-            )
-        self.store = SuffixDatastore(Path(path))
+        self.store = SuffixDatastore(self.datastore_path())
         self.last_match_span = 0  # matched suffix length of the last propose() (0 = no hit)
 
     def propose(self, ctx: DraftContext) -> DraftTree:
