@@ -104,7 +104,7 @@ def test_a_toy_method_reports_its_statistics_into_answers_and_report(echo, tmp_p
         ("pld.num_pred=abc", ["pld option num_pred='abc'", "not an integer"]),
         ("sps-tree.top_k=0", ["sps-tree option top_k=0", "at least 1"]),
         ("sam.fallback=eagle", ["fallback='eagle'", "not one of"]),
-        ("sam.fallback.num_preds=2", ["unknown pld option(s) num_preds"]),  # routed to the fallback (pld)
+        ("sam.fallback.num_preds=2", ["unknown recycle option(s) num_preds"]),  # routed to the fallback
         ("sam.other.k=2", ["unknown sam option(s) other.k"]),
         ("rest.min_span=20", ["rest option min_span (20) exceeds max_span (16)"]),
         ("rasd.retriever=bm25", ["rasd option retriever='bm25'", "pld, rest, dresd"]),

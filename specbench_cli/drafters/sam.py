@@ -11,9 +11,11 @@ generated, extended by the committed tokens after every step (amortised O(1) per
   follows the match's first occurrence: n_predicts - 1 tokens, so that with the root the target
   verifies n_predicts (40) positions, as in the official code. A dynamic match climbs suffix links
   (the official `to_anc`) until a whole chain follows it; a static chain stops at its document's end;
-- otherwise ask the auxiliary drafter. The official default is Token Recycling (EAGLE-2 in Spec-Bench),
-  which we do not have: ours is `pld`, or `sps-tree` when a --draft-model is given (option `fallback`;
-  `none` drafts nothing). Options `fallback.KEY=VALUE` go to it.
+- otherwise ask the auxiliary drafter (option `fallback`): Token Recycling (`recycle`), the official
+  code's default `tree_method="token_recycle"`; or `pld`, or `sps-tree` (needs --draft-model; EAGLE-2 is
+  what Spec-Bench runs), or `none` (draft nothing). Options `fallback.KEY=VALUE` go to it. The
+  fallback sees every step's feedback, so Token Recycling's matrix also learns from the steps that
+  drafted a SAM chain, as in the official code.
 Option `static=false` ignores the corpus automaton (the README's advice for models far from the
 corpus's); the datastore is still required by `eval` so that runs stay comparable.
 """
@@ -30,7 +32,7 @@ from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFe
 from .base import Drafter
 
 SAM_CODE = "SAM-Decoding official code (hyx1999/SAM-Decoding, SamdConfig)"
-FALLBACKS = ("auto", "pld", "sps-tree", "none")
+FALLBACKS = ("recycle", "pld", "sps-tree", "none")
 
 
 @dataclass
@@ -46,16 +48,11 @@ class SamOptions:
         True, "use the corpus automaton (false: the dynamic one alone)", "SAM-Decoding README"
     )
     fallback: str = option(
-        "auto",
-        "drafter when no match is long enough (auto: sps-tree with --draft-model, else pld)",
-        "ours: the official default, Token Recycling, is not implemented here",
+        "recycle",
+        "drafter when no match is long enough (none: draft nothing)",
+        f"{SAM_CODE}, tree_method='token_recycle'",
         choices=FALLBACKS,
     )
-
-    def fallback_method(self, has_draft_model: bool) -> str:
-        if self.fallback != "auto":
-            return self.fallback
-        return "sps-tree" if has_draft_model else "pld"
 
 
 class SamDecoding(Drafter):
@@ -78,13 +75,14 @@ class SamDecoding(Drafter):
         # Without a datastore (a drafter built in code) the method runs on the dynamic automaton alone.
         self.static = FrozenAutomaton.load(store) if self.opts.static and store is not None else None
 
-        self.fallback_name = self.opts.fallback_method(setup.draft is not None)
+        self.fallback_name = self.opts.fallback
         self.fallback: Drafter | None = None
         if self.fallback_name != "none":
             from ..registry import DRAFTERS
 
             fb_setup = replace(setup, options=self.routed_options.get("fallback", {}))
             self.fallback = DRAFTERS.get(self.fallback_name)(fb_setup)
+            self.needs_node_topk = self.fallback.needs_node_topk  # recycle learns from every step
 
         self.dynamic = SuffixAutomaton()
         self.fed = 0  # committed tokens already in the dynamic automaton and the static match
@@ -93,7 +91,7 @@ class SamDecoding(Drafter):
     @classmethod
     def check_options(cls, raw: dict, has_draft_model: bool) -> None:
         opts, routed = cls.parse_options(raw, nested=True)
-        fallback = opts.fallback_method(has_draft_model)
+        fallback = opts.fallback
         if fallback != "none":
             from ..registry import DRAFTERS
 
@@ -107,6 +105,14 @@ class SamDecoding(Drafter):
         self._feed(prompt_ids)
         if self.fallback is not None:
             self.fallback.reset(prompt_ids)
+
+    def start_run(self) -> None:
+        if self.fallback is not None:
+            self.fallback.start_run()
+
+    def finish_answer(self, output_ids: list[int]) -> None:
+        if self.fallback is not None:
+            self.fallback.finish_answer(output_ids)
 
     def _feed(self, tokens: list[int]) -> None:
         """Add tokens[self.fed:] to both matches (the engine only ever appends to the committed text)."""
