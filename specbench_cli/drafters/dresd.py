@@ -84,7 +84,7 @@ class DReSD(Drafter):
     }
 
     def __init__(self, setup: MethodSetup, options: DresdOptions | None = None):
-        from ..datastores.dense import DenseStore
+        from ..datastores.dresd import DresdDatastore
 
         super().__init__(setup, options)
         o = self.opts
@@ -94,7 +94,7 @@ class DReSD(Drafter):
             o.draft_len,
             o.distinct,
         )
-        self.store = DenseStore(
+        self.store = DresdDatastore(
             self.datastore_path(), setup.target, backend=o.backend, nprobe=o.nprobe, k=self.neighbours
         )
         layer = self.store.manifest.get("layer", -1)

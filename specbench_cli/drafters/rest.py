@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..datastores.suffix import SENTINEL, SuffixDatastore, njit
+from ..datastores.rest import SENTINEL, RestDatastore, njit
 from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter
@@ -111,7 +111,7 @@ class Rest(Drafter):
 
     def __init__(self, setup: MethodSetup, options: RestOptions | None = None):
         super().__init__(setup, options)
-        self.store = SuffixDatastore(self.datastore_path())
+        self.store = RestDatastore(self.datastore_path())
         self.last_match_span = 0  # matched suffix length of the last propose() (0 = no hit)
 
     def propose(self, ctx: DraftContext) -> DraftTree:
