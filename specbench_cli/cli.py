@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers, faiss, pandas) are imported inside the com
 
 from __future__ import annotations
 
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,6 +135,10 @@ def eval_command(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
     ] = None,
+    repeats: Annotated[
+        int,
+        typer.Option(help="Runs of every question per method, interleaved; the report gives their spread."),
+    ] = 1,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
     with user_errors():
@@ -159,6 +164,8 @@ def eval_command(
             draft_compile=draft_compile,
             force_datastore=force_datastore,
             threads=threads,
+            repeats=repeats,
+            command=shlex.join(["specbench", *sys.argv[1:]]),
             method_options=parse_method_options(method_opt or []),
         )
         run_eval(cfg, console)
@@ -168,11 +175,41 @@ def eval_command(
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
 ) -> None:
-    """Print the summary table and write summary.{json,md,csv,tex} and plots/ into the run folder."""
+    """Print the summary table and write summary.{json,md,csv,tex}, plots/ and report.html into the run folder."""
     with user_errors():
         from .report import make_report
 
         make_report(run, console=stdout_console())
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
+    out: Annotated[Path, typer.Option(help="New folder for the exported answer files.")],
+    format: Annotated[
+        str, typer.Option(help="spec-bench: one JSONL per method in Spec-Bench's answer format.")
+    ] = "spec-bench",
+) -> None:
+    """Write a run's answers in another tool's format (Spec-Bench's speed.py and equal.py read them)."""
+    with user_errors():
+        from .report.export import export_spec_bench
+
+        files = export_spec_bench(run, out, format)
+        stdout_console().print(f"wrote {len(files)} answer file(s) under {out}", highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    allow_different_questions: Annotated[
+        bool, typer.Option(help="Compare runs even when their question sets differ.")
+    ] = False,
+) -> None:
+    """Runs side by side: differing settings first, then speedup, MAT and tok/s per suite with spreads."""
+    with user_errors():
+        from .report.compare import compare_runs
+
+        compare_runs(runs, stdout_console(), allow_different_questions)
 
 
 @app.command("build-index")

@@ -62,6 +62,8 @@ class EvalConfig:
     )
     force_datastore: bool = False
     threads: int | None = None
+    repeats: int = 1  # each question's methods run this many times, interleaved (spread in the report)
+    command: str = ""  # the command line as typed (the report page shows it)
     method_options: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -121,6 +123,8 @@ def validate_cheap(cfg: EvalConfig) -> None:
         raise SpecbenchError(f"--max-new-tokens must be positive, got {cfg.max_new_tokens}")
     if cfg.temperature < 0:
         raise SpecbenchError(f"--temperature must be >= 0, got {cfg.temperature}")
+    if cfg.repeats < 1:
+        raise SpecbenchError(f"--repeats must be at least 1, got {cfg.repeats}")
     if cfg.limit is not None and cfg.limit <= 0:
         raise SpecbenchError(f"--limit must be positive, got {cfg.limit}")
     if cfg.draft_compile not in ("default", "none"):
@@ -217,6 +221,10 @@ def carry_forward(config: dict, old: dict | None) -> dict:
         merged[key] = list(dict.fromkeys((old.get(key) or []) + (config.get(key) or [])))
     for key in ("method_options", "methods_params", "lossless_methods", "datastores_info"):
         merged[key] = {**(old.get(key) or {}), **(config.get(key) or {})}
+    # Repeats may be added on resume; answers of the earlier, higher count stay in the folder.
+    merged["repeats"] = max(int(old.get("repeats") or 1), int(config.get("repeats") or 1))
+    earlier = old.get("commands") or [old.get("command") or ""]
+    merged["commands"] = [c for c in earlier if c] + [config.get("command") or ""]
     return merged
 
 
@@ -292,17 +300,20 @@ def question_seed(seed: int, question_id, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def run_turn(engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None) -> Generation:
-    """One turn through our decode loop, or through transformers' generate for a baseline."""
+def run_turn(
+    engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None, margins=False
+) -> Generation:
+    """One turn through our decode loop, or through transformers' generate for a baseline.
+    `margins`: record the top-1/top-2 logit margin per output token (done for `ar`, the reference)."""
     from .engine.decode import generate
 
     if isinstance(drafter, Baseline):
         return drafter.generate(prompt_ids, max_new_tokens)
-    return generate(engine, drafter, prompt_ids, max_new_tokens, temperature, generator)
+    return generate(engine, drafter, prompt_ids, max_new_tokens, temperature, generator, margins)
 
 
 def answer_question(
-    engine, drafter, tokenizer, question, cfg: EvalConfig, device: str
+    engine, drafter, tokenizer, question, cfg: EvalConfig, device: str, margins: bool = False
 ) -> tuple[dict, list[Generation]]:
     import torch
 
@@ -316,7 +327,7 @@ def answer_question(
         if cfg.temperature > 0:
             gen = torch.Generator(device=device)
             gen.manual_seed(question_seed(cfg.seed, question.question_id, turn))
-        g = run_turn(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen)
+        g = run_turn(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen, margins)
         gens.append(g)
         answers.append(tokenizer.decode(g.output_ids, skip_special_tokens=True))
     steps = [s for g in gens for s in g.steps]
@@ -338,7 +349,15 @@ def answer_question(
         "output_ids": [g.output_ids for g in gens],
         "stop_reason": [g.stop_reason for g in gens],
     }
+    if margins:  # `ar` only: where another method's ids differ, how close ar's own choice was
+        choice["top1_logit"] = [[_short(x) for x in g.top1_logits or []] for g in gens]
+        choice["top2_margin"] = [[_short(x) for x in g.top2_margins or []] for g in gens]
     return choice, gens
+
+
+def _short(x: float) -> float:
+    # Five significant digits: enough for a margin against a rounding bound, and a compact line.
+    return float(f"{x:.5g}")
 
 
 def run_eval(cfg: EvalConfig, console) -> Path:
@@ -364,7 +383,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
-    from .results import RunPaths, append_answer, done_question_ids, run_folder_lock, write_json_atomic
+    from .results import RunPaths, append_answer, done_answers, run_folder_lock, write_json_atomic
     from .suites import build_prompt_ids, load_suites
 
     validate_cheap(cfg)
@@ -469,14 +488,14 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
         write_json_atomic(paths.config, config)
 
+    # Per question: repeat 0 of every method, then repeat 1, ...: repeats interleave like methods do.
     todo = []
     for s in suites:
-        done = {m: done_question_ids(paths.answers_file(s.name, m)) for m in names}
+        done = {m: done_answers(paths.answers_file(s.name, m)) for m in names}
         for q in s.questions:
-            for m in names:
-                if q.question_id not in done[m]:
-                    todo.append((s, q, m))
-    total = sum(len(s.questions) for s in suites) * len(names)
+            for r in range(cfg.repeats):
+                todo += [(s, q, r, m) for m in names if (q.question_id, r) not in done[m]]
+    total = sum(len(s.questions) for s in suites) * len(names) * cfg.repeats
     console.print(
         f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
     )
@@ -494,9 +513,10 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     )
     with progress:
         task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
-        for s, q, m in todo:
-            progress.update(task, description=f"{s.name} {m}")
-            choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device)
+        for s, q, r, m in todo:
+            progress.update(task, description=f"{s.name} {m}" + (f" #{r + 1}" if cfg.repeats > 1 else ""))
+            margins = m == "ar"  # the reference of the lossless check (report.metrics.BASELINE)
+            choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device, margins)
             record = {
                 "question_id": q.question_id,
                 "category": q.category,
@@ -508,6 +528,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 "lossless_method": bool(drafters[m].lossless),
                 "baseline": m in cfg.baselines,  # transformers' generate: a reference, not a method
                 "tstamp": time.time(),
+                "repeat": r,
                 "choices": [choice],
             }
             append_answer(paths.answers_file(s.name, m), record)
