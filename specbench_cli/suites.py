@@ -53,6 +53,15 @@ SUITES: dict[str, str] = {
 SPEC_BENCH_COMMIT = "fd2c1cd7d2201ef71db4c5f4e455008f017967bf"
 SPEC_BENCH_URL = f"https://raw.githubusercontent.com/hemingkx/Spec-Bench/{SPEC_BENCH_COMMIT}/data/spec_bench/question.jsonl"
 SPEC_BENCH_SHA256 = "4b6d33e79484f9841c487ee87d1cf6aa8c6066f61d5d482ff09e5a007fafdf04"
+# Files fetched by URL when no data folder holds them: data-folder layout -> (pinned URL, sha256).
+PINNED_DOWNLOADS = {
+    "spec_bench/question.jsonl": (SPEC_BENCH_URL, SPEC_BENCH_SHA256),
+    "code_alpaca/code_alpaca_2k.json": (
+        "https://raw.githubusercontent.com/sahil280114/codealpaca/"
+        "2f78ddc5c682ed6738ad092bbbfa59ba915afcb0/data/code_alpaca_2k.json",
+        "9cb7352683bd2f530ce81eff7f8d58ccbe1a4bdf28afebbe9f80ec687256066d",
+    ),
+}
 
 MT_BENCH_CATEGORIES = (
     "writing",
@@ -119,7 +128,7 @@ def load_suite(spec: str, limit: int | None = None, seed: int = 0) -> LoadedSuit
     name, path, category = _parse_spec(spec)
 
     if name in ("spec-bench", "jsonl"):  # jsonl always has a PATH (checked by _parse_spec)
-        file = Path(path) if path else _find_spec_bench()
+        file = Path(path) if path else _find_pinned("spec_bench/question.jsonl", name)
         questions, sha = _read_question_file(file)
     elif name == "mt-bench":
         file = Path(path) if path else _packaged_file(MT_BENCH_FILE, "mt-bench")
@@ -128,7 +137,7 @@ def load_suite(spec: str, limit: int | None = None, seed: int = 0) -> LoadedSuit
         file = Path(path) if path else _packaged_file(HUMANEVAL_FILE, "humaneval")
         questions, sha = _read_humaneval(file)
     else:  # code-alpaca
-        file = Path(path) if path else _find_data_file("code_alpaca/code_alpaca_2k.json", "code-alpaca")
+        file = Path(path) if path else _find_pinned("code_alpaca/code_alpaca_2k.json", name)
         questions, sha = _read_code_alpaca(file, seed)
         if limit is None:
             limit = CODE_ALPACA_SUBSET
@@ -451,29 +460,28 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _find_spec_bench() -> Path:
+def _find_pinned(relative: str, suite: str) -> Path:
+    """A data folder's copy of a `PINNED_DOWNLOADS` file, else the cache, else a sha256-checked download."""
     for root in _data_roots():
-        path = root / "spec_bench" / "question.jsonl"
+        path = root / relative
         if path.is_file():
             return path
-    cached = cache_dir() / "data" / "spec_bench" / "question.jsonl"
-    if _cached(cached, SPEC_BENCH_SHA256):
+    url, sha256 = PINNED_DOWNLOADS[relative]
+    cached = cache_dir() / "data" / relative
+    if _cached(cached, sha256):
         return cached
-    print(f"specbench: downloading Spec-Bench questions from {SPEC_BENCH_URL}", file=sys.stderr)
+    print(f"specbench: downloading {suite} questions from {url}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(SPEC_BENCH_URL, timeout=30) as response:
+        with urllib.request.urlopen(url, timeout=30) as response:
             data = response.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise SpecbenchError(
-            f"could not download the Spec-Bench questions ({reason}); "
-            "pass spec-bench:PATH to a local copy of data/spec_bench/question.jsonl"
+            f"could not download the {suite} questions ({reason}); pass {suite}:PATH to a local copy of {relative}"
         ) from None
     sha = hashlib.sha256(data).hexdigest()
-    if sha != SPEC_BENCH_SHA256:
-        raise SpecbenchError(
-            f"downloaded Spec-Bench questions have sha256 {sha}, expected {SPEC_BENCH_SHA256}"
-        )
+    if sha != sha256:
+        raise SpecbenchError(f"downloaded {suite} questions have sha256 {sha}, expected {sha256}")
     _write_atomic(cached, data)
     return cached
 

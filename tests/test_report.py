@@ -125,7 +125,8 @@ def expected_row(records, suite, category, method) -> dict:
         "speedup": tok_s([m for m, _ in pairs]) / tok_s([a for _, a in pairs]) if pairs else nan,
         # Spec-Bench's speed.py: mean of the method's per-question tok/s over the mean of ar's.
         "speedup_mean": (
-            (sum(tok_s([m]) for m, _ in pairs) / len(pairs)) / (sum(tok_s([a]) for _, a in pairs) / len(pairs))
+            (sum(tok_s([m]) for m, _ in pairs) / len(pairs))
+            / (sum(tok_s([a]) for _, a in pairs) / len(pairs))
             if pairs
             else nan
         ),

@@ -23,6 +23,7 @@ MALFORMED = FIXTURES / "questions_malformed.jsonl"
 CODE_ALPACA = FIXTURES / "code_alpaca_small.json"
 # The real Spec-Bench file is read where the project's shared data lives; it is never copied in.
 SPEC_BENCH_FILE = REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+CODE_ALPACA_FILE = REPO.parent / "shared" / "data" / "code_alpaca" / "code_alpaca_2k.json"
 
 
 def raw_rows(path: Path) -> list[dict]:
@@ -272,7 +273,7 @@ def test_real_spec_bench_category_filter():
 
 def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
+    monkeypatch.setitem(suites.PINNED_DOWNLOADS, "spec_bench/question.jsonl", ("http://127.0.0.1:9/q", ""))
     monkeypatch.setenv("SPECBENCH_DATA", str(SPEC_BENCH_FILE.parents[1]))
     monkeypatch.chdir(tmp_path)
     assert Path(load_suite("spec-bench").source) == SPEC_BENCH_FILE
@@ -281,26 +282,39 @@ def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch)
     assert Path(load_suite("spec-bench").source).resolve() == SPEC_BENCH_FILE.resolve()
 
 
-def test_spec_bench_download_is_cached_and_checked(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("suite", "relative", "real_file"),
+    [
+        ("spec-bench", "spec_bench/question.jsonl", SPEC_BENCH_FILE),
+        ("code-alpaca", "code_alpaca/code_alpaca_2k.json", CODE_ALPACA_FILE),
+    ],
+)
+def test_pinned_download_is_cached_and_checked(tmp_path, monkeypatch, suite, relative, real_file):
     workdir = tmp_path / "a" / "b"
     workdir.mkdir(parents=True)
     monkeypatch.chdir(workdir)  # no ../shared/data here
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
+    sha256 = suites.PINNED_DOWNLOADS[relative][1]
+
+    def serve(url: str) -> None:
+        monkeypatch.setitem(suites.PINNED_DOWNLOADS, relative, (url, sha256))
+
     # Offline: a one-line error that says how to pass the file.
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
-    with pytest.raises(SpecbenchError, match="spec-bench:PATH"):
-        load_suite("spec-bench")
+    serve("http://127.0.0.1:9/question.jsonl")
+    with pytest.raises(SpecbenchError, match=f"{suite}:PATH"):
+        load_suite(suite)
     # A file with another sha256 is refused and not cached.
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", SMALL.as_uri())
+    serve(SMALL.as_uri())
     with pytest.raises(SpecbenchError, match="sha256"):
-        load_suite("spec-bench")
+        load_suite(suite)
     # "Online" (a file:// URL to the real file): downloaded once into the cache, then read from it.
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", SPEC_BENCH_FILE.as_uri())
-    first = load_suite("spec-bench")
+    serve(real_file.as_uri())
+    first = load_suite(suite)
     assert Path(first.source).is_relative_to(tmp_path / "cache")
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
-    second = load_suite("spec-bench")
-    assert second.source == first.source and len(second.questions) == len(raw_rows(SPEC_BENCH_FILE))
+    assert suite_file_sha256(first.source) == sha256 == suite_file_sha256(real_file)
+    serve("http://127.0.0.1:9/question.jsonl")
+    second = load_suite(suite)
+    assert second.source == first.source and second.questions == first.questions
 
 
 # ---------------------------------------------------------------------------------------------------
