@@ -38,10 +38,11 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
     for bad in excluded:
         console.print(f"warning: {bad.message()}", markup=False, highlight=False, soft_wrap=True)
     df = summarise(records)
+    config = _run_config(paths)
     sections = {
         "acceptance": acceptance_rows(records),
         "repeats": repeat_spread(records),
-        "divergence": divergence_audit(records, _run_config(paths).get("dtype")),
+        "divergence": divergence_audit(records, config.get("dtype"), config.get("temperature") or 0.0),
     }
     quality = lossy_quality_rows(records, paths.root)
     costs = method_costs(records, df, paths)

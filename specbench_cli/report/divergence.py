@@ -51,9 +51,20 @@ def first_divergence(ids: list[list[int]], ref: list[list[int]]) -> tuple[int, i
     return None if len(ids) == len(ref) else (min(len(ids), len(ref)), 0)
 
 
-def divergence_audit(records: list[dict], dtype: str | None) -> dict[str, Any]:
-    """{"dtype", "near_tie_ulps", "methods": [counts per method], "divergences": [one per answer]}."""
+def divergence_audit(records: list[dict], dtype: str | None, temperature: float = 0.0) -> dict[str, Any]:
+    """{"dtype", "near_tie_ulps", "methods": [counts per method], "divergences": [one per answer]}.
+
+    Sampling runs (`temperature` > 0) are not audited: there ids may differ from ar's by design.
+    """
     dtype = dtype if dtype in EPSILON else "bfloat16"
+    if temperature and temperature > 0:
+        return {
+            "dtype": dtype,
+            "near_tie_ulps": NEAR_TIE_ULPS,
+            "methods": [],
+            "divergences": [],
+            "skipped": "sampling",
+        }
     ar = {_key(r): r["choices"][0] for r in records if r["method"] == BASELINE}
     divergences, counts = [], {}
     for r in records:

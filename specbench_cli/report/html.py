@@ -26,7 +26,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 img { max-width: 100%; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-.note { color: #555; font-size: 0.9em; } .bad { color: #b00; font-weight: bold; }
+.note { color: #555; font-size: 0.9em; } table.facts td { text-align: left; } .bad { color: #b00; font-weight: bold; }
 """
 
 
@@ -182,7 +182,9 @@ def _environment(config: dict, env: dict) -> str:
     }
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
     full = _e(json.dumps(env, indent=2, default=str))
-    return f"<table>{rows}</table><details><summary>env.json</summary><pre>{full}</pre></details>"
+    return (
+        f'<table class="facts">{rows}</table><details><summary>env.json</summary><pre>{full}</pre></details>'
+    )
 
 
 def _commands(config: dict) -> str:
