@@ -134,7 +134,9 @@ def _load(run: Path) -> tuple[list[dict], dict[str, Any]]:
     config, env = _read_json(paths.config), _read_json(paths.env)
     settings: dict[str, Any] = {key: config.get(key) for key in CONFIG_KEYS}
     settings["repeats"] = settings["repeats"] or 1
-    settings["suites"] = [(s.get("name"), s.get("sha256", "")[:12]) for s in config.get("suites_info") or []]
+    settings["suites"] = [
+        (s.get("name"), (s.get("sha256") or "")[:12]) for s in config.get("suites_info") or []
+    ]
     packages = env.get("packages") or {}
     settings |= {
         "gpu": env.get("gpu"),

@@ -128,8 +128,9 @@ def summary_latex(df: pd.DataFrame, run_name: str) -> str:
 
 
 def headline_rows(df: pd.DataFrame, repeats: dict | None = None) -> list[dict[str, str]]:
-    """The short table every report opens with: per method over all suites, MAT, speedup with its
-    spread over repeats (mean +- std; a star when that interval contains 1.0), tok/s and lossless."""
+    """The short table every report opens with: per method over all suites, MAT, speedup and tok/s
+    (pooled over repeats, +- their standard deviation over repeats; a star when the speedup's interval
+    contains 1.0) and lossless."""
     spread = {
         row["method"]: row
         for row in (repeats or {}).get("rows", [])
@@ -146,7 +147,7 @@ def headline_rows(df: pd.DataFrame, repeats: dict | None = None) -> list[dict[st
                 "method": label,
                 "MAT": f"{row['mean_accepted_length']:.2f}",
                 "speedup": speedup,
-                "tok/s": f"{row['tokens_per_s']:.1f}",
+                "tok/s": with_spread(row["tokens_per_s"], s.get("tokens_per_s_std"), 1),
                 "lossless": "–" if _missing(row["lossless"]) else f"{row['lossless']:.3f}",
             }
         )
