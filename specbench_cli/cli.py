@@ -87,7 +87,12 @@ def eval_command(
     ],
     suite: Annotated[list[str], typer.Option(help="Suite NAME[:PATH][#CATEGORY]; repeat or comma-separate.")],
     out: Annotated[Path, typer.Option(help="Run folder, e.g. results/RUN.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated methods (see `specbench ls`).")] = "ar,pld",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated methods (see `specbench ls`); METHOD@TAG runs a method again under its own --method-opt, e.g. sam@pld."
+        ),
+    ] = "ar,pld",
     baselines: Annotated[
         str,
         typer.Option(

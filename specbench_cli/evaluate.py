@@ -73,6 +73,15 @@ class EvalConfig:
         return d
 
 
+def method_name(label: str) -> str:
+    """`sam@pld` -> `sam`: a label runs a registered method under its own name and `--method-opt`s, so
+    one run can hold a method twice (e.g. `--methods sam,sam@pld --method-opt sam@pld.fallback=pld`)."""
+    name, _, tag = label.partition("@")
+    if "@" in label and not tag:
+        raise SpecbenchError(f"method label '{label}' has an empty tag; use METHOD@TAG, e.g. sam@pld")
+    return name
+
+
 def parse_method_options(items: list[str]) -> dict[str, dict]:
     """`--method-opt pld.num_pred=8` -> {"pld": {"num_pred": 8}} (ints, floats, true/false parsed)."""
     out: dict[str, dict] = {}
@@ -81,7 +90,7 @@ def parse_method_options(items: list[str]) -> dict[str, dict]:
         method, dot, name = key.partition(".")
         if not sep or not dot or not name:
             raise SpecbenchError(f"bad --method-opt '{item}'; expected METHOD.KEY=VALUE, e.g. pld.num_pred=8")
-        DRAFTERS.check(method)
+        DRAFTERS.check(method_name(method))
         value: object = raw
         for cast in (int, float):
             try:
@@ -116,7 +125,7 @@ def validate_cheap(cfg: EvalConfig) -> None:
     if not cfg.methods:
         raise SpecbenchError("--methods is empty; choose from: " + ", ".join(DRAFTERS.names()))
     for m in cfg.methods:
-        DRAFTERS.check(m)
+        DRAFTERS.check(method_name(m))
     if len(set(cfg.methods)) != len(cfg.methods):
         raise SpecbenchError(f"--methods lists a method twice: {','.join(cfg.methods)}")
     if cfg.max_new_tokens <= 0:
@@ -396,7 +405,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     for s in suites:
         if not s.questions:
             raise SpecbenchError(f"suite '{s.name}' has no questions")
-    classes = {m: DRAFTERS.get(m) for m in cfg.methods}
+    classes = {m: DRAFTERS.get(method_name(m)) for m in cfg.methods}
     needs_draft = [m for m, c in classes.items() if c.needs_draft_model]
     if needs_draft and not cfg.draft_model:
         raise SpecbenchError(f"method(s) {', '.join(needs_draft)} need --draft-model")
