@@ -221,7 +221,9 @@ def eval_command(
     ] = None,
     repeats: Annotated[
         int,
-        typer.Option(help="Runs of every question per method, interleaved; the report gives their spread."),
+        typer.Option(
+            help="Passes over the questions (methods interleaved in each); the report gives their spread."
+        ),
     ] = 1,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
@@ -302,6 +304,33 @@ def compare_command(
         for run in runs:
             check_run_folder(run)
         compare_runs(runs, stdout_console(), allow_different_questions)
+
+
+@app.command("score")
+def score_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
+    rescore: Annotated[bool, typer.Option(help="Score every answer again, not only unscored ones.")] = False,
+) -> None:
+    """Run HumanEval answers that have no stored score in the sandbox and store pass/fail (eval does
+    this as it answers; use it for older runs or after a sandbox error). `report` then reads them."""
+    with user_errors():
+        from collections import Counter
+
+        from .inputs import check_run_folder
+        from .scoring.scores import score_run
+
+        check_run_folder(run)
+        made, missing = score_run(run, rescore)
+        for label in missing:
+            console.print(f"warning: suite '{label}' could not be loaded again; its answers stay unscored")
+        counts = Counter(s["status"] for s in made)
+        console.print(
+            f"scored {len(made)} answer(s) in {run}: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        )
+        errors = [s for s in made if s["status"] == "error"]
+        if errors:  # stored as unscored: the report shows NaN and the next `score` tries again
+            raise SpecbenchError(f"the sandbox could not run {len(errors)} answer(s): {errors[0]['detail']}")
 
 
 @app.command("build-index")

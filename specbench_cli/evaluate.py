@@ -63,7 +63,7 @@ class EvalConfig:
     )
     force_datastore: bool = False
     threads: int | None = None
-    repeats: int = 1  # each question's methods run this many times, interleaved (spread in the report)
+    repeats: int = 1  # passes over the questions, methods interleaved in each (spread in the report)
     command: str = ""  # the command line as typed (the report page shows it)
     method_options: dict[str, dict] = field(default_factory=dict)
 
@@ -314,6 +314,13 @@ def question_seed(seed: int, question_id, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def answered(path: Path) -> dict:
+    """(question_id, repeat) -> answer record already in `path` (none when it does not exist), for --resume."""
+    from .results import answer_key, read_answers
+
+    return {answer_key(r): r for r in read_answers(path)} if path.exists() else {}
+
+
 def run_turn(
     engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None, margins=False
 ) -> Generation:
@@ -398,7 +405,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
-    from .results import RunPaths, append_answer, done_answers, run_folder_lock, write_json_atomic
+    from .results import RunPaths, append_answer, run_folder_lock, write_json_atomic
+    from .scoring.scores import scorable, score_answer, score_missing
     from .suites import build_prompt_ids, load_suites
 
     device, dtype = resolve_device(cfg.device, cfg.dtype)
@@ -503,14 +511,19 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
         write_json_atomic(paths.config, config)
 
-    # Per question: repeat 0 of every method, then repeat 1, ...: repeats interleave like methods do.
-    todo = []
-    for s in suites:
-        done = {m: done_answers(paths.answers_file(s.name, m)) for m in names}
-        for q in s.questions:
-            for r in range(cfg.repeats):
-                todo += [(s, q, r, m) for m in names if (q.question_id, r) not in done[m]]
-    total = sum(len(s.questions) for s in suites) * len(names) * cfg.repeats
+    # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.
+    # Drafters that learn across answers (Token Recycling's matrix, SuffixDecoding's cross-request tree)
+    # start every pass from nothing, whatever the warm-up or an earlier pass taught them, so a repeat
+    # never drafts from its own question's earlier answer. On --resume they relearn the answers already
+    # written, in run order (Token Recycling's matrix cannot be rebuilt from them).
+    plan = []  # (suite, question, repeat, method, answer already written or None), in run order
+    done = {(s.name, m): answered(paths.answers_file(s.name, m)) for s in suites for m in names}
+    for r in range(cfg.repeats):
+        for s in suites:
+            for q in s.questions:
+                plan += [(s, q, r, m, done[s.name, m].get((q.question_id, r))) for m in names]
+    total = len(plan)
+    todo = [step for step in plan if step[4] is None]
     console.print(
         f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
     )
@@ -528,7 +541,17 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     )
     with progress:
         task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
-        for s, q, r, m in todo:
+        started = None
+        for s, q, r, m, written in plan:
+            if r != started:  # a new pass: drafters that learn across answers start from nothing
+                started = r
+                for name in cfg.methods:
+                    drafters[name].start_run()
+            if written is not None:
+                if m in cfg.methods:
+                    for output_ids in written["choices"][0]["output_ids"]:
+                        drafters[m].finish_answer(output_ids)
+                continue
             progress.update(task, description=f"{s.name} {m}" + (f" #{r + 1}" if cfg.repeats > 1 else ""))
             margins = m == "ar"  # the reference of the lossless check (report.metrics.BASELINE)
             choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device, margins)
@@ -547,6 +570,11 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 "choices": [choice],
             }
             append_answer(paths.answers_file(s.name, m), record)
+            if scorable(q):  # HumanEval: pass/fail in the sandbox now, so the report runs nothing
+                append_answer(paths.scores_file(s.name, m), score_answer(q, record))
+            if m in cfg.methods:  # only now, written, may an answer teach a cross-request drafter
+                for g in gens:
+                    drafters[m].finish_answer(g.output_ids)
             acc = live[m]
             acc[0] += sum(g.new_tokens for g in gens)
             acc[1] += sum(len(g.steps) for g in gens)
@@ -557,5 +585,6 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 if v[1]
             )
             progress.update(task, advance=1, stats=stats)
+    score_missing(paths, {s.name: s.questions for s in suites})  # answers of an interrupted run
     make_report(paths.root, console=console)
     return paths.root

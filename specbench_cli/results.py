@@ -4,7 +4,7 @@ Usage: `paths = RunPaths(Path("results/run1")); append_answer(paths.answers_file
 
 Layout of `results/RUN/` (docs/results.md describes every field):
     .lock (held by the eval that writes the folder), config.json, env.json,
-    answers/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
+    answers/<suite_label>/<method>.jsonl, scores/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
 No torch or pandas here: `eval --resume` reads these files before any model loads.
 """
 
@@ -108,14 +108,6 @@ def read_answer_lines(path: Path, repair: bool = False) -> list[AnswerLine]:
     return list(by_id.values())
 
 
-def done_answers(path: Path) -> set[tuple[Any, int]]:
-    """(question_id, repeat) pairs already answered in `path` (empty if there is no file), for --resume."""
-    path = Path(path)
-    if not path.exists():
-        return set()
-    return {answer_key(record) for record in read_answers(path)}
-
-
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temp file in the same folder, fsync, then os.replace it over `path`.
 
@@ -155,6 +147,7 @@ class RunPaths:
     config: Path = field(init=False)
     env: Path = field(init=False)
     answers_dir: Path = field(init=False)
+    scores_dir: Path = field(init=False)
     summary_json: Path = field(init=False)
     summary_md: Path = field(init=False)
     summary_csv: Path = field(init=False)
@@ -167,6 +160,7 @@ class RunPaths:
         self.config = self.root / "config.json"
         self.env = self.root / "env.json"
         self.answers_dir = self.root / "answers"
+        self.scores_dir = self.root / "scores"  # sandboxed task scores (scoring/scores.py)
         self.summary_json = self.root / "summary.json"
         self.summary_md = self.root / "summary.md"
         self.summary_csv = self.root / "summary.csv"
@@ -179,6 +173,9 @@ class RunPaths:
             / _check_name("suite label", suite_label)
             / f"{_check_name('method', method)}.jsonl"
         )
+
+    def scores_file(self, suite_label: str, method: str) -> Path:
+        return self.scores_dir / self.answers_file(suite_label, method).relative_to(self.answers_dir)
 
     def iter_answer_files(self) -> Iterator[tuple[str, str, Path]]:
         """(suite_label, method, path) for every answer file, sorted; temp and hidden files skipped."""

@@ -16,6 +16,10 @@ class Drafter:
     name: ClassVar[str] = "base"
     needs_hidden_states: ClassVar[bool] = False  # ctx.hidden = target's last hidden state
     needs_logits: ClassVar[bool] = False  # ctx.logits = target's logits at the last position
+    # k > 0: every StepFeedback carries `node_topk`, the top-k token ids of the target's logits at every
+    # input the verifier forwarded (root and all draft nodes), read back with the verifier's own choices
+    # in one host copy (Token Recycling). A plain attribute, so a wrapper may set it per instance (sam).
+    needs_node_topk: ClassVar[int] = 0
     needs_draft_model: ClassVar[bool] = False  # setup.draft must be given (--draft-model)
     datastore_kind: ClassVar[str | None] = None  # which `build-index --method` this drafter reads
     lossless: ClassVar[bool] = True  # False: the report keeps it out of lossless rankings
@@ -58,6 +62,14 @@ class Drafter:
 
     def update(self, feedback: StepFeedback) -> None:
         """Called after every verification step (acceptance feedback, dynamic indexes)."""
+
+    def start_run(self) -> None:
+        """Called by `eval` once before the first timed question (after the warm-up): forget anything
+        learned from earlier generations, so a run's drafts do not depend on its warm-up."""
+
+    def finish_answer(self, output_ids: list[int]) -> None:
+        """Called by `eval` with each turn's generated tokens once its question's answer is written, in
+        run order (SuffixDecoding's cross-request tree learns from these, never from unfinished text)."""
 
     def verify_options(self) -> dict:
         """Extra verifier settings (ReSpec's relaxed rule); lossless drafters return {}."""
