@@ -285,3 +285,23 @@ def test_ar_margins_are_the_top2_gap_of_a_plain_forward(tiny):
     top = rows.topk(2, dim=-1).values
     assert gen.top1_logits == pytest.approx(top[:, 0].tolist(), abs=1e-4)
     assert gen.top2_margins == pytest.approx((top[:, 0] - top[:, 1]).tolist(), abs=1e-4)
+
+
+def test_learning_drafters_restart_every_repeat(tmp_path):
+    # SuffixDecoding learns from every finished answer: were repeat 1 of a question run right after
+    # repeat 0, it would draft from that question's own answer and accept more. Each repeat is a pass
+    # that starts the drafter from nothing, so its steps are the same in every repeat.
+    out = tmp_path / "run"
+    args = ["eval", "--model", "tiny-random", "--suite", f"jsonl:{QUESTIONS}", "--methods", "ar,suffix"]
+    args += ["--max-new-tokens", "12", "--warmup", "0", "--limit", "2", "--repeats", "2", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = answers(out)["suffix"]
+    by_question: dict = {}
+    for r in lines:
+        by_question.setdefault(r["question_id"], {})[r["repeat"]] = r["choices"][0]
+    assert len(by_question) == 2
+    for runs in by_question.values():
+        assert runs[0]["output_ids"] == runs[1]["output_ids"]
+        assert runs[0]["accept_lengths"] == runs[1]["accept_lengths"]
+        assert runs[0]["draft_nodes"] == runs[1]["draft_nodes"]
