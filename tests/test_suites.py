@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specbench_cli import suites
-from specbench_cli.suites import SUITES, build_prompt_ids, load_suite, spec_bench_task, suite_file_sha256
+from specbench_cli import prompts, suite_files, suites
+from specbench_cli.files import sha256_file as suite_file_sha256
+from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.suites import SUITES, load_suite, spec_bench_task
 from specbench_cli.types import Question, SpecbenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,7 +252,7 @@ def test_real_spec_bench_file_loads():
         "mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag",
     }  # fmt: skip
     assert sum(len(q.turns) == 2 for q in suite.questions) == sum(len(r["turns"]) == 2 for r in rows)
-    assert suite.sha256 == suite_file_sha256(SPEC_BENCH_FILE) == suites.SPEC_BENCH_SHA256
+    assert suite.sha256 == suite_file_sha256(SPEC_BENCH_FILE) == suite_files.SPEC_BENCH_SHA256
     assert suite.name == "spec-bench"
 
 
@@ -273,7 +275,7 @@ def test_real_spec_bench_category_filter():
 
 def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(suites.PINNED_DOWNLOADS, "spec_bench/question.jsonl", ("http://127.0.0.1:9/q", ""))
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
     monkeypatch.setenv("SPECBENCH_DATA", str(SPEC_BENCH_FILE.parents[1]))
     monkeypatch.chdir(tmp_path)
     assert Path(load_suite("spec-bench").source) == SPEC_BENCH_FILE
@@ -282,39 +284,26 @@ def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch)
     assert Path(load_suite("spec-bench").source).resolve() == SPEC_BENCH_FILE.resolve()
 
 
-@pytest.mark.parametrize(
-    ("suite", "relative", "real_file"),
-    [
-        ("spec-bench", "spec_bench/question.jsonl", SPEC_BENCH_FILE),
-        ("code-alpaca", "code_alpaca/code_alpaca_2k.json", CODE_ALPACA_FILE),
-    ],
-)
-def test_pinned_download_is_cached_and_checked(tmp_path, monkeypatch, suite, relative, real_file):
+def test_spec_bench_download_is_cached_and_checked(tmp_path, monkeypatch):
     workdir = tmp_path / "a" / "b"
     workdir.mkdir(parents=True)
     monkeypatch.chdir(workdir)  # no ../shared/data here
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
-    sha256 = suites.PINNED_DOWNLOADS[relative][1]
-
-    def serve(url: str) -> None:
-        monkeypatch.setitem(suites.PINNED_DOWNLOADS, relative, (url, sha256))
-
     # Offline: a one-line error that says how to pass the file.
-    serve("http://127.0.0.1:9/question.jsonl")
-    with pytest.raises(SpecbenchError, match=f"{suite}:PATH"):
-        load_suite(suite)
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
+    with pytest.raises(SpecbenchError, match="spec-bench:PATH"):
+        load_suite("spec-bench")
     # A file with another sha256 is refused and not cached.
-    serve(SMALL.as_uri())
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", SMALL.as_uri())
     with pytest.raises(SpecbenchError, match="sha256"):
-        load_suite(suite)
+        load_suite("spec-bench")
     # "Online" (a file:// URL to the real file): downloaded once into the cache, then read from it.
-    serve(real_file.as_uri())
-    first = load_suite(suite)
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", SPEC_BENCH_FILE.as_uri())
+    first = load_suite("spec-bench")
     assert Path(first.source).is_relative_to(tmp_path / "cache")
-    assert suite_file_sha256(first.source) == sha256 == suite_file_sha256(real_file)
-    serve("http://127.0.0.1:9/question.jsonl")
-    second = load_suite(suite)
-    assert second.source == first.source and second.questions == first.questions
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
+    second = load_suite("spec-bench")
+    assert second.source == first.source and len(second.questions) == len(raw_rows(SPEC_BENCH_FILE))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -337,6 +326,28 @@ def test_code_alpaca_subset_is_deterministic_for_a_seed():
     assert sorted(q.question_id for q in full.questions) == list(range(len(rows)))
     assert [q.question_id for q in a.questions] == [q.question_id for q in full.questions][:4]
     assert full.categories == ["code"] and full.name == "code-alpaca"
+
+
+def test_code_alpaca_download_is_cached_and_checked(tmp_path, monkeypatch):
+    workdir = tmp_path / "a" / "b"
+    workdir.mkdir(parents=True)
+    monkeypatch.chdir(workdir)  # no ../shared/data here
+    monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", "http://127.0.0.1:9/code_alpaca_2k.json")
+    with pytest.raises(SpecbenchError, match="code-alpaca:PATH"):
+        load_suite("code-alpaca")
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", CODE_ALPACA.as_uri())  # not the pinned file
+    with pytest.raises(SpecbenchError, match="sha256"):
+        load_suite("code-alpaca")
+    # "Online": a file:// URL to the real file is downloaded once into the cache, then read from it.
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", CODE_ALPACA_FILE.as_uri())
+    first = load_suite("code-alpaca")
+    assert Path(first.source).is_relative_to(tmp_path / "cache")
+    assert suite_file_sha256(first.source) == suite_files.CODE_ALPACA_SHA256
+    assert len(first.questions) == 100  # the default seeded subset of the 2,017 rows
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", "http://127.0.0.1:9/code_alpaca_2k.json")
+    second = load_suite("code-alpaca")
+    assert second.source == first.source and second.questions == first.questions
 
 
 def test_code_alpaca_prompt_joins_instruction_and_input():
@@ -381,7 +392,7 @@ def test_mt_bench_from_its_package():
     assert len(suite.questions) == 80
     assert all(len(q.turns) == 2 for q in suite.questions)
     assert Counter(q.category for q in suite.questions) == {c: 10 for c in suites.MT_BENCH_CATEGORIES}
-    assert suite.sha256 == suites.MT_BENCH_FILE.sha256
+    assert suite.sha256 == suite_files.MT_BENCH_FILE.sha256
     small = load_suite("mt-bench", limit=8)
     assert sorted(q.category for q in small.questions) == sorted(suites.MT_BENCH_CATEGORIES)
 
@@ -390,7 +401,7 @@ def test_mt_bench_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip behaves as if offline
     monkeypatch.setattr(
-        suites, "MT_BENCH_FILE", dataclasses.replace(suites.MT_BENCH_FILE, module="no_such_mod_x")
+        suite_files, "MT_BENCH_FILE", dataclasses.replace(suite_files.MT_BENCH_FILE, module="no_such_mod_x")
     )
     with pytest.raises(SpecbenchError) as err:
         load_suite("mt-bench")
@@ -407,7 +418,7 @@ def test_humaneval_from_its_package():
         assert set(q.extra) >= {"task_id", "entry_point", "test", "prompt"}
         assert q.extra["prompt"] in q.turns[0]
         assert f"def {q.extra['entry_point']}" in q.turns[0]
-    assert suite.sha256 == suites.HUMANEVAL_FILE.sha256
+    assert suite.sha256 == suite_files.HUMANEVAL_FILE.sha256
 
 
 def test_humaneval_from_a_path():
@@ -421,9 +432,9 @@ def test_humaneval_from_a_path():
 def test_manifests_pin_the_same_files():
     # datasets/<suite>/SOURCE.md is what a reader checks; it must agree with what the loader verifies.
     pinned = {
-        "spec-bench": suites.SPEC_BENCH_SHA256,
-        "mt-bench": suites.MT_BENCH_FILE.sha256,
-        "humaneval": suites.HUMANEVAL_FILE.sha256,
+        "spec-bench": suite_files.SPEC_BENCH_SHA256,
+        "mt-bench": suite_files.MT_BENCH_FILE.sha256,
+        "humaneval": suite_files.HUMANEVAL_FILE.sha256,
     }
     for suite, sha in pinned.items():
         assert sha in (REPO / "datasets" / suite / "SOURCE.md").read_text()
@@ -496,7 +507,7 @@ def test_flat_ids_accepts_every_return_shape():
         {"input_ids": [[1, 2, 3]]},
         torch.tensor([[1, 2, 3]]),
     ):
-        assert suites._flat_ids(out) == [1, 2, 3]
+        assert prompts._flat_ids(out) == [1, 2, 3]
 
 
 def test_load_suites_gives_clashing_labels_their_folder_names(tmp_path):
