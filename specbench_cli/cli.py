@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, faiss, pandas) are imported inside the com
 from __future__ import annotations
 
 import errno
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -279,6 +280,12 @@ def eval_command(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
     ] = None,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Passes over the questions (methods interleaved in each); the report gives their spread."
+        ),
+    ] = 1,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
     with user_errors(resumable=True):
@@ -304,6 +311,8 @@ def eval_command(
             draft_compile=draft_compile,
             force_datastore=force_datastore,
             threads=threads,
+            repeats=repeats,
+            command=shlex.join(["specbench", *sys.argv[1:]]),
             method_options=parse_method_options(method_opt or []),
         )
         run_eval(cfg, console)
@@ -313,13 +322,49 @@ def eval_command(
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
 ) -> None:
-    """Print the summary table and write summary.{json,md,csv,tex} and plots/ into the run folder."""
+    """Print the summary table and write summary.{json,md,csv,tex}, plots/ and report.html into the run folder."""
     with user_errors():
         from .inputs import check_run_folder
         from .report import make_report
 
         check_run_folder(run)
         make_report(run, console=stdout_console())
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
+    out: Annotated[Path, typer.Option(help="New folder for the exported answer files.")],
+    format: Annotated[
+        str, typer.Option(help="spec-bench: one JSONL per method in Spec-Bench's answer format.")
+    ] = "spec-bench",
+) -> None:
+    """Write a run's answers in another tool's format (Spec-Bench's speed.py and equal.py read them)."""
+    with user_errors():
+        from .inputs import check_out_folder, check_run_folder
+        from .report.export import export_spec_bench
+
+        check_run_folder(run)
+        check_out_folder(out)
+        files = export_spec_bench(run, out, format)
+        stdout_console().print(f"wrote {len(files)} answer file(s) under {out}", highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    allow_different_questions: Annotated[
+        bool, typer.Option(help="Compare runs even when their question sets differ.")
+    ] = False,
+) -> None:
+    """Runs side by side: differing settings first, then speedup, MAT and tok/s per suite with spreads."""
+    with user_errors():
+        from .inputs import check_run_folder
+        from .report.compare import compare_runs
+
+        for run in runs:
+            check_run_folder(run)
+        compare_runs(runs, stdout_console(), allow_different_questions)
 
 
 @app.command("score")

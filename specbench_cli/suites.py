@@ -64,11 +64,7 @@ MT_BENCH = SuiteSource(
     lambda: suite_files.packaged_file(suite_files.MT_BENCH_FILE, "mt-bench"),
     lambda f, seed: read_question_file(f),
 )
-CODE_ALPACA = SuiteSource(
-    lambda: suite_files.find_data_file("code_alpaca/code_alpaca_2k.json", "code-alpaca"),
-    read_code_alpaca,
-    default_limit=CODE_ALPACA_SUBSET,
-)
+CODE_ALPACA = SuiteSource(suite_files.find_code_alpaca, read_code_alpaca, default_limit=CODE_ALPACA_SUBSET)
 HUMANEVAL = SuiteSource(
     lambda: suite_files.packaged_file(suite_files.HUMANEVAL_FILE, "humaneval"),
     lambda f, seed: read_humaneval(f),

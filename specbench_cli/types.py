@@ -171,6 +171,10 @@ class Generation:
     wall_time: float
     prefill_time: float
     stop_reason: str  # "eos" | "length" | "cache"
+    # Per output token, when asked for (`generate(..., margins=True)`, done for `ar`): the target's top-1
+    # logit and its margin over the top-2 at the position that chose the token (divergence audit).
+    top1_logits: list[float] | None = None
+    top2_margins: list[float] | None = None
 
     @property
     def new_tokens(self) -> int:
