@@ -94,6 +94,10 @@ def eval_command(
         ),
     ] = "",
     draft_model: Annotated[str | None, typer.Option(help="Draft model for sps (same tokenizer).")] = None,
+    draft_head: Annotated[
+        Path | None,
+        typer.Option(help="EAGLE head folder from train-head: eagle2, and the host tree of rasd/respec."),
+    ] = None,
     datastore: Annotated[
         list[Path] | None, typer.Option(help="Datastore folder from build-index; repeatable.")
     ] = None,
@@ -146,6 +150,7 @@ def eval_command(
             out=out,
             baselines=split_csv([baselines]),
             draft_model=draft_model,
+            draft_head=draft_head,
             datastores=list(datastore or []),
             limit=limit,
             max_new_tokens=max_new_tokens,
@@ -225,6 +230,31 @@ def build_index_command(
             "device": dev,
         }
         build_index(method, model, corpus, out, options, console)
+
+
+@app.command("train-head")
+def train_head_command(
+    model: Annotated[str, typer.Option(help="Target model the head drafts for (it stays frozen).")],
+    prompts: Annotated[
+        str, typer.Option(help="Prompt file (.jsonl/.json, e.g. gsm8k/train.jsonl, CodeAlpaca) or a suite spec.")
+    ],
+    out: Annotated[Path, typer.Option(help="Head folder: weights, manifest, curve; rerun to resume.")],
+    max_prompts: Annotated[int | None, typer.Option(help="Use at most this many prompts.")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the answers.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Prompts answered at once (generation).")] = 64,
+    train_batch: Annotated[int, typer.Option(help="Sequences per training step.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 256,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 3e-4,
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Train an EAGLE draft head on the target's own answers (for eagle2, and rasd/respec hosts)."""
+    with user_errors():
+        from .head.command import run_train_head
+        from .head.train import TrainSettings
+
+        settings = TrainSettings(epochs=epochs, lr=lr, batch_sequences=train_batch)
+        run_train_head(model, prompts, out, settings, max_prompts, batch_size, max_new_tokens, device, dtype, console)
 
 
 def main() -> None:

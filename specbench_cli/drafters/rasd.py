@@ -2,7 +2,8 @@
 
 Each step, one after the other (as in the paper; running them in parallel is its stated open item):
 1. the host draft tree: `sps-tree` (EAGLE-2's dynamic tree grown with --draft-model), up to 60 nodes,
-   each with its cumulative draft log-probability;
+   each with its cumulative draft log-probability; with --draft-head, `eagle2` (the EAGLE head the
+   paper builds on) instead;
 2. the retrieval tree: the trie of the candidates of `--method-opt rasd.retriever=` (pld by default,
    rest or dresd with their --datastore), up to 64 nodes;
 3. pruning: ONE draft-model forward over the retrieval trie (tree attention, on top of the draft
@@ -113,6 +114,7 @@ def fuse_trees(
 class Rasd(Drafter):
     name = "rasd"
     needs_draft_model = True
+    host_on_draft_head = True
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
@@ -136,6 +138,7 @@ class Rasd(Drafter):
         )
         # DReSD queries with the target's hidden state; the engine reads this flag per instance.
         self.needs_hidden_states = self.retriever.needs_hidden_states
+        self.needs_features = self.host.needs_features  # an EAGLE head host reads the target's features
         self.last_origin: list[str] = []  # origin of every node of the last fused tree
         self.stats = {
             key: 0 for key in ("steps", "retrieved", "pruned", "added", "accepted", "accepted_retrieval")
@@ -157,7 +160,8 @@ class Rasd(Drafter):
             root_logp = torch.log_softmax(self.host.catch_up(ctx.tokens, self.retrieval_nodes + 1), dim=-1)
         cands = self.retriever.candidates(ctx, self.retrieval_nodes)
         rtree = DraftTree.from_paths([list(c.tokens) for c in cands], self.retrieval_nodes)
-        rscores = self.score_with_draft(rtree, root_logp)
+        # An EAGLE head scores level by level (each level needs its parent's predicted feature).
+        rscores = getattr(self.host, "score_tree", self.score_with_draft)(rtree, root_logp)
         min_logprob = math.log(self.prune_min_prob) if self.prune_min_prob > 0 else -math.inf
         kept = prune_mask(rtree, rscores, min_logprob)
         fused, self.last_origin = fuse_trees(host_tree, host_scores, rtree, rscores, budget, kept)

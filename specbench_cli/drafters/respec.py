@@ -6,7 +6,7 @@ arXiv 2511.01282). Lossy by default: `--method-opt respec.relaxed=off` makes it 
   last l = 3 steps, H_k is the mean of the last k entropies and C_k = H_k + lambda_e / k; the step
   retrieves when the H_k of the smallest C_k is at most theta = 1.5 (the paper's theta and l;
   lambda_e = 1.0 as in a public re-implementation, methods.md §7). Otherwise, or when retrieval finds
-  nothing worth verifying, the step drafts with the model tree (`sps-tree`, --draft-model).
+  nothing worth verifying, the step drafts with the model tree (`sps-tree` on --draft-model, or `eagle2` on --draft-head).
   The engine hands over one distribution per step, so the "last k positions" are the roots of the
   last k steps, not the last k tokens.
 - WHAT, feedback-driven candidates: the retriever (context matches at several positions by default;
@@ -107,6 +107,7 @@ class ReSpec(Drafter):
     name = "respec"
     needs_logits = True
     needs_draft_model = True
+    host_on_draft_head = True
     lossless = False  # the default (relaxed on); an instance with relaxed=off sets its own True
     lossless_options = {"relaxed": False}  # the options that make it lossless (for the lossless test)
 
@@ -153,6 +154,7 @@ class ReSpec(Drafter):
             max_context_candidates=int(opts["max_context_candidates"]),
         )
         self.needs_hidden_states = self.retriever.needs_hidden_states
+        self.needs_features = self.host.needs_features  # an EAGLE head host reads the target's features
         self.entropies: list[float] = []  # one per step of this turn
         self.scores: dict[tuple, float] = {}  # candidate key -> feedback score
         self.last_used: list[Candidate] = []  # candidates verified in the last step

@@ -1,17 +1,7 @@
 """`sps-tree`: a dynamic draft tree grown with the small draft model (EAGLE-2's tree, SpS's drafter).
 
-EAGLE-2 drafts with a feature-level head; we have a small LM with the target's tokenizer instead, and
-grow the same tree with it (EAGLE-2's defaults, methods.md §1.7):
-- level 1: the top_k (10) children of the root, scored by their draft log-probability;
-- each further level: ONE draft forward over the frontier (the top_k nodes of the level above by
-  cumulative log-probability), each expanded into its top_k children: top_k * top_k candidates, all
-  kept as candidates, of which the top_k best become the next frontier; `depth` (6) levels in all,
-  which is EAGLE-2's depth=5 expansions after the first;
-- finally the best `total_nodes` (60) candidates by cumulative log-probability form the tree.
-A child's cumulative log-probability never exceeds its parent's (log p <= 0, and float addition is
-monotone), so the best N nodes form a closed tree; ties go to the shallower, earlier node, and the
-selection still skips any node whose parent is out, so the tree is closed whatever the numbers.
-Nodes come out best first, so every prefix of the node list is itself the best smaller tree.
+EAGLE-2 drafts with a feature-level head (`eagle2`); here a small LM with the target's tokenizer grows
+the same tree (`dynamic_tree.py`, EAGLE-2's defaults: top_k 10, depth 6 levels, 60 nodes).
 
 The draft model keeps its own slot cache in step with the committed tokens (as `sps` does). The
 frontier forwards write their K/V after the committed slots without committing them: each sees the
@@ -28,6 +18,7 @@ import torch
 
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter
+from .dynamic_tree import grow_tree
 from .sps import common_prefix
 
 OPTIONS = {"top_k": 10, "depth": 6, "total_nodes": 60}
@@ -87,57 +78,14 @@ class DraftModelTree(Drafter):
         k = min(self.top_k, self.runner.model.get_output_embeddings().weight.shape[0])
         root_logp = torch.log_softmax(self.catch_up(ctx.tokens, (self.depth - 1) * k + 1), dim=-1)
         self.last_root_logprobs = root_logp
-        # Candidate pool, host-side lists indexed by candidate id; parents precede children.
-        val, idx = root_logp.topk(k)
-        tok, parent, score, own, depth = idx.tolist(), [-1] * k, val.tolist(), val.tolist(), [1] * k
-        expanded: dict[int, torch.Tensor] = {}  # candidate -> log-probs of its children
-        frontier = list(range(k))
-        front_score = val  # (n,) on the device: cumulative log-probability of each frontier node
-        slot_of: dict[int, int] = {}  # candidate -> its pending slot (0-based after the committed ones)
-        slot_parents: list[int] = []  # parent slot of every pending slot (-1: a child of the root)
-        for level in range(2, self.depth + 1):
-            n = len(frontier)
-            for c in frontier:
-                slot_of[c] = len(slot_parents)
-                slot_parents.append(slot_of[parent[c]] if parent[c] >= 0 else -1)
-            # The frontier runs after the earlier levels' pending slots, which it may attend to.
-            logits, _ = self.runner.forward([tok[c] for c in frontier], slot_parents)
-            logp = torch.log_softmax(logits, dim=-1)
-            val, idx = logp.topk(k, dim=-1)  # (n, k)
-            cum = (val + front_score[:, None]).flatten()
-            front_score, best = cum.topk(min(k, n * k))
-            # One device-to-host copy per level (each .tolist() would be a sync of its own).
-            # float64 holds every token id and float32 score exactly.
-            nk = n * k
-            host = torch.cat([idx.flatten().double(), cum.double(), val.flatten().double(), best.double()])
-            host = host.tolist()
-            first = len(tok)
-            for i, c in enumerate(frontier):
-                expanded[c] = logp[i]
-            tok += [int(t) for t in host[:nk]]
-            parent += [c for c in frontier for _ in range(k)]
-            score += host[nk : 2 * nk]
-            own += host[2 * nk : 3 * nk]
-            depth += [level] * nk
-            frontier = [first + int(b) for b in host[3 * nk :]]
 
-        # Best `budget` candidates; ties: shallower, then earlier. A node whose parent was not taken is
-        # skipped (cannot happen with exact arithmetic, kept so the tree is closed regardless).
-        order = sorted(range(len(tok)), key=lambda c: (-score[c], depth[c], c))
-        node_of: dict[int, int] = {}
-        tokens, parents = [], []
-        for c in order:
-            if len(tokens) >= budget:
-                break
-            if parent[c] >= 0 and parent[c] not in node_of:
-                continue
-            node_of[c] = len(tokens)
-            tokens.append(tok[c])
-            parents.append(node_of[parent[c]] if parent[c] >= 0 else -1)
-            self.last_node_logprobs.append(score[c])
-            self.last_token_logprobs.append(own[c])
-        self.last_expanded_logprobs = {node_of[c]: row for c, row in expanded.items() if c in node_of}
-        return DraftTree(tuple(tokens), tuple(parents))
+        def expand(tokens: list[int], slot_parents: list[int], rows) -> torch.Tensor:
+            return self.runner.forward(tokens, slot_parents)[0]
+
+        grown = grow_tree(root_logp, expand, self.top_k, self.depth, budget)
+        self.last_node_logprobs, self.last_token_logprobs = grown.node_logprobs, grown.token_logprobs
+        self.last_expanded_logprobs = grown.expanded
+        return grown.tree
 
     def describe(self) -> dict:
         return {
@@ -148,6 +96,11 @@ class DraftModelTree(Drafter):
         }
 
 
-def host_tree(setup: MethodSetup, options: dict) -> DraftModelTree:
-    """The draft-model tree a hybrid method (rasd, respec) builds on, with the host's own options."""
+def host_tree(setup: MethodSetup, options: dict) -> Drafter:
+    """The host tree a hybrid method (rasd, respec) builds on, with the host's own options: EAGLE-2
+    on the EAGLE head when --draft-head is given (as in the RASD and ReSpec papers), else sps-tree."""
+    if setup.draft_head is not None:
+        from .eagle2 import Eagle2
+
+        return Eagle2(replace(setup, options=options))
     return DraftModelTree(replace(setup, options=options))

@@ -101,7 +101,8 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> Generation:
     runner, clock = engine.runner, engine.clock
-    want_hidden = drafter.needs_hidden_states
+    want_features = drafter.needs_features
+    want_hidden = drafter.needs_hidden_states or want_features
     want_logits = drafter.needs_logits
     vopts = drafter.verify_options()
     runner.reset()
@@ -110,7 +111,14 @@ def generate(
     wall_start = time.perf_counter()
     start = clock.mark()
     drafter.reset(list(prompt_ids))
-    logits, hidden = runner.forward(list(prompt_ids), want_hidden=want_hidden, last_only=True)
+    logits, hidden = runner.forward(
+        list(prompt_ids), want_hidden=want_hidden, last_only=True, all_hidden=want_features
+    )
+    features = None
+    if want_features:
+        # Row j: the target's final hidden state at committed position j (ctx.features).
+        features = hidden.new_empty((runner.max_len, hidden.shape[-1]))
+        features[: len(prompt_ids)] = hidden
     runner.commit(list(range(len(prompt_ids))))
     root = sample_tokens(logits[-1:], temperature, generator)[0]
     prefill_done = clock.mark()
@@ -134,6 +142,7 @@ def generate(
             temperature=temperature,
             hidden=last_hidden if want_hidden else None,
             logits=last_logits if want_logits else None,
+            features=features,
         )
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
         t1 = clock.mark()
@@ -144,6 +153,8 @@ def generate(
         t2 = clock.mark()
 
         kept = [0] + [n + 1 for n in verdict.accepted_nodes]
+        if features is not None:
+            features[runner.length : runner.length + len(kept)] = hidden[kept]
         runner.commit(kept)
         last = kept[-1]
         last_logits = logits[last]
