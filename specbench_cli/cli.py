@@ -236,10 +236,15 @@ def build_index_command(
 def train_head_command(
     model: Annotated[str, typer.Option(help="Target model the head drafts for (it stays frozen).")],
     prompts: Annotated[
-        str, typer.Option(help="Prompt file (.jsonl/.json, e.g. gsm8k/train.jsonl, CodeAlpaca) or a suite spec.")
+        list[str],
+        typer.Option(
+            help="Prompt file (.jsonl/.json: gsm8k/train.jsonl, CodeAlpaca) or suite spec; repeatable."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Head folder: weights, manifest, curve; rerun to resume.")],
-    max_prompts: Annotated[int | None, typer.Option(help="Use at most this many prompts.")] = None,
+    max_prompts: Annotated[
+        int | None, typer.Option(help="Use at most this many prompts of each source.")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the answers.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Prompts answered at once (generation).")] = 64,
     train_batch: Annotated[int, typer.Option(help="Sequences per training step.")] = 8,
@@ -254,7 +259,18 @@ def train_head_command(
         from .head.train import TrainSettings
 
         settings = TrainSettings(epochs=epochs, lr=lr, batch_sequences=train_batch)
-        run_train_head(model, prompts, out, settings, max_prompts, batch_size, max_new_tokens, device, dtype, console)
+        run_train_head(
+            model,
+            split_csv(prompts),
+            out,
+            settings,
+            max_prompts,
+            batch_size,
+            max_new_tokens,
+            device,
+            dtype,
+            console,
+        )
 
 
 def main() -> None:

@@ -47,7 +47,9 @@ class EvalConfig:
     out: Path
     baselines: list[str] = field(default_factory=list)  # transformers' own generate (baselines.py)
     draft_model: str | None = None
-    draft_head: Path | None = None  # an EAGLE head folder (`specbench train-head`): eagle2, and the hybrids' host
+    draft_head: Path | None = (
+        None  # an EAGLE head folder (`specbench train-head`): eagle2, and the hybrids' host
+    )
     datastores: list[Path] = field(default_factory=list)
     limit: int | None = None
     max_new_tokens: int = 256
@@ -387,7 +389,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         raise SpecbenchError(f"method(s) {', '.join(needs_draft)} need --draft-model")
     needs_head = [m for m, c in classes.items() if c.needs_draft_head]
     if needs_head and not cfg.draft_head:
-        raise SpecbenchError(f"method(s) {', '.join(needs_head)} need --draft-head DIR (from `specbench train-head`)")
+        raise SpecbenchError(
+            f"method(s) {', '.join(needs_head)} need --draft-head DIR (from `specbench train-head`)"
+        )
     if cfg.draft_head is not None:
         from .head.model import read_manifest
 
@@ -427,7 +431,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         from .head.model import check_head_for_eval
 
         # Another target's head, or one trained on an evaluated suite, is refused here.
-        store_notes["draft-head:all"] = check_head_for_eval(cfg.draft_head, target, suites, cfg.force_datastore)
+        store_notes["draft-head:all"] = check_head_for_eval(
+            cfg.draft_head, target, suites, cfg.force_datastore
+        )
 
     engine_kind, engine_reason = resolve_engine(cfg.engine, device, [m for m in (target, draft) if m])
     console.print(f"engine: {engine_kind} ({engine_reason})", highlight=False)

@@ -27,7 +27,11 @@ class Drafter:
 
     def __init__(self, setup: MethodSetup):
         self.setup = setup
-        if self.needs_draft_model and setup.draft is None and not (self.host_on_draft_head and setup.draft_head):
+        if (
+            self.needs_draft_model
+            and setup.draft is None
+            and not (self.host_on_draft_head and setup.draft_head)
+        ):
             raise SpecbenchError(
                 f"method '{self.name}' needs --draft-model (a small model with the target's tokenizer)"
             )

@@ -38,8 +38,12 @@ HEAD_RUNNER_NODES = 63  # largest head forward on a graph: a tree level or a ras
 @dataclass
 class Eagle2Options:
     top_k: int = option(10, "children per expanded node, and frontier width", "EAGLE-2 top_k", minimum=1)
-    depth: int = option(6, "tree levels (the root's children are level 1)", "EAGLE-2 depth=5 expansions + 1", minimum=1)
-    total_nodes: int = option(59, "draft nodes kept, best first", "EAGLE-2 total_token=60, root included", minimum=0)
+    depth: int = option(
+        6, "tree levels (the root's children are level 1)", "EAGLE-2 depth=5 expansions + 1", minimum=1
+    )
+    total_nodes: int = option(
+        59, "draft nodes kept, best first", "EAGLE-2 total_token=60, root included", minimum=0
+    )
 
 
 _HEADS: dict[tuple, tuple] = {}  # (folder, manifest sha256, target) -> (head, manifest): one head per run
@@ -124,7 +128,11 @@ class Eagle2(Drafter):
 
         def expand(tokens: list[int], slot_parents: list[int], rows: list[int] | None) -> torch.Tensor:
             source = outputs[0]
-            feats = source.expand(len(tokens), -1) if rows is None else source[torch.tensor(rows, device=source.device)]
+            feats = (
+                source.expand(len(tokens), -1)
+                if rows is None
+                else source[torch.tensor(rows, device=source.device)]
+            )
             logits, hidden = self._run(tokens, feats, slot_parents)
             outputs[0] = hidden
             return logits
@@ -157,7 +165,9 @@ class Eagle2(Drafter):
                 slot_of[v] = len(slot_parents)
                 p = tree.parents[v]
                 slot_parents.append(slot_of[p] if p >= 0 else -1)
-            feats = torch.stack([self.root_feature if tree.parents[v] < 0 else out[tree.parents[v]] for v in level])
+            feats = torch.stack(
+                [self.root_feature if tree.parents[v] < 0 else out[tree.parents[v]] for v in level]
+            )
             logits, hidden = self._run([tree.tokens[v] for v in level], feats, slot_parents)
             for i, v in enumerate(level):
                 out[v], row_of[v] = hidden[i], (len(level_logp), i)
@@ -167,9 +177,13 @@ class Eagle2(Drafter):
         picks = [root_logp[torch.tensor([t for t, p in zip(tree.tokens, tree.parents) if p < 0], device=dev)]]
         scored = [v for v in range(n) if tree.parents[v] < 0]
         for li, logp in enumerate(level_logp):
-            kids = [v for v in range(n) if tree.parents[v] >= 0 and row_of.get(tree.parents[v], (-1,))[0] == li]
+            kids = [
+                v for v in range(n) if tree.parents[v] >= 0 and row_of.get(tree.parents[v], (-1,))[0] == li
+            ]
             rows = torch.tensor([row_of[tree.parents[v]][1] for v in kids], device=dev, dtype=torch.long)
-            picks.append(logp[rows, torch.tensor([tree.tokens[v] for v in kids], device=dev, dtype=torch.long)])
+            picks.append(
+                logp[rows, torch.tensor([tree.tokens[v] for v in kids], device=dev, dtype=torch.long)]
+            )
             scored += kids
         own = dict(zip(scored, torch.cat(picks).tolist()))
         cum: list[float] = []

@@ -1,8 +1,8 @@
 """`specbench train-head --model TARGET --prompts SOURCE --out DIR`: answers, features, head, in one go.
 
 1. every check that needs no model (numbers, the output folder), then the target loads (frozen);
-2. the prompts (a JSON/JSONL file such as gsm8k/train.jsonl or CodeAlpaca, or a suite spec) are
-   answered greedily in batches of `--batch-size`, features taken in the same pass; the shards go to
+2. the prompts (JSON/JSONL files such as gsm8k/train.jsonl and CodeAlpaca, or suite specs;
+   `--prompts` repeats, `--max-prompts` caps each source) are answered greedily in batches of `--batch-size`, features taken in the same pass; the shards go to
    `DIR/data/<key>/`, keyed by target and generation settings, so a rerun reuses them;
 3. the head trains (`train.py`) and DIR gets its weights, manifest and training curve.
 Evaluation refuses a head whose prompts are the suite being evaluated (the datastores' overlap check).
@@ -22,7 +22,7 @@ MAX_LEN = 2048  # tokens per training sequence (EAGLE's max_len)
 
 def run_train_head(
     model: str,
-    prompts: str,
+    prompts: list[str],
     out: Path,
     settings: TrainSettings,
     max_prompts: int | None = None,
@@ -39,12 +39,16 @@ def run_train_head(
     from .model import MANIFEST_FILE
     from .train import train_head
 
-    parse_options(TrainSettings, {k: getattr(settings, k) for k in settings.__dataclass_fields__}, "train-head")
+    parse_options(
+        TrainSettings, {k: getattr(settings, k) for k in settings.__dataclass_fields__}, "train-head"
+    )
     for name, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
         if value < 1:
             raise SpecbenchError(f"{name} must be at least 1, got {value}")
     if max_prompts is not None and max_prompts < 2:
         raise SpecbenchError(f"--max-prompts must be at least 2 (one for validation), got {max_prompts}")
+    if not prompts:
+        raise SpecbenchError("--prompts is empty; give a prompt file (.jsonl/.json) or a suite spec")
     if max_new_tokens >= MAX_LEN:
         raise SpecbenchError(f"--max-new-tokens must be below {MAX_LEN}, got {max_new_tokens}")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists())):
@@ -66,7 +70,9 @@ def run_train_head(
     }
     key = hashlib.sha256(json.dumps(generation, sort_keys=True).encode()).hexdigest()[:12]
     log(f"answering {len(prompt_set.ids)} prompts (<= {max_new_tokens} new tokens, batches of {batch_size})")
-    sequences = make_sequences(loaded, prompt_set.ids, out / "data" / key, batch_size, max_new_tokens, MAX_LEN, log)
+    sequences = make_sequences(
+        loaded, prompt_set.ids, out / "data" / key, batch_size, max_new_tokens, MAX_LEN, log
+    )
     manifest = train_head(loaded, sequences, settings, out, prompt_set.corpus, generation, log)
     val = manifest.get("validation") or {}
     log(

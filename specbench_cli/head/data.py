@@ -42,21 +42,29 @@ class PromptSet:
     corpus: dict
 
 
-def load_prompt_set(source: str, loaded: LoadedModel, max_prompts: int | None) -> PromptSet:
-    """First turns of a JSON/JSONL prompt file or a suite spec, as chat-template prompt ids."""
+def load_prompt_set(sources: list[str], loaded: LoadedModel, max_prompts: int | None) -> PromptSet:
+    """First turns of each prompt file (JSON/JSONL) or suite spec, at most `max_prompts` from each,
+    as chat-template prompt ids. Every source's sha256 goes into the manifest (eval's overlap check)."""
     from ..datastores.corpus import load_prompts
     from ..suites import build_prompt_ids
 
-    suite, description, sha, prompts = load_prompts(source, [], max_prompts)
-    if not prompts:
-        raise SpecbenchError(f"--prompts {source} gave no prompts")
-    ids = [build_prompt_ids(loaded.tokenizer, turns[:1], []) for _, turns in prompts]
+    ids: list[list[int]] = []
+    files, names = [], []
+    for source in sources:
+        suite, description, sha, prompts = load_prompts(source, [], max_prompts)
+        if not prompts:
+            raise SpecbenchError(f"--prompts {source} gave no prompts")
+        ids += [build_prompt_ids(loaded.tokenizer, turns[:1], []) for _, turns in prompts]
+        files.append({"name": description, "sha256": sha, "prompts": len(prompts)})
+        names.append(suite)
     corpus = {
-        "spec": source,
-        "description": f"{loaded.name}'s greedy answers to {len(ids)} prompts of {description}",
-        "suite": suite,
-        "sha256": sha,
-        "files": [{"name": description, "sha256": sha}],
+        "spec": " + ".join(sources),
+        "description": f"{loaded.name}'s greedy answers to {len(ids)} prompts of {' + '.join(f['name'] for f in files)}",
+        "suite": names[0] if len(names) == 1 else None,
+        "sha256": files[0]["sha256"]
+        if len(files) == 1
+        else hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest(),
+        "files": files,
         "documents": len(ids),
     }
     return PromptSet(ids, corpus)
@@ -87,7 +95,12 @@ def make_sequences(
             # A prompt longer than max_len keeps its end (the answer must fit after it).
             cut = [prompts[i][-max(1, max_len - max_new_tokens) :] for i in batch]
             gen = generate_batch(
-                loaded.model, cut, max_new_tokens, loaded.eos_ids, loaded.tokenizer.pad_token_id, want_hidden=True
+                loaded.model,
+                cut,
+                max_new_tokens,
+                loaded.eos_ids,
+                loaded.tokenizer.pad_token_id,
+                want_hidden=True,
             )
             rows = [
                 {"tokens": p + g.tokens, "prompt_len": len(p), "features": g.hidden.cpu()}

@@ -30,12 +30,12 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..types import LoadedModel, SpecbenchError
 
@@ -43,14 +43,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "head.safetensors"
 MANIFEST_FILE = "manifest.json"
 FEATURE_ROWS = 512  # rows of `features_in`: the longest single head forward (longer catch-ups are chunked)
-
-
-@dataclass
-class HeadOutput:
-    """What the runners read from a forward: logits (B, n, V) and the predicted features last."""
-
-    logits: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...]
 
 
 def decoder_of(model: Any) -> Any:
@@ -69,7 +61,9 @@ class EagleHead(nn.Module):
         decoder = decoder_of(target)
         config = copy.deepcopy(target.config.get_text_config())
         config.num_hidden_layers = 1
-        if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding windows): the last one's
+        if getattr(
+            config, "layer_types", None
+        ):  # per-layer attention kinds (sliding windows): the last one's
             config.layer_types = [config.layer_types[-1]]
         self.config = config
         hidden = config.hidden_size
@@ -86,9 +80,13 @@ class EagleHead(nn.Module):
         # parameters (a plain tuple keeps them out of parameters() and state_dict()).
         self.shared = (decoder.embed_tokens, target.get_output_embeddings(), decoder.rotary_emb)
         # transformers 5 renamed the layers' `past_key_values` argument `cache` (the old name warns).
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.layer.forward).parameters else "past_key_values"
+        self._cache_kw = (
+            "cache" if "cache" in inspect.signature(self.layer.forward).parameters else "past_key_values"
+        )
         self.register_buffer(
-            "features_in", torch.zeros(feature_rows, hidden, dtype=first.dtype, device=first.device), persistent=False
+            "features_in",
+            torch.zeros(feature_rows, hidden, dtype=first.dtype, device=first.device),
+            persistent=False,
         )
 
     def forward(
@@ -102,7 +100,7 @@ class EagleHead(nn.Module):
         features: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         **_: Any,
-    ) -> HeadOutput:
+    ) -> Any:
         """`features` (B, n, H) pairs with `input_ids` (B, n); without it (the runners) `features_in[:n]`."""
         n = input_ids.shape[1]
         if features is None:
@@ -111,7 +109,9 @@ class EagleHead(nn.Module):
             position_ids = torch.arange(n, device=input_ids.device).unsqueeze(0)
         out = self.predict(input_ids, features, position_ids, attention_mask, past_key_values, use_cache)
         kept = out[:, -logits_to_keep:] if logits_to_keep else out
-        return HeadOutput(self.shared[1](kept), (out,))
+        # transformers' output type (what the runners read, and what torch.compile traces natively):
+        # logits (B, n, V) and the predicted features as the last hidden state.
+        return CausalLMOutputWithPast(logits=self.shared[1](kept), hidden_states=(out,))
 
     def predict(
         self,
@@ -204,7 +204,9 @@ def load_head(folder: Path, loaded: LoadedModel) -> tuple[EagleHead, dict]:
     missing, unexpected = head.load_state_dict(state, strict=False)
     missing = [k for k in missing if k.startswith(("fc.", "layer."))]
     if missing or unexpected:
-        raise SpecbenchError(f"draft head {folder} does not fit {loaded.name}: missing {missing[:3]}, extra {unexpected[:3]}")
+        raise SpecbenchError(
+            f"draft head {folder} does not fit {loaded.name}: missing {missing[:3]}, extra {unexpected[:3]}"
+        )
     head.eval().requires_grad_(False)
     return head, manifest
 

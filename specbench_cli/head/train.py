@@ -43,9 +43,15 @@ CURVE_FILE = "curve.png"
 
 @dataclass
 class TrainSettings:
-    epochs: int = option(2, "passes over the training answers", "ours (EAGLE: 20 over 68k conversations)", minimum=1)
-    lr: float = option(3e-4, "AdamW peak learning rate", "EAGLE 3e-5 for 7B, scaled for a short run (see module doc)")
-    batch_sequences: int = option(8, "sequences per optimizer step", "EAGLE bs=4 (of up to 2,048 tokens)", minimum=1)
+    epochs: int = option(
+        2, "passes over the training answers", "ours (EAGLE: 20 over 68k conversations)", minimum=1
+    )
+    lr: float = option(
+        3e-4, "AdamW peak learning rate", "EAGLE 3e-5 for 7B, scaled for a short run (see module doc)"
+    )
+    batch_sequences: int = option(
+        8, "sequences per optimizer step", "EAGLE bs=4 (of up to 2,048 tokens)", minimum=1
+    )
     v_weight: float = option(1.0, "feature regression (smooth L1) weight", "EAGLE v_w")
     p_weight: float = option(0.1, "token cross-entropy weight", "EAGLE p_w")
     noise: float = option(0.2, "uniform feature noise width (U(-noise/2, noise/2))", "EAGLE std=0.2, uniform")
@@ -130,7 +136,9 @@ def validate(head: EagleHead, val: list[Sequence], settings: TrainSettings, auto
     hits1 = hits3 = count = 0
     for i in range(0, len(val), settings.batch_sequences):
         with autocast():
-            _, stats = head_losses(head, make_batch(val[i : i + settings.batch_sequences], _device(head)), settings, None)
+            _, stats = head_losses(
+                head, make_batch(val[i : i + settings.batch_sequences], _device(head)), settings, None
+            )
         hits1, hits3, count = hits1 + stats["top1"], hits3 + stats["top3"], count + stats["count"]
     return {"top1": hits1 / max(count, 1), "top3": hits3 / max(count, 1), "tokens": count}
 
@@ -157,7 +165,9 @@ def train_head(
 
     train, val = split(sequences, settings)
     if not train:
-        raise SpecbenchError("no answer long enough to train on; give more prompts or a larger --max-new-tokens")
+        raise SpecbenchError(
+            "no answer long enough to train on; give more prompts or a larger --max-new-tokens"
+        )
     data_hash = data_sha256(sequences, generation)
     target = loaded.model
     target.requires_grad_(False)
@@ -177,7 +187,9 @@ def train_head(
     optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95))
     steps_per_epoch = -(-len(train) // settings.batch_sequences)
     total = steps_per_epoch * settings.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, int(total * settings.warmup_fraction)), total)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, max(1, int(total * settings.warmup_fraction)), total
+    )
     curve: list[dict] = []
     start_epoch = 0
     state_path = out / STATE_FILE
@@ -200,7 +212,9 @@ def train_head(
     metrics = curve[-1]["val"] if curve else None
     for epoch in range(start_epoch, settings.epochs):
         noise_gen.manual_seed(settings.seed * 1000 + epoch)
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(settings.seed + epoch)).tolist()
+        order = torch.randperm(
+            len(train), generator=torch.Generator().manual_seed(settings.seed + epoch)
+        ).tolist()
         run = {"loss": 0.0, "top1": 0, "count": 0, "steps": 0}
         for b in range(0, len(order), settings.batch_sequences):
             batch = make_batch([train[i] for i in order[b : b + settings.batch_sequences]], device)
@@ -216,7 +230,9 @@ def train_head(
             run["top1"] += stats["top1"]
             run["count"] += stats["count"]
             run["steps"] += 1
-            curve.append({"step": step, "loss": loss.item(), "vloss": stats["vloss"], "ploss": stats["ploss"]})
+            curve.append(
+                {"step": step, "loss": loss.item(), "vloss": stats["vloss"], "ploss": stats["ploss"]}
+            )
             if step % log_every == 0:
                 log(
                     f"step {step}/{total} epoch {epoch + 1}: loss {run['loss'] / run['steps']:.4f} "
@@ -227,7 +243,9 @@ def train_head(
         head.train()
         curve[-1]["val"] = metrics
         if metrics:
-            log(f"epoch {epoch + 1}/{settings.epochs}: validation top-1 {metrics['top1']:.3f} top-3 {metrics['top3']:.3f}")
+            log(
+                f"epoch {epoch + 1}/{settings.epochs}: validation top-1 {metrics['top1']:.3f} top-3 {metrics['top3']:.3f}"
+            )
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "eagle-head",
@@ -276,14 +294,22 @@ def plot_curve(curve: list[dict], path: Path) -> None:
     from ..results import write_bytes_atomic
 
     fig, ax = _figure(8.0)
-    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], color="#4c72b0", lw=0.8, label="train loss")
+    ax.plot(
+        [c["step"] for c in curve], [c["loss"] for c in curve], color="#4c72b0", lw=0.8, label="train loss"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     evals = [c for c in curve if c.get("val")]
     if evals:
         acc = ax.twinx()
         for key, color in (("top1", "#c44e52"), ("top3", "#55a868")):
-            acc.plot([c["step"] for c in evals], [c["val"][key] for c in evals], "o-", color=color, label=f"val {key}")
+            acc.plot(
+                [c["step"] for c in evals],
+                [c["val"][key] for c in evals],
+                "o-",
+                color=color,
+                label=f"val {key}",
+            )
         acc.set_ylabel("validation accuracy")
         acc.set_ylim(0, 1)
         acc.legend(loc="upper right", frameon=False)
