@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shapes import device_info, random_loaded, resolve_device, time_forward, write_json
+from shapes import device_info, make_runner, random_loaded, resolve_device, time_forward, write_json
 
 
 def check_runner(runner: Any, prompt_ids: list[int]) -> dict[str, Any]:
@@ -122,7 +122,6 @@ def variants(
     args: argparse.Namespace, shape: str, device: str, dtype: str, deadline: float
 ) -> dict[str, Any]:
     from specbench_cli.drafters.ar import Autoregressive
-    from specbench_cli.engine.compiled import CompiledRunner
     from specbench_cli.engine.decode import Engine, generate
     from specbench_cli.types import MethodSetup
 
@@ -131,16 +130,12 @@ def variants(
     prompt = [rng.randrange(min(1000, loaded.vocab_size)) for _ in range(200)]
     out: dict[str, Any] = {}
     for variant in args.variants.split(","):
-        attention, backend, mode = variant.split(":")
         if time.perf_counter() > deadline:
             out[variant] = {"skipped": "time budget"}
             continue
         try:
             start = time.perf_counter()
-            runner = CompiledRunner(
-                loaded.model, args.max_len, 128, attention=attention, backend=backend,
-                compile_mode=None if mode == "eager" else mode,
-            )  # fmt: skip
+            runner = make_runner(loaded, variant, args.max_len)
             runner.prepare()
             setup = time.perf_counter() - start
             check = check_runner(runner, prompt)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shapes import device_info, random_loaded, resolve_device, sync, time_forward, write_json
+from shapes import device_info, make_runner, random_loaded, resolve_device, sync, time_forward, write_json
 
 NAME_CHARS = 120
 
@@ -69,20 +69,6 @@ def profile_size(runner: Any, size: int, args: argparse.Namespace, device: str) 
         sync(device)
     runner.reset()
     return entry | kernel_table(prof, args.profile_reps, cuda, args.top)
-
-
-def make_runner(loaded: Any, variant: str, max_len: int) -> Any:
-    from specbench_cli.engine.compiled import CompiledRunner
-    from specbench_cli.engine.runner import ModelRunner
-
-    if variant == "eager":
-        return ModelRunner(loaded.model, max_len)
-    attention, backend, mode = variant.split(":")
-    runner = CompiledRunner(
-        loaded.model, max_len, 128, attention=attention, backend=backend,
-        compile_mode=None if mode == "eager" else mode,
-    )  # fmt: skip
-    return runner
 
 
 def graph_node_cost() -> float:

@@ -137,3 +137,18 @@ def time_forward(runner: Any, size: int, context: int, reps: int, device: str) -
             times.append(1000 * (time.perf_counter() - start))
     runner.reset()
     return round(sorted(times)[len(times) // 2], 4)
+
+
+def make_runner(loaded: Any, variant: str, max_len: int) -> Any:
+    from specbench_cli.engine.compiled import CompiledRunner
+    from specbench_cli.engine.runner import ModelRunner
+
+    if variant == "eager":
+        return ModelRunner(loaded.model, max_len)
+    # ATTENTION:BACKEND:MODE[:nofuse], e.g. tree:efficient:default or tree:efficient:default:nofuse
+    attention, backend, mode, *flags = variant.split(":")
+    runner = CompiledRunner(
+        loaded.model, max_len, 128, attention=attention, backend=backend,
+        compile_mode=None if mode == "eager" else mode, fuse="nofuse" not in flags,
+    )  # fmt: skip
+    return runner

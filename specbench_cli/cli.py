@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers, faiss, pandas) are imported inside the com
 
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,40 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from .types import SpecbenchError
 
+try:  # recent typer ships its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors
+
+DEBUG_ENV = "SPECBENCH_DEBUG"  # =1: print the traceback of any error (same as --debug)
+show_tracebacks = False  # --debug
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing or unknown option) as one `error:` line, exit 2,
+    instead of click's boxed usage text, so every bad input reads the same way."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError:
+            code = super().main([], standalone_mode=True)  # plain `specbench`: typer's own help
+        except click_errors.ClickException as e:
+            print_error(e.format_message() + typed_value(e))
+            code = e.exit_code
+        except click_errors.Abort:
+            code = 1
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
@@ -40,20 +71,68 @@ def stdout_console() -> Console:
     return out if out.is_terminal else Console(width=160)
 
 
+@app.callback()
+def global_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar=DEBUG_ENV, help="Print the traceback of an error too.")
+    ] = False,
+) -> None:
+    """Options before the command, e.g. `specbench --debug eval ...`."""
+    global show_tracebacks
+    show_tracebacks = debug  # set on every call, so in-process runs (tests) do not leak it
+
+
+def print_error(message: str, label: str = "error") -> None:
+    # One line whatever the message holds; escape: `method_options[pld]` must not be read as markup.
+    line = " ".join(str(message).split())
+    console.print(f"[red]{label}:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def typed_value(e: Exception) -> str:
+    """The text the user typed, when a type check (pydantic, in recent typer) rejected it."""
+    errors = getattr(e.__cause__, "errors", None)
+    try:
+        value = errors()[0]["input"] if callable(errors) else None
+    except (LookupError, TypeError, ValueError):
+        value = None
+    return f" (got {str(value)[:60]!r})" if value is not None else ""
+
+
+def os_error_message(e: OSError, resumable: bool) -> str:
+    what = f"{e.strerror or e.__class__.__name__}: {e.filename}" if e.filename else str(e)
+    if resumable and e.errno == errno.ENOSPC:
+        what += "; finished answers are saved: free some space and rerun with --resume"
+    return what
+
+
 @contextmanager
-def user_errors():
-    """Turn a SpecbenchError into one line on stderr and exit code 2; Ctrl-C into a resumable stop."""
+def user_errors(resumable: bool = False):
+    """The CLI's error boundary; every command body runs inside it.
+
+    SpecbenchError (bad input) and OSError (a folder that cannot be written, a full disk): one line,
+    exit 2. Anything else is a bug in specbench: one line naming the exception, exit 1. Ctrl-C: a
+    resumable stop, exit 130 (answers are appended one fsync'd line at a time, so none is lost).
+    --debug or SPECBENCH_DEBUG=1 prints the traceback before the line.
+    """
     try:
         yield
-    except SpecbenchError as e:
-        # escape: a message naming e.g. `method_options[pld]` must not be read as rich markup
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted[/yellow]: finished answers are saved; rerun with --resume to continue"
         )
         raise typer.Exit(130) from None
+    except Exception as e:
+        if show_tracebacks:
+            console.print_exception(show_locals=False)
+        if isinstance(e, SpecbenchError):
+            print_error(str(e))
+            raise typer.Exit(2) from None
+        if isinstance(e, OSError):
+            print_error(os_error_message(e, resumable))
+            raise typer.Exit(2) from None
+        hint = "" if show_tracebacks else f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+        print_error(f"{e.__class__.__name__}: {str(e)[:300]}{hint}", label="internal error")
+        raise typer.Exit(1) from None
 
 
 def split_csv(values: list[str]) -> list[str]:
@@ -86,7 +165,12 @@ def eval_command(
     ],
     suite: Annotated[list[str], typer.Option(help="Suite NAME[:PATH][#CATEGORY]; repeat or comma-separate.")],
     out: Annotated[Path, typer.Option(help="Run folder, e.g. results/RUN.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated methods (see `specbench ls`).")] = "ar,pld",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated methods (see `specbench ls`); METHOD@TAG runs a method again under its own --method-opt, e.g. sam@pld."
+        ),
+    ] = "ar,pld",
     baselines: Annotated[
         str,
         typer.Option(
@@ -140,7 +224,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
-    with user_errors():
+    with user_errors(resumable=True):
         from .evaluate import EvalConfig, parse_method_options, run_eval
 
         cfg = EvalConfig(
@@ -175,8 +259,10 @@ def report_command(
 ) -> None:
     """Print the summary table and write summary.{json,md,csv,tex} and plots/ into the run folder."""
     with user_errors():
+        from .inputs import check_run_folder
         from .report import make_report
 
+        check_run_folder(run)
         make_report(run, console=stdout_console())
 
 
@@ -213,7 +299,12 @@ def build_index_command(
     with user_errors():
         from .datastores import build_index
         from .evaluate import resolve_device
+        from .inputs import check_build_index_inputs
 
+        check_build_index_inputs(
+            model, corpus, out, text_key=list(text_key or []), max_docs=max_docs, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, dim=dim, nprobe=nprobe, device=device, dtype=dtype,
+        )  # fmt: skip
         dev, dt = resolve_device(device, dtype)
         options = {
             "text_key": list(text_key or []),

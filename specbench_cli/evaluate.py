@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import Baseline, check_baselines
+from .inputs import check_eval_inputs, check_prompts_fit, model_context
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
@@ -75,6 +76,15 @@ class EvalConfig:
         return d
 
 
+def method_name(label: str) -> str:
+    """`sam@pld` -> `sam`: a label runs a registered method under its own name and `--method-opt`s, so
+    one run can hold a method twice (e.g. `--methods sam,sam@pld --method-opt sam@pld.fallback=pld`)."""
+    name, _, tag = label.partition("@")
+    if "@" in label and not tag:
+        raise SpecbenchError(f"method label '{label}' has an empty tag; use METHOD@TAG, e.g. sam@pld")
+    return name
+
+
 def parse_method_options(items: list[str]) -> dict[str, dict]:
     """`--method-opt pld.num_pred=8` -> {"pld": {"num_pred": 8}} (ints, floats, true/false parsed)."""
     out: dict[str, dict] = {}
@@ -83,7 +93,7 @@ def parse_method_options(items: list[str]) -> dict[str, dict]:
         method, dot, name = key.partition(".")
         if not sep or not dot or not name:
             raise SpecbenchError(f"bad --method-opt '{item}'; expected METHOD.KEY=VALUE, e.g. pld.num_pred=8")
-        DRAFTERS.check(method)
+        DRAFTERS.check(method_name(method))
         value: object = raw
         for cast in (int, float):
             try:
@@ -104,6 +114,11 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SpecbenchError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    index = device.partition(":")[2]
+    if index and int(index) >= torch.cuda.device_count():
+        raise SpecbenchError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise SpecbenchError(f"unknown --device '{device}'; choose from: auto, cpu, cuda, cuda:N")
     if dtype == "auto":
@@ -115,18 +130,13 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
 
 def validate_cheap(cfg: EvalConfig) -> None:
     """Checks that need no model: run before anything heavy is loaded."""
+    check_eval_inputs(cfg)  # numbers, names and the --out folder (inputs.py)
     if not cfg.methods:
         raise SpecbenchError("--methods is empty; choose from: " + ", ".join(DRAFTERS.names()))
     for m in cfg.methods:
-        DRAFTERS.check(m)
+        DRAFTERS.check(method_name(m))
     if len(set(cfg.methods)) != len(cfg.methods):
         raise SpecbenchError(f"--methods lists a method twice: {','.join(cfg.methods)}")
-    if cfg.max_new_tokens <= 0:
-        raise SpecbenchError(f"--max-new-tokens must be positive, got {cfg.max_new_tokens}")
-    if cfg.temperature < 0:
-        raise SpecbenchError(f"--temperature must be >= 0, got {cfg.temperature}")
-    if cfg.limit is not None and cfg.limit <= 0:
-        raise SpecbenchError(f"--limit must be positive, got {cfg.limit}")
     if cfg.draft_compile not in ("default", "none"):
         raise SpecbenchError(f"unknown --draft-compile '{cfg.draft_compile}'; choose from: default, none")
     if cfg.engine not in ENGINES:
@@ -276,17 +286,23 @@ def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
     return found
 
 
-def cache_length(suites, tokenizer, max_new_tokens: int, max_nodes: int) -> int:
-    """Slots a static cache needs for the longest conversation of the run (every turn's question,
-    every answer at full length, chat-template overhead), rounded up to a multiple of 256."""
+def prompt_lengths(suites, tokenizer) -> list[tuple[str, Any, int, int]]:
+    """(suite label, question id, prompt tokens of all its turns with empty answers, turns) per question."""
     from .suites import build_prompt_ids
 
-    longest = 0
+    out = []
     for s in suites:
         for q in s.questions:
             turns = list(q.turns)
             prompt = len(build_prompt_ids(tokenizer, turns, [""] * (len(turns) - 1)))
-            longest = max(longest, prompt + max_new_tokens * len(turns))
+            out.append((s.name, q.question_id, prompt, len(turns)))
+    return out
+
+
+def cache_length(lengths: list[tuple[str, Any, int, int]], max_new_tokens: int, max_nodes: int) -> int:
+    """Slots a static cache needs for the longest conversation of the run (every turn's question,
+    every answer at full length, chat-template overhead; `prompt_lengths`), rounded up to 256."""
+    longest = max((prompt + max_new_tokens * turns for _, _, prompt, turns in lengths), default=0)
     needed = longest + max_nodes + 2
     return -(-needed // 256) * 256
 
@@ -347,6 +363,7 @@ def answer_question(
 
 def run_eval(cfg: EvalConfig, console) -> Path:
     # The run-folder lock is taken part-way through (after the cheap checks) and held to the end.
+    validate_cheap(cfg)  # before torch is imported: a typo answers at once
     with ExitStack() as hold:
         return _run_eval(cfg, console, hold)
 
@@ -371,17 +388,14 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .results import RunPaths, append_answer, done_question_ids, run_folder_lock, write_json_atomic
     from .suites import build_prompt_ids, load_suites
 
-    validate_cheap(cfg)
     device, dtype = resolve_device(cfg.device, cfg.dtype)
-    if cfg.threads is not None:
-        if cfg.threads < 1:
-            raise SpecbenchError(f"--threads must be positive, got {cfg.threads}")
+    if cfg.threads is not None:  # bounded by inputs.max_threads()
         torch.set_num_threads(cfg.threads)
     suites = load_suites(cfg.suites, cfg.limit, cfg.seed)  # labels unique: one answer folder each
     for s in suites:
         if not s.questions:
             raise SpecbenchError(f"suite '{s.name}' has no questions")
-    classes = {m: DRAFTERS.get(m) for m in cfg.methods}
+    classes = {m: DRAFTERS.get(method_name(m)) for m in cfg.methods}
     needs_draft = [
         m for m, c in classes.items() if c.needs_draft_model and not (c.host_on_draft_head and cfg.draft_head)
     ]
@@ -420,6 +434,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         target.tokenizer
     ):
         raise SpecbenchError(f"--draft-model {cfg.draft_model} has a different tokenizer from {cfg.model}")
+    lengths = prompt_lengths(suites, target.tokenizer)  # the first check that needs the model
+    context = model_context(target.model.config)
+    check_prompts_fit(lengths, cfg.max_new_tokens, cfg.model, context)
     fingerprint = tokenizer_fingerprint(target.tokenizer)
     store_notes = {}
     for kind, path in stores.items():
@@ -437,7 +454,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
 
     engine_kind, engine_reason = resolve_engine(cfg.engine, device, [m for m in (target, draft) if m])
     console.print(f"engine: {engine_kind} ({engine_reason})", highlight=False)
-    max_len = cache_length(suites, target.tokenizer, cfg.max_new_tokens, DEFAULT_MAX_NODES)
+    max_len = cache_length(lengths, cfg.max_new_tokens, DEFAULT_MAX_NODES)
     draft_mode = None if cfg.draft_compile == "none" else cfg.draft_compile
     engine = Engine(target, max_len=max_len, kind=engine_kind, draft_compile_mode=draft_mode)
     drafters = {}

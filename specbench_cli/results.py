@@ -235,6 +235,8 @@ def _create_folder(root: Path, resume: bool) -> bool:
         if not root.is_dir():
             raise SpecbenchError(f"--out {root} exists and is not a folder") from None
         return False
+    except OSError as e:  # a read-only place, a file on the way, a full disk
+        raise SpecbenchError(f"--out {root}: cannot create the run folder ({e.strerror})") from None
 
 
 def _lock_holder(lock_path: Path) -> str:
@@ -255,7 +257,7 @@ def _holds_only(root: Path, name: str) -> bool:
 def _parse_record(raw: bytes) -> dict | None:
     try:
         record = json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
     if not isinstance(record, dict) or "question_id" not in record:
         return None

@@ -301,6 +301,8 @@ def _json_lines(data: bytes, path: Path) -> list[tuple[int, dict[str, Any]]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SpecbenchError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        except RecursionError:  # json recurses once per nesting level
+            raise SpecbenchError(f"{path}:{lineno}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise SpecbenchError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((lineno, row))
@@ -361,6 +363,8 @@ def _read_code_alpaca(path: Path, seed: int) -> tuple[list[Question], str]:
         rows = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpecbenchError(f"{path}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise SpecbenchError(f"{path}: JSON nested too deeply") from None
     if not isinstance(rows, list) or not rows:
         raise SpecbenchError(f"{path}: expected a non-empty JSON list of {{instruction, input, output}}")
     questions = []

@@ -214,3 +214,21 @@ def test_bad_baselines_are_one_line_exit_2_and_write_nothing(tmp_path, extra, ne
     result = run(*eval_args(out, *extra))
     assert_one_line_error(result, *needles)
     assert not out.exists()
+
+
+def test_a_method_label_runs_a_method_twice_with_its_own_options(tmp_path):
+    out = tmp_path / "run"
+    methods = ["--methods", "ar,pld,pld@short", "--method-opt", "pld@short.num_pred=2", "--limit", "2"]
+    args = eval_args(out)
+    at = args.index("--methods")
+    args[at : at + 2] = methods
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["methods_params"]["pld@short"]["num_pred"] == 2
+    assert config["methods_params"]["pld"]["num_pred"] == 10
+    answers = {p.stem for p in (out / "answers").glob("*/*.jsonl")}
+    assert answers == {"ar", "pld", "pld@short"}
+    bad = run(*eval_args(tmp_path / "bad", "--methods", "ar,pld@"))
+    assert_one_line_error(bad, "pld@")
+    assert not (tmp_path / "bad").exists()

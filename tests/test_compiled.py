@@ -208,3 +208,46 @@ def test_bad_options_are_rejected(tiny):
         CompiledRunner(tiny.model, 64, attention="flashy")
     with pytest.raises(SpecbenchError, match="backend"):
         CompiledRunner(tiny.model, 64, backend="magic")
+
+
+def test_fused_projections_compute_the_unfused_forward_and_restore_the_model(tiny):
+    """q/k/v and gate/up fused into one GEMM each inside graph forwards; outside, the model is untouched."""
+    from specbench_cli.engine.fusion import FusedProjection, fused
+
+    compiled = CompiledRunner(tiny.model, 120, max_nodes=15, attention="packed")
+    layers = tiny.model.config.num_hidden_layers
+    assert len(compiled.fusions) == 2 * layers  # one attention group and one MLP group per layer
+    before = {name: id(m) for name, m in tiny.model.named_modules()}
+    unfused = CompiledRunner(tiny.model, 120, max_nodes=15, attention="packed", fuse=False)
+    prompt = list(range(3, 12))
+    tree, parents = [5, 6, 7, 8], [-1, 0, 0, 1, 2]
+    outputs = []
+    for runner in (compiled, unfused):
+        runner.forward(prompt)
+        runner.commit(list(range(len(prompt))))
+        outputs.append(runner.forward([9, *tree], parents)[0])
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    assert outputs[0].argmax(-1).tolist() == outputs[1].argmax(-1).tolist()
+    assert {name: id(m) for name, m in tiny.model.named_modules()} == before  # originals restored
+    with fused(compiled.fusions):
+        attn = tiny.model.model.layers[0].self_attn
+        assert isinstance(attn.q_proj, FusedProjection) and not isinstance(attn.k_proj, FusedProjection)
+
+
+def test_fused_projections_trace_under_torch_compile(tiny):
+    """Dynamo must follow the stash from the fused module to the later projections (no graph break that
+    would change results): a compiled forward equals the eager one."""
+    from specbench_cli.engine.fusion import build_fusions, fused
+
+    plan = build_fusions(tiny.model)
+    ids = torch.tensor([[3, 4, 5, 6]])
+
+    def logits(input_ids):
+        return tiny.model(input_ids=input_ids, use_cache=False).logits
+
+    expected = logits(ids)
+    torch._dynamo.reset()
+    compiled = torch.compile(logits, backend="eager", fullgraph=True)
+    with fused(plan), torch.no_grad():
+        got = compiled(ids)
+    assert torch.allclose(got, expected, atol=1e-5)

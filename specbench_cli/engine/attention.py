@@ -93,11 +93,14 @@ def reference_tree_attention(
 # over the whole static cache, SDPA's memory-efficient kernel took ~100 us per layer for ONE query token
 # (2 K/V heads -> 2 thread blocks walking 2,176 keys): 2.7 of 6.4 ms per Qwen2.5-1.5B forward. Splitting
 # the key range across thread blocks and stopping at the last live slot brought a forward to 2.7 ms.
-# The first merge kernel then cost ~1 ms per forward at 16+ inputs: one program per (head, 64 rows)
-# walked every chunk of the static cache, live or not. The merge below reads only the live chunks and
-# runs one program per (head, 16 rows), so it has 4x the programs and reads a fraction of the bytes.
-
-MERGE_ROWS = 16
+#
+# The grid is fixed when a CUDA graph is captured, but the live length is not. So the kernels divide the
+# *live* range (read from the mask on the GPU) into the grid's SPLITS chunks at run time: every program
+# has work at any context length, instead of most of them idling on chunks of a mostly empty static
+# cache (2026-12-02 profile: at 1,000 live slots of 4,352, three quarters of the split programs stored
+# empty partials). The merge then reads all partials of a row in one vector load per tensor, one
+# program per (head, row), instead of walking the chunks one dependent load at a time: that walk cost
+# 12 us per layer for a single query (merge_kernel, 0.34 ms of a 2.68 ms forward).
 
 
 def _build_tree_kernels() -> Any:
@@ -109,85 +112,84 @@ def _build_tree_kernels() -> Any:
         Q, K, V, Mask, Opart, Mpart, Lpart,
         stride_qh, stride_qr, stride_kh, stride_kn, stride_vh, stride_vn,
         R, R_PAD, HEADS, scale,
-        SIZE: tl.constexpr, WIDTH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+        SIZE: tl.constexpr, WIDTH: tl.constexpr, SPLITS: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         split, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         start = tl.load(Mask + WIDTH).to(tl.int32)
-        live = start + WIDTH
-        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < R
-        node = rows % SIZE
-        d = tl.arange(0, D)
-        q = tl.load(
-            Q + head * stride_qh + rows[:, None] * stride_qr + d[None, :], mask=row_ok[:, None], other=0.0
-        )
-        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        denom = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, D], tl.float32)
-        lo = split * CHUNK
-        hi = tl.minimum(lo + CHUNK, live)  # slots past the live window are never read
-        for n0 in range(lo, hi, BLOCK_N):
-            cols = n0 + tl.arange(0, BLOCK_N)
-            col_ok = cols < hi
-            k = tl.load(
-                K + head * stride_kh + cols[:, None] * stride_kn + d[None, :], mask=col_ok[:, None], other=0.0
+        live = start + WIDTH  # the live slots [0, start + WIDTH), cut into SPLITS chunks of BLOCK_N's
+        chunk = tl.cdiv(tl.cdiv(live, SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * chunk
+        if lo < live:  # chunks past the live range hold nothing; the merge never reads them
+            hi = tl.minimum(lo + chunk, live)
+            rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+            row_ok = rows < R
+            node = rows % SIZE
+            d = tl.arange(0, D)
+            q = tl.load(
+                Q + head * stride_qh + rows[:, None] * stride_qr + d[None, :], mask=row_ok[:, None], other=0.0
             )
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-            else:
-                s = tl.dot(q, tl.trans(k)) * scale
-            rel = cols - start
-            in_window = row_ok[:, None] & (col_ok & (rel >= 0))[None, :]
-            seen = tl.load(Mask + node[:, None] * (WIDTH + 1) + rel[None, :], mask=in_window, other=0.0)
-            allowed = ((cols < start)[None, :] | (seen > 0.5)) & col_ok[None, :]
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-            p = tl.exp(s - m_ref[:, None])
-            alpha = tl.exp(m - m_ref)
-            denom = denom * alpha + tl.sum(p, 1)
-            v = tl.load(
-                V + head * stride_vh + cols[:, None] * stride_vn + d[None, :], mask=col_ok[:, None], other=0.0
-            )
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m = m_new
-        at = (split * HEADS + head) * R_PAD + rows
-        tl.store(Mpart + at, m)
-        tl.store(Lpart + at, denom)
-        tl.store(Opart + at[:, None] * D + d[None, :], acc)
+            m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            denom = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, D], tl.float32)
+            for n0 in range(lo, hi, BLOCK_N):
+                cols = n0 + tl.arange(0, BLOCK_N)
+                col_ok = cols < hi
+                k = tl.load(
+                    K + head * stride_kh + cols[:, None] * stride_kn + d[None, :],
+                    mask=col_ok[:, None],
+                    other=0.0,
+                )
+                if IEEE:
+                    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+                else:
+                    s = tl.dot(q, tl.trans(k)) * scale
+                rel = cols - start
+                in_window = row_ok[:, None] & (col_ok & (rel >= 0))[None, :]
+                seen = tl.load(Mask + node[:, None] * (WIDTH + 1) + rel[None, :], mask=in_window, other=0.0)
+                allowed = ((cols < start)[None, :] | (seen > 0.5)) & col_ok[None, :]
+                s = tl.where(allowed, s, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, 1))
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+                p = tl.exp(s - m_ref[:, None])
+                alpha = tl.exp(m - m_ref)
+                denom = denom * alpha + tl.sum(p, 1)
+                v = tl.load(
+                    V + head * stride_vh + cols[:, None] * stride_vn + d[None, :],
+                    mask=col_ok[:, None],
+                    other=0.0,
+                )
+                if IEEE:
+                    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+                else:
+                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m = m_new
+            at = (split * HEADS + head) * R_PAD + rows
+            tl.store(Mpart + at, m)
+            tl.store(Lpart + at, denom)
+            tl.store(Opart + at[:, None] * D + d[None, :], acc)
 
     @triton.jit
     def merge_kernel(
-        Opart, Mpart, Lpart, Out, Mask, stride_oh, stride_or, R, R_PAD, HEADS,
-        WIDTH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr,
+        Opart, Mpart, Lpart, Out, Mask, stride_oh, stride_or, R_PAD, HEADS,
+        WIDTH: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_N: tl.constexpr,
+        D: tl.constexpr,
     ):  # fmt: skip
-        head, block = tl.program_id(0), tl.program_id(1)
-        # Chunks past the live window hold nothing (their split programs read no key): skip them.
-        live_splits = tl.cdiv(tl.load(Mask + WIDTH).to(tl.int32) + WIDTH, CHUNK)
-        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        head, row = tl.program_id(0), tl.program_id(1)
+        live = tl.load(Mask + WIDTH).to(tl.int32) + WIDTH  # the split kernel's chunks, recomputed
+        chunk = tl.cdiv(tl.cdiv(live, SPLITS), BLOCK_N) * BLOCK_N
+        splits = tl.arange(0, SPLITS_P2)
+        used = splits < tl.cdiv(live, chunk)  # the chunks a split program wrote
+        at = (splits * HEADS + head) * R_PAD + row
+        m = tl.load(Mpart + at, mask=used, other=float("-inf"))
+        top = tl.max(m, 0)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        weight = tl.where(used, tl.exp(m - top), 0.0)
+        total = tl.sum(weight * tl.load(Lpart + at, mask=used, other=0.0), 0)
         d = tl.arange(0, D)
-        top = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        for split in range(0, live_splits):
-            top = tl.maximum(top, tl.load(Mpart + (split * HEADS + head) * R_PAD + rows))
-        top = tl.where(top == float("-inf"), 0.0, top)  # padding rows only
-        total = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, D], tl.float32)
-        for split in range(0, live_splits):
-            at = (split * HEADS + head) * R_PAD + rows
-            weight = tl.exp(tl.load(Mpart + at) - top)
-            total += weight * tl.load(Lpart + at)
-            acc += weight[:, None] * tl.load(Opart + at[:, None] * D + d[None, :])
-        out = acc / tl.where(total > 0, total, 1.0)[:, None]
-        row_ok = rows < R
-        tl.store(
-            Out + head * stride_oh + rows[:, None] * stride_or + d[None, :],
-            out.to(Out.dtype.element_ty),
-            mask=row_ok[:, None],
-        )
+        parts = tl.load(Opart + at[:, None] * D + d[None, :], mask=used[:, None], other=0.0)
+        out = tl.sum(weight[:, None] * parts, 0) / tl.where(total > 0, total, 1.0)
+        tl.store(Out + head * stride_oh + row * stride_or + d, out.to(Out.dtype.element_ty))
 
     return split_kernel, merge_kernel
 
@@ -195,7 +197,7 @@ def _build_tree_kernels() -> Any:
 def triton_tree_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """`reference_tree_attention` as two Triton kernels: partial softmax per key chunk, then a merge."""
+    """`reference_tree_attention` as two Triton kernels: partial softmax per live chunk, then a merge."""
     global _TREE_KERNELS
     if _TREE_KERNELS is None:
         _TREE_KERNELS = _build_tree_kernels()
@@ -205,12 +207,10 @@ def triton_tree_attention(
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
     blocks = cdiv(rows, block_m)
     block_n = 64
-    # Enough (chunk, head, row block) programs to fill the GPU; more chunks also mean more partial
-    # results to write and merge, so the chunk count falls as the row blocks grow.
+    # Enough (chunk, head, row block) programs to fill the GPU when the live range is long; fewer
+    # chunks when there are many row blocks (each chunk's partials are written and merged per row).
     splits = max(1, min(cdiv(length, block_n), cdiv(256, heads * blocks)))
-    chunk = cdiv(cdiv(length, splits), block_n) * block_n
-    splits = cdiv(length, chunk)
-    r_pad = blocks * block_m  # a multiple of MERGE_ROWS
+    r_pad = blocks * block_m
     opart = torch.empty(splits * heads * r_pad, dim, dtype=torch.float32, device=q.device)
     mpart = torch.empty(splits * heads * r_pad, dtype=torch.float32, device=q.device)
     lpart = torch.empty_like(mpart)
@@ -221,13 +221,17 @@ def triton_tree_attention(
         q, k, v, mask, opart, mpart, lpart,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         rows, r_pad, heads, scale,
-        SIZE=size, WIDTH=width, CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee,
+        SIZE=size, WIDTH=width, SPLITS=splits, BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee,
     )  # fmt: skip
-    merge_kernel[(heads, r_pad // MERGE_ROWS)](
-        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), rows, r_pad, heads,
-        WIDTH=width, CHUNK=chunk, BLOCK_M=MERGE_ROWS, D=dim,
+    merge_kernel[(heads, rows)](
+        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), r_pad, heads,
+        WIDTH=width, SPLITS=splits, SPLITS_P2=triton_next_pow2(splits), BLOCK_N=block_n, D=dim,
     )  # fmt: skip
     return out
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 def triton_available() -> bool:

@@ -41,6 +41,7 @@ import torch
 
 from ..types import SpecbenchError
 from .attention import PACKED_ATTENTION, TREE_ATTENTION, register_attention, tree_mask
+from .fusion import build_fusions, fused
 from .runner import Runner
 
 BUCKETS = (1, 16, 32, 64)  # input counts, root included; max_nodes + 1 is always added as the largest
@@ -102,6 +103,7 @@ class CompiledRunner(Runner):
         backend: str = "efficient",
         compile_mode: str | None = "default",
         use_graphs: bool | None = None,
+        fuse: bool = True,
     ):
         if attention not in ATTENTIONS:
             raise SpecbenchError(f"unknown attention '{attention}'; choose from: {', '.join(ATTENTIONS)}")
@@ -117,6 +119,8 @@ class CompiledRunner(Runner):
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.attention, self.backend = attention, backend
         register_attention()
+        # q/k/v and gate/up as one GEMM each in graph forwards (fusion.py): a copy of those weights.
+        self.fusions = build_fusions(model) if fuse else []
 
         dev = self.device
         self._cols = torch.arange(self.cache_len, device=dev)
@@ -230,7 +234,8 @@ class CompiledRunner(Runner):
 
     @contextmanager
     def _attention(self, graph: bool = True):
-        """Select our attention function and pin the SDPA backend for the duration of a forward/capture.
+        """Select our attention function, pin the SDPA backend and swap in the fused projections for
+        the duration of a forward/capture.
 
         Graph forwards use `self.attention`; eager prefills always take packed SDPA with a dense mask
         (many queries: the memory-efficient kernel has row blocks enough to fill the GPU)."""
@@ -250,7 +255,7 @@ class CompiledRunner(Runner):
             }
             pinned = sdpa_kernel([names[self.backend]])
         try:
-            with pinned:
+            with pinned, fused(self.fusions) if graph else nullcontext():
                 yield
         finally:
             config._attn_implementation = previous
