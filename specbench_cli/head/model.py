@@ -104,7 +104,10 @@ class EagleHead(nn.Module):
         """`features` (B, n, H) pairs with `input_ids` (B, n); without it (the runners) `features_in[:n]`."""
         n = input_ids.shape[1]
         if features is None:
-            features = self.features_in[:n].unsqueeze(0)
+            features = self.features_in[:n]
+            if n > features.shape[0]:  # a longer forward than the drafter makes (a cost probe): zeros
+                features = torch.cat([features, features.new_zeros(n - features.shape[0], features.shape[1])])
+            features = features.unsqueeze(0)
         if position_ids is None:
             position_ids = torch.arange(n, device=input_ids.device).unsqueeze(0)
         out = self.predict(input_ids, features, position_ids, attention_mask, past_key_values, use_cache)
