@@ -266,6 +266,33 @@ def report_command(
         make_report(run, console=stdout_console())
 
 
+@app.command("score")
+def score_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
+    rescore: Annotated[bool, typer.Option(help="Score every answer again, not only unscored ones.")] = False,
+) -> None:
+    """Run HumanEval answers that have no stored score in the sandbox and store pass/fail (eval does
+    this as it answers; use it for older runs or after a sandbox error). `report` then reads them."""
+    with user_errors():
+        from collections import Counter
+
+        from .inputs import check_run_folder
+        from .scoring.scores import score_run
+
+        check_run_folder(run)
+        made, missing = score_run(run, rescore)
+        for label in missing:
+            console.print(f"warning: suite '{label}' could not be loaded again; its answers stay unscored")
+        counts = Counter(s["status"] for s in made)
+        console.print(
+            f"scored {len(made)} answer(s) in {run}: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        )
+        errors = [s for s in made if s["status"] == "error"]
+        if errors:  # stored as unscored: the report shows NaN and the next `score` tries again
+            raise SpecbenchError(f"the sandbox could not run {len(errors)} answer(s): {errors[0]['detail']}")
+
+
 @app.command("build-index")
 def build_index_command(
     method: Annotated[

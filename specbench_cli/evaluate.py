@@ -312,6 +312,13 @@ def question_seed(seed: int, question_id, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def answered(path: Path) -> dict:
+    """question_id -> answer record already in `path` (none when it does not exist), for --resume."""
+    from .results import read_answers
+
+    return {r["question_id"]: r for r in read_answers(path)} if path.exists() else {}
+
+
 def run_turn(engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None) -> Generation:
     """One turn through our decode loop, or through transformers' generate for a baseline."""
     from .engine.decode import generate
@@ -385,7 +392,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .report import make_report
-    from .results import RunPaths, append_answer, done_question_ids, run_folder_lock, write_json_atomic
+    from .results import RunPaths, append_answer, run_folder_lock, write_json_atomic
+    from .scoring.scores import scorable, score_answer, score_missing
     from .suites import build_prompt_ids, load_suites
 
     device, dtype = resolve_device(cfg.device, cfg.dtype)
@@ -511,13 +519,21 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
         write_json_atomic(paths.config, config)
 
+    # Drafters that learn across answers (Token Recycling's matrix, SuffixDecoding's cross-request tree)
+    # start the timed run from nothing, whatever the warm-up taught them. On --resume they relearn the
+    # answers already written, in run order (Token Recycling's matrix cannot be rebuilt from them).
+    for m in cfg.methods:
+        drafters[m].start_run()
     todo = []
     for s in suites:
-        done = {m: done_question_ids(paths.answers_file(s.name, m)) for m in names}
+        done = {m: answered(paths.answers_file(s.name, m)) for m in names}
         for q in s.questions:
             for m in names:
                 if q.question_id not in done[m]:
                     todo.append((s, q, m))
+                elif m in cfg.methods:
+                    for output_ids in done[m][q.question_id]["choices"][0]["output_ids"]:
+                        drafters[m].finish_answer(output_ids)
     total = sum(len(s.questions) for s in suites) * len(names)
     console.print(
         f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
@@ -553,6 +569,11 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 "choices": [choice],
             }
             append_answer(paths.answers_file(s.name, m), record)
+            if scorable(q):  # HumanEval: pass/fail in the sandbox now, so the report runs nothing
+                append_answer(paths.scores_file(s.name, m), score_answer(q, record))
+            if m in cfg.methods:  # only now, written, may an answer teach a cross-request drafter
+                for g in gens:
+                    drafters[m].finish_answer(g.output_ids)
             acc = live[m]
             acc[0] += sum(g.new_tokens for g in gens)
             acc[1] += sum(len(g.steps) for g in gens)
@@ -563,5 +584,6 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 if v[1]
             )
             progress.update(task, advance=1, stats=stats)
+    score_missing(paths, {s.name: s.questions for s in suites})  # answers of an interrupted run
     make_report(paths.root, console=console)
     return paths.root

@@ -1,6 +1,6 @@
 """Task quality of lossy methods: HumanEval pass@1 (sandboxed), ROUGE-L, and agreement with `ar`.
 
-    table = lossy_quality(records, questions_from_config(run_dir))
+    table = lossy_quality(records, read_scores(RunPaths(run_dir))[0])   # scoring/scores.py
 
 A lossy method (ReSpec with relaxed verification) may write text that differs from the target's own
 greedy output. The report keeps it out of the lossless rankings and shows, per suite:
@@ -9,104 +9,21 @@ greedy output. The report keeps it out of the lossless rankings and shows, per s
 - a task figure: HumanEval pass@1 of the method next to `ar`'s on the same questions, or, for the
   other suites, the mean ROUGE-L F1 of the method's answers against `ar`'s answers.
 
-HumanEval completions run in a child process: `python -I` in a fresh temporary folder, with CPU time,
-memory, file size and open-file limits set before it starts, a wall-clock timeout that kills its
-whole process group, and a prelude that disables the obvious destructive calls. It is a guard against
-accidents in generated code, not a security boundary: the child can still use the network, when the
-machine has one, and read files.
+HumanEval completions run in the sandbox (scoring/sandbox.py) when the answers are made, or by
+`specbench score RUN`; their pass/fail is stored in the run folder (scoring/scores.py), and this table
+is built from those files alone: the report runs no code, loads no suite and needs no network.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import resource
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .types import Question
 
 BASELINE = "ar"
-TIME_LIMIT_S = 10.0  # per HumanEval task; the reference tests take well under a second
-MEMORY_LIMIT = 2 << 30  # bytes of address space
-FILE_LIMIT = 16 << 20  # bytes a child may write to one file
-
-# Runs before the candidate code: takes away what could damage the machine if a completion misbehaves.
-_GUARD = """\
-import builtins, os, shutil, subprocess
-for _name in ("system", "kill", "killpg", "fork", "forkpty", "remove", "unlink", "rmdir", "removedirs",
-              "rename", "renames", "replace", "truncate", "putenv", "chmod", "chown", "setuid"):
-    if hasattr(os, _name):
-        setattr(os, _name, None)
-shutil.rmtree = shutil.move = shutil.chown = None
-subprocess.Popen = None
-builtins.exit = builtins.quit = None
-"""
-
-
-@dataclass
-class ExecResult:
-    status: str  # "passed" | "failed" | "timeout"
-    detail: str = ""  # the last lines of stderr when it failed
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-
-def _limit_child(seconds: float) -> None:
-    # Runs in the child between fork and exec.
-    cpu = int(math.ceil(seconds)) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def run_program(source: str, timeout: float = TIME_LIMIT_S) -> ExecResult:
-    """Run a Python program in the sandboxed child; exit status 0 within the time limit passes."""
-    with tempfile.TemporaryDirectory(prefix="specbench-exec-") as tmp:
-        path = Path(tmp) / "program.py"
-        path.write_text(_GUARD + "\n" + source)
-        env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(path)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=lambda: _limit_child(timeout),
-            start_new_session=True,  # its own process group, so a timeout kills what it spawned too
-        )
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return ExecResult("timeout", f"no result within {timeout:g} s")
-        if proc.returncode == 0:
-            return ExecResult("passed")
-        if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-            return ExecResult("timeout", "CPU time limit")
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
-        return ExecResult("failed", "\n".join(tail))
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.communicate()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,30 +59,28 @@ def humaneval_program(answer: str, question: Question) -> str:
 
 
 def humaneval_pass_at_1(
-    records: Iterable[dict], questions: Iterable[Question], timeout: float = TIME_LIMIT_S
+    records: Iterable[dict], questions: Iterable[Question], timeout: float = 10.0
 ) -> dict[str, Any]:
-    """pass@1 of one answer per task (greedy decoding: one sample is the estimate).
+    """pass@1 of one answer per task (greedy decoding: one sample is the estimate), run now.
 
     `records` are answer lines (question_id, choices[0].turns[0]); `questions` the HumanEval suite.
     Records without a matching question are skipped. Returns {"pass_at_1", "passed", "total",
-    "results": {question_id: status}}.
+    "results": {question_id: status}}. The run folder's stored scores come from `scoring.scores`.
     """
+    from .scoring.sandbox import Limits, run_sandboxed
+
     by_id = {q.question_id: q for q in questions}
-    jobs = []
+    statuses = {}
     for record in records:
         q = by_id.get(record.get("question_id"))
-        if q is None or "test" not in q.extra:
-            continue
-        answer = record["choices"][0]["turns"][0]
-        jobs.append((q.question_id, humaneval_program(answer, q)))
-    # One at a time: `preexec_fn` is only safe to fork from a single thread.
-    results = [run_program(program, timeout) for _, program in jobs]
-    statuses = {qid: r.status for (qid, _), r in zip(jobs, results)}
-    passed = sum(r.passed for r in results)
+        if q is not None and "test" in q.extra:
+            program = humaneval_program(record["choices"][0]["turns"][0], q)
+            statuses[q.question_id] = run_sandboxed(program, Limits(wall_s=timeout)).status
+    passed = sum(status == "passed" for status in statuses.values())
     return {
-        "pass_at_1": passed / len(jobs) if jobs else math.nan,
+        "pass_at_1": passed / len(statuses) if statuses else math.nan,
         "passed": passed,
-        "total": len(jobs),
+        "total": len(statuses),
         "results": statuses,
     }
 
@@ -214,18 +129,17 @@ def token_agreement(ids: list[int], reference: list[int]) -> float:
 # The report's table
 
 
-def lossy_quality(
-    records: Iterable[dict], questions: dict[str, list[Question]] | None = None, timeout: float = TIME_LIMIT_S
-) -> list[dict[str, Any]]:
+def lossy_quality(records: Iterable[dict], scores: dict | None = None) -> list[dict[str, Any]]:
     """One row per (suite, lossy method): agreement with `ar` and the task quality figure.
 
     `records` are answer lines carrying `suite` and `method` (as the report reads them); a record with
-    `lossless_method: false` marks its method lossy. `questions` maps a suite label to its questions
-    (needed for HumanEval's tests only: see `questions_from_config`). A suite label starting with
-    "humaneval" gets pass@1; the others get ROUGE-L against `ar`. Figures that cannot be computed
-    (no `ar` answers, no tests) are NaN.
+    `lossless_method: false` marks its method lossy. `scores` maps (suite, method) to {question_id:
+    stored score} (`scoring.scores.read_scores`). A suite with stored scores, or whose label starts
+    with "humaneval", gets pass@1 of the method and of `ar` on the same questions; the others get
+    ROUGE-L against `ar`. Figures that cannot be computed (no `ar` answers, a paired answer without a
+    current score) are NaN; `scored` counts the pairs that have both scores.
     """
-    questions = questions or {}
+    scores = scores or {}
     by_key: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         by_key.setdefault((str(record.get("suite")), str(record.get("method"))), []).append(record)
@@ -254,46 +168,37 @@ def lossy_quality(
             "quality": _mean(rouge),
             "quality_ar": 1.0 if paired else math.nan,
         }
-        if suite.startswith("humaneval"):
-            qs = questions.get(suite)
-            row["quality_metric"] = "humaneval_pass@1"
-            row["quality"] = row["quality_ar"] = math.nan
-            if qs:
-                ids = {r["question_id"] for r, _ in paired}
-                row["quality"] = humaneval_pass_at_1(
-                    [r for r in recs if r["question_id"] in ids], qs, timeout
-                )["pass_at_1"]
-                row["quality_ar"] = humaneval_pass_at_1([b for _, b in paired], qs, timeout)["pass_at_1"]
+        if suite.startswith("humaneval") or any(key[0] == suite for key in scores):
+            row.update(
+                humaneval_row(paired, scores.get((suite, method), {}), scores.get((suite, BASELINE), {}))
+            )
         rows.append(row)
     return rows
 
 
-def questions_from_config(run_dir: Path) -> dict[str, list[Question]]:
-    """The HumanEval questions of a run folder, reloaded from the suite specs in its config.json.
+def humaneval_row(paired: list[tuple[dict, dict]], mine: dict, ar: dict) -> dict[str, Any]:
+    """pass@1 of the method and of `ar` from stored scores; NaN unless every pair has both scores."""
+    both = [(mine[r["question_id"]], ar[b["question_id"]]) for r, b in paired
+            if current(mine.get(r["question_id"]), r) and current(ar.get(b["question_id"]), b)]  # fmt: skip
+    complete = bool(paired) and len(both) == len(paired)
+    return {
+        "quality_metric": "humaneval_pass@1",
+        "scored": len(both),
+        "quality": _mean([float(s["passed"]) for s, _ in both]) if complete else math.nan,
+        "quality_ar": _mean([float(s["passed"]) for _, s in both]) if complete else math.nan,
+        "sandbox": "; ".join(sorted({str(s.get("sandbox")) for pair in both for s in pair})),
+    }
 
-    Only suites whose label starts with "humaneval" are loaded (the others need no questions). A
-    suite that cannot be loaded again (file moved, package missing) is left out: its pass@1 is NaN.
-    """
-    from .suites import load_suite
-    from .types import SpecbenchError
 
-    try:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    # The run may have renamed clashing labels (suites.load_suites): suites_info, in --suite order,
-    # holds the label each spec's answers were filed under.
-    labels = [info.get("name") for info in config.get("suites_info") or []]
-    out: dict[str, list[Question]] = {}
-    for i, spec in enumerate(config.get("suites", [])):
-        if not str(spec).startswith("humaneval"):
-            continue
-        try:
-            suite = load_suite(str(spec), None, int(config.get("seed", 0)))
-        except (SpecbenchError, OSError):
-            continue
-        out[labels[i] if i < len(labels) and labels[i] else suite.name] = suite.questions
-    return out
+def current(score: dict | None, record: dict) -> bool:
+    """A stored score counts only for the answer it was made from (same answer_id) and a finished
+    run of the sandbox (a sandbox that could not start leaves the answer to be scored again)."""
+    return (
+        isinstance(score, dict)
+        and score.get("answer_id") == record.get("answer_id")
+        and score.get("status") in ("passed", "failed", "timeout")
+        and isinstance(score.get("passed"), bool)
+    )
 
 
 def _all_ids(record: dict) -> list[int] | None:

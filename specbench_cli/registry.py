@@ -63,7 +63,7 @@ DRAFTERS = Registry(
         ),
         "sam": (
             "specbench_cli.drafters.sam:SamDecoding",
-            "SAM-decoding: static + dynamic suffix automata (40-token chains), pld / sps-tree fallback",
+            "SAM-decoding: static + dynamic suffix automata (40-token chains), recycle fallback",
         ),
         "rasd": (
             "specbench_cli.drafters.rasd:Rasd",
@@ -73,6 +73,14 @@ DRAFTERS = Registry(
         "rest": (
             "specbench_cli.drafters.rest:Rest",
             "REST: trie of the 64 most frequent continuations from a suffix-array datastore",
+        ),
+        "recycle": (
+            "specbench_cli.drafters.recycle:TokenRecycling",
+            "Token Recycling: top-8 successors per token from the target's logits, 80-node static tree",
+        ),
+        "suffix": (
+            "specbench_cli.drafters.suffix_decoding:SuffixDecoding",
+            "SuffixDecoding: suffix trees over this request and finished answers, frequency-scored tree",
         ),
     },
 )

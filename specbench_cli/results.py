@@ -4,7 +4,7 @@ Usage: `paths = RunPaths(Path("results/run1")); append_answer(paths.answers_file
 
 Layout of `results/RUN/` (docs/results.md describes every field):
     .lock (held by the eval that writes the folder), config.json, env.json,
-    answers/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
+    answers/<suite_label>/<method>.jsonl, scores/<suite_label>/<method>.jsonl, summary.json, summary.md, summary.csv, summary.tex, plots/*.png
 No torch or pandas here: `eval --resume` reads these files before any model loads.
 """
 
@@ -149,6 +149,7 @@ class RunPaths:
     config: Path = field(init=False)
     env: Path = field(init=False)
     answers_dir: Path = field(init=False)
+    scores_dir: Path = field(init=False)
     summary_json: Path = field(init=False)
     summary_md: Path = field(init=False)
     summary_csv: Path = field(init=False)
@@ -161,6 +162,7 @@ class RunPaths:
         self.config = self.root / "config.json"
         self.env = self.root / "env.json"
         self.answers_dir = self.root / "answers"
+        self.scores_dir = self.root / "scores"  # sandboxed task scores (scoring/scores.py)
         self.summary_json = self.root / "summary.json"
         self.summary_md = self.root / "summary.md"
         self.summary_csv = self.root / "summary.csv"
@@ -173,6 +175,9 @@ class RunPaths:
             / _check_name("suite label", suite_label)
             / f"{_check_name('method', method)}.jsonl"
         )
+
+    def scores_file(self, suite_label: str, method: str) -> Path:
+        return self.scores_dir / self.answers_file(suite_label, method).relative_to(self.answers_dir)
 
     def iter_answer_files(self) -> Iterator[tuple[str, str, Path]]:
         """(suite_label, method, path) for every answer file, sorted; temp and hidden files skipped."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
 
@@ -128,6 +129,10 @@ class StepFeedback:
     accepted_nodes: list[int]  # indices into tree.tokens along the accepted path, root excluded
     committed: list[int]  # tokens committed by this step: accepted drafts + the bonus token
     tokens: list[int]  # all committed tokens after this step (ends with the new root)
+    # Only for a drafter with `needs_node_topk = k`: an (inputs, k) int64 array whose row i holds the k
+    # most likely next tokens (best first) from the target's logits at input i of this step's forward
+    # (0 = the root, i + 1 = node i).
+    node_topk: np.ndarray | None = None
 
 
 @dataclass

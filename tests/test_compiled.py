@@ -164,7 +164,16 @@ def reference(tiny):
 
 @pytest.mark.parametrize(
     "method",
-    ["ar", "pld", "sps", "sps-compiled-draft", "sps-tree", "sps-tree-compiled-draft", "random-trees"],
+    [
+        "ar",
+        "pld",
+        "recycle",
+        "sps",
+        "sps-compiled-draft",
+        "sps-tree",
+        "sps-tree-compiled-draft",
+        "random-trees",
+    ],
 )
 def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
     engine = Engine(tiny, max_len=320, max_nodes=64, kind="compiled")
@@ -176,6 +185,8 @@ def test_compiled_engine_is_lossless(method, tiny, tiny_draft, reference):
         drafter = Autoregressive(setup)
     elif method == "pld":
         drafter = PromptLookup(setup)
+    elif method == "recycle":  # 80-node template cut to the 64-node budget; learns from node top-k
+        drafter = DRAFTERS.get("recycle")(setup)
     elif method.startswith("sps-tree"):  # grows its tree level by level after pending slots
         drafter = DRAFTERS.get("sps-tree")(setup)
     elif method.startswith("sps"):

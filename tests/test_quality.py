@@ -1,9 +1,8 @@
-"""quality: the sandboxed HumanEval executor, ROUGE-L, token agreement and the lossy-method table."""
+"""quality: HumanEval programs and pass@1, ROUGE-L, token agreement and the lossy-method table from stored scores."""
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from specbench_cli.quality import (
     humaneval_pass_at_1,
     lossy_quality,
     rouge_l,
-    run_program,
     token_agreement,
 )
 from specbench_cli.suites import load_suite
@@ -40,19 +38,6 @@ def record(
         "lossless_method": lossless,
         "choices": [{"turns": [text], "output_ids": [ids if ids is not None else [1, 2, 3]]}],
     }
-
-
-def test_sandbox_passes_fails_and_times_out():
-    assert run_program("assert sum([1, 2]) == 3\n").passed
-    wrong = run_program("assert sum([1, 2]) == 4\n")
-    assert wrong.status == "failed" and "AssertionError" in wrong.detail
-    start = time.perf_counter()
-    assert run_program("while True:\n    pass\n", timeout=1.0).status == "timeout"
-    assert run_program("import time\ntime.sleep(60)\n", timeout=1.0).status == "timeout"
-    assert time.perf_counter() - start < 10
-    # The guard takes destructive calls away; the child runs in an empty temporary folder.
-    assert run_program("import os\nos.system('true')\n").status == "failed"
-    assert run_program("import os\nassert os.listdir('.') == ['program.py']\n").passed
 
 
 def test_humaneval_pass_at_1_runs_the_task_tests(humaneval):
@@ -101,7 +86,12 @@ def test_token_agreement():
     assert token_agreement([], []) == 1.0
 
 
-def test_lossy_quality_table(humaneval):
+def stored(qid, passed: bool, answer_id="a") -> dict:
+    status = "passed" if passed else "failed"
+    return {"question_id": qid, "answer_id": answer_id, "status": status, "passed": passed, "sandbox": "x"}
+
+
+def test_lossy_quality_table():
     good = {
         0: answer("def add(a, b):\n    return a + b\n"),
         1: answer("def neg(x):\n    return -x\n"),
@@ -115,14 +105,24 @@ def test_lossy_quality_table(humaneval):
         record("q1", "the cat sat on the mat", "ar", suite="spec-bench", lossless=True),
         record("q1", "the cat lay on the mat", "respec", suite="spec-bench"),
     ]
-    rows = {(r["suite"], r["method"]): r for r in lossy_quality(records, {"humaneval": humaneval})}
+    for r in records:
+        r["answer_id"] = "a"
+    scores = {
+        ("humaneval", "ar"): {0: stored(0, True), 1: stored(1, True)},
+        ("humaneval", "respec"): {0: stored(0, True), 1: stored(1, False)},
+    }
+    rows = {(r["suite"], r["method"]): r for r in lossy_quality(records, scores)}
     assert set(rows) == {("humaneval", "respec"), ("spec-bench", "respec")}
     he = rows[("humaneval", "respec")]
-    assert he["quality_metric"] == "humaneval_pass@1"
+    assert he["quality_metric"] == "humaneval_pass@1" and he["scored"] == 2
     assert he["quality"] == 0.5 and he["quality_ar"] == 1.0
     assert he["exact_match"] == 0.5 and he["token_agreement"] == pytest.approx((1.0 + 0.5) / 2)
     sb = rows[("spec-bench", "respec")]
     assert sb["quality_metric"] == "rouge_l_vs_ar" and sb["quality"] == pytest.approx(5 / 6)
-    # Without the questions, pass@1 cannot be computed: NaN, not an error.
-    rows = lossy_quality(records)
-    assert math.isnan([r for r in rows if r["suite"] == "humaneval"][0]["quality"])
+    # Without scores, or with a score made from another answer (answer_id) or by a sandbox that
+    # never started, pass@1 is NaN: never a figure over a subset of the questions.
+    assert math.isnan([r for r in lossy_quality(records) if r["suite"] == "humaneval"][0]["quality"])
+    for bad in ({**stored(1, False), "answer_id": "old"}, {**stored(1, False), "status": "error"}):
+        partial = {**scores, ("humaneval", "respec"): {0: stored(0, True), 1: bad}}
+        row = [r for r in lossy_quality(records, partial) if r["suite"] == "humaneval"][0]
+        assert row["scored"] == 1 and math.isnan(row["quality"]) and math.isnan(row["quality_ar"])

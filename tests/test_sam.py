@@ -260,8 +260,12 @@ def test_dynamic_match_climbs_until_a_full_chain_follows(tiny):
 
 
 def test_fallback_and_options(tiny, tiny_draft):
-    assert sam_drafter(tiny, fallback=None).fallback_name == "pld"
-    with_draft = SamDecoding(MethodSetup(target=tiny, draft=tiny_draft, options={"fallback.top_k": 3}))
+    default = sam_drafter(tiny, fallback=None)
+    assert default.fallback_name == "recycle" and default.needs_node_topk == 8  # the official default
+    assert sam_drafter(tiny).needs_node_topk == 0
+    with_draft = SamDecoding(
+        MethodSetup(target=tiny, draft=tiny_draft, options={"fallback": "sps-tree", "fallback.top_k": 3})
+    )
     assert with_draft.fallback_name == "sps-tree" and with_draft.fallback.top_k == 3
     for bad in ({"fallback": "eagle"}, {"n_predict": 3}, {"static": "maybe"}):
         with pytest.raises(SpecbenchError):

@@ -17,6 +17,10 @@ class Drafter:
     needs_hidden_states: ClassVar[bool] = False  # ctx.hidden = target's last hidden state
     needs_logits: ClassVar[bool] = False  # ctx.logits = target's logits at the last position
     needs_features: ClassVar[bool] = False  # ctx.features = target's hidden state at every committed position
+    # k > 0: every StepFeedback carries `node_topk`, the top-k token ids of the target's logits at every
+    # input the verifier forwarded (root and all draft nodes), read back with the verifier's own choices
+    # in one host copy (Token Recycling). A plain attribute, so a wrapper may set it per instance (sam).
+    needs_node_topk: ClassVar[int] = 0
     needs_draft_model: ClassVar[bool] = False  # setup.draft must be given (--draft-model)
     needs_draft_head: ClassVar[bool] = False  # setup.draft_head must be given (--draft-head)
     host_on_draft_head: ClassVar[bool] = False  # --draft-head replaces --draft-model as its host tree
@@ -69,6 +73,14 @@ class Drafter:
 
     def update(self, feedback: StepFeedback) -> None:
         """Called after every verification step (acceptance feedback, dynamic indexes)."""
+
+    def start_run(self) -> None:
+        """Called by `eval` once before the first timed question (after the warm-up): forget anything
+        learned from earlier generations, so a run's drafts do not depend on its warm-up."""
+
+    def finish_answer(self, output_ids: list[int]) -> None:
+        """Called by `eval` with each turn's generated tokens once its question's answer is written, in
+        run order (SuffixDecoding's cross-request tree learns from these, never from unfinished text)."""
 
     def verify_options(self) -> dict:
         """Extra verifier settings (ReSpec's relaxed rule); lossless drafters return {}."""

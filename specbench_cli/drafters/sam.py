@@ -11,9 +11,11 @@ generated, extended by the committed tokens after every step (amortised O(1) per
   follows the match's first occurrence: n_predicts - 1 tokens, so that with the root the target
   verifies n_predicts (40) positions, as in the official code. A dynamic match climbs suffix links
   (the official `to_anc`) until a whole chain follows it; a static chain stops at its document's end;
-- otherwise ask the auxiliary drafter. The official default is Token Recycling (EAGLE-2 in Spec-Bench),
-  which we do not have: ours is `pld`, or `sps-tree` when a --draft-model is given (option `fallback`;
-  `none` drafts nothing). Options `fallback.KEY=VALUE` go to it.
+- otherwise ask the auxiliary drafter (option `fallback`): Token Recycling (`recycle`), the official
+  code's default `tree_method="token_recycle"`; or `pld`, or `sps-tree` (needs --draft-model; EAGLE-2 is
+  what Spec-Bench runs), or `none` (draft nothing). Options `fallback.KEY=VALUE` go to it. The
+  fallback sees every step's feedback, so Token Recycling's matrix also learns from the steps that
+  drafted a SAM chain, as in the official code.
 Option `static=false` ignores the corpus automaton (the README's advice for models far from the
 corpus's); the datastore is still required by `eval` so that runs stay comparable.
 """
@@ -29,7 +31,7 @@ from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFe
 from .base import Drafter
 
 OPTIONS = {"n_predicts": 40, "len_threshold": 5, "len_bias": 5, "static": True, "fallback": None}
-FALLBACKS = ("pld", "sps-tree", "none")
+FALLBACKS = ("recycle", "pld", "sps-tree", "none")
 
 
 def as_bool(value, name: str) -> bool:
@@ -63,7 +65,7 @@ class SamDecoding(Drafter):
         # Without a datastore (a drafter built in code) the method runs on the dynamic automaton alone.
         self.static = FrozenAutomaton.load(store) if self.use_static and store is not None else None
 
-        self.fallback_name = opts["fallback"] or ("sps-tree" if setup.draft is not None else "pld")
+        self.fallback_name = opts["fallback"] or "recycle"
         if self.fallback_name not in FALLBACKS:
             raise SpecbenchError(
                 f"sam option fallback={self.fallback_name!r}; choose from: {', '.join(FALLBACKS)}"
@@ -79,6 +81,7 @@ class SamDecoding(Drafter):
                 setup.target, setup.draft, setup.datastores, sub, setup.temperature, setup.seed
             )
             self.fallback = DRAFTERS.get(self.fallback_name)(fb_setup)
+            self.needs_node_topk = self.fallback.needs_node_topk  # recycle learns from every step
 
         self.dynamic = SuffixAutomaton()
         self.fed = 0  # committed tokens already in the dynamic automaton and the static match
@@ -91,6 +94,14 @@ class SamDecoding(Drafter):
         self._feed(prompt_ids)
         if self.fallback is not None:
             self.fallback.reset(prompt_ids)
+
+    def start_run(self) -> None:
+        if self.fallback is not None:
+            self.fallback.start_run()
+
+    def finish_answer(self, output_ids: list[int]) -> None:
+        if self.fallback is not None:
+            self.fallback.finish_answer(output_ids)
 
     def _feed(self, tokens: list[int]) -> None:
         """Add tokens[self.fed:] to both matches (the engine only ever appends to the committed text)."""

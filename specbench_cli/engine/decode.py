@@ -19,7 +19,7 @@ import torch
 from ..drafters.base import Drafter
 from ..types import DraftContext, DraftTree, Generation, LoadedModel, StepFeedback, StepRecord
 from .factory import RunnerFactory
-from .verifier import sample_tokens, verify
+from .verifier import choices_with_topk, sample_tokens, verify
 
 DEFAULT_MAX_NODES = 128
 
@@ -104,6 +104,7 @@ def generate(
     want_features = drafter.needs_features
     want_hidden = drafter.needs_hidden_states or want_features
     want_logits = drafter.needs_logits
+    topk = drafter.needs_node_topk  # > 0: the drafter learns the top-k of every forwarded input
     vopts = drafter.verify_options()
     runner.reset()
     runner.ensure_capacity(len(prompt_ids) + max_new_tokens + engine.max_nodes + 2)
@@ -149,7 +150,9 @@ def generate(
 
         parents = [-1] + [p + 1 for p in tree.parents]
         logits, hidden = runner.forward([root, *tree.tokens], parents, want_hidden=want_hidden)
-        verdict = verify(tree, logits, temperature, generator, **vopts)
+        # With node top-k, the verifier's choices come back in the same host copy as the top-k rows.
+        picks, node_topk = choices_with_topk(logits, topk, temperature, generator) if topk else (None, None)
+        verdict = verify(tree, logits, temperature, generator, picks=picks, **vopts)
         t2 = clock.mark()
 
         kept = [0] + [n + 1 for n in verdict.accepted_nodes]
@@ -170,7 +173,9 @@ def generate(
             stop = stop or "length"
         out.extend(committed)
         root = committed[-1]
-        drafter.update(StepFeedback(tree, verdict.accepted_nodes, committed, list(prompt_ids) + out))
+        drafter.update(
+            StepFeedback(tree, verdict.accepted_nodes, committed, list(prompt_ids) + out, node_topk)
+        )
         t3 = clock.mark()
         steps.append(
             StepRecord(

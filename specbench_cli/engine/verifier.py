@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..types import DraftTree
@@ -36,12 +37,35 @@ def children_by_input(tree: DraftTree) -> list[dict[int, int]]:
     return kids
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> list[int]:
-    """One token per row: argmax at temperature 0, otherwise one draw from softmax(logits / T)."""
+def choose_tokens(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row, left on the device: argmax at temperature 0, else one draw from softmax(logits / T)."""
     if temperature <= 0:
-        return logits.argmax(-1).tolist()
+        return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> list[int]:
+    """`choose_tokens`, read back to the host."""
+    return choose_tokens(logits, temperature, generator).tolist()
+
+
+def choices_with_topk(
+    logits: torch.Tensor, k: int, temperature: float, generator: torch.Generator | None
+) -> tuple[list[int], np.ndarray]:
+    """The verifier's choice per row and each row's k most likely token ids, in one host copy.
+
+    For drafters that learn from every forwarded input (Token Recycling): the top-k is taken on the
+    device and packed beside the choices, so a step still reads the device once. The choices are drawn
+    exactly as `sample_tokens` draws them (same generator calls), so passing them to `verify` as
+    `picks` changes nothing in the output.
+    """
+    chosen = choose_tokens(logits, temperature, generator)
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    rows = torch.cat([chosen[:, None], top], dim=1).cpu().numpy()
+    return rows[:, 0].tolist(), rows[:, 1:]
 
 
 def verify(
@@ -51,11 +75,13 @@ def verify(
     generator: torch.Generator | None = None,
     relaxed_topk: int = 0,
     relaxed_min_prob: float = 1.1,
+    picks: list[int] | None = None,
 ) -> Verdict:
-    """logits: (len(tree) + 1, V), row 0 for the root."""
+    """logits: (len(tree) + 1, V), row 0 for the root; `picks`: choices already made (`choices_with_topk`)."""
     # One draw (or argmax) per input, made up front: a single host sync. Draws at inputs the walk
     # never visits are simply unused, so this is the same as drawing on the way down.
-    picks = sample_tokens(logits, temperature, generator)
+    if picks is None:
+        picks = sample_tokens(logits, temperature, generator)
     kids = children_by_input(tree)
     use_relaxed = tree.relaxed is not None and (relaxed_topk > 0 or relaxed_min_prob <= 1.0)
     accepted: list[int] = []

@@ -47,7 +47,7 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
             )
         raise SpecbenchError(f"the answer files in '{paths.answers_dir}' hold no answers yet")
     df = summarise(records)
-    quality = lossy_quality_rows(records, paths.root)
+    quality = lossy_quality_rows(records, paths, console)
     costs = method_costs(records, df, paths)
     if write:
         write_tables(df, paths, excluded)
@@ -147,13 +147,27 @@ def read_valid_records(paths: RunPaths, files) -> tuple[list[dict], list[BadReco
     return records, excluded
 
 
-def lossy_quality_rows(records: list[dict], run_dir: Path) -> list[dict]:
-    """Agreement with `ar` and a task figure for each lossy method (none: an empty list, no work)."""
+def lossy_quality_rows(records: list[dict], paths: RunPaths, console: Any) -> list[dict]:
+    """Agreement with `ar` and a task figure for each lossy method (none: an empty list, no work).
+
+    HumanEval pass@1 comes from the scores stored when the answers were made: nothing runs here.
+    """
     if all(r.get("lossless_method", True) for r in records):
         return []
-    from ..quality import lossy_quality, questions_from_config
+    from ..quality import lossy_quality
+    from ..scoring.scores import read_scores
 
-    return lossy_quality(records, questions_from_config(run_dir))
+    scores, problems = read_scores(paths)
+    rows = lossy_quality(records, scores)
+    for row in rows:
+        if row["quality_metric"] == "humaneval_pass@1" and row["scored"] < row["paired"]:
+            problems.append(
+                f"{row['suite']}/{row['method']}: {row['paired'] - row['scored']} of {row['paired']} answer "
+                f"pairs have no stored score, so pass@1 is NaN; run `specbench score {paths.root}`"
+            )
+    for line in problems:
+        console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    return rows
 
 
 def write_quality(rows: list[dict], paths: RunPaths) -> None:

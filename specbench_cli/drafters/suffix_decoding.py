@@ -1,0 +1,258 @@
+"""`suffix`: SuffixDecoding (Oliaro et al., NeurIPS 2025) with vLLM's defaults (`method: "suffix"`).
+
+Two suffix trees, each holding every substring of up to `max_tree_depth` (24) tokens of its texts with
+the number of times it occurs:
+- a per-request tree over the prompt and everything generated so far (the root included);
+- a cross-request tree over finished answers: `eval` adds each turn's output once its question's answer
+  is written (`finish_answer`), in run order, and never an unfinished answer; it keeps the latest
+  `max_cached_requests` (10,000) answers, evicting the oldest first. Drafts, hence speed (never the
+  tokens: verification is exact), depend on the order of the questions; `eval` keeps that order fixed.
+
+Each step, in each tree, for every match length m = 1, 2, ... (the last m committed tokens, while they
+occur in the tree and m is below the context length) a draft grows from the matched node: a token's
+estimated probability is the product of count(child) / count(parent) along its path, and the draft
+takes the most probable candidate next (a priority queue) until it holds `max_spec_factor * m +
+max_spec_offset` tokens (at most `max_spec_tokens`, 24) or no candidate reaches `min_token_prob` (0.1).
+Its score is the sum of its probabilities (the expected number of accepted tokens); the best score over
+m wins (the longer match on ties), then the better of the two trees (the per-request one on ties). With
+`tree=false` the draft is a single path (the most frequent child each time), as vLLM speculates.
+
+The trees are plain depth-capped suffix tries (arctic-inference's `SuffixTree` compresses single-child
+paths, which saves memory, not drafts): appending a token extends every open suffix shorter than the
+cap by one node, so it costs `max_tree_depth` dictionary steps.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from ..options import option
+from ..types import DraftContext, DraftTree, MethodSetup
+from .base import Drafter
+
+
+@dataclass
+class SuffixOptions:
+    max_tree_depth: int = option(
+        24,
+        "longest substring the trees hold (match + draft)",
+        "vLLM suffix_decoding_max_tree_depth",
+        minimum=1,
+    )
+    max_cached_requests: int = option(
+        10000,
+        "finished answers the cross-request tree keeps, oldest evicted first; 0 disables it",
+        "vLLM suffix_decoding_max_cached_requests",
+        minimum=0,
+    )
+    max_spec_factor: float = option(
+        1.0,
+        "a match of m tokens drafts at most factor * m + offset tokens",
+        "vLLM suffix_decoding_max_spec_factor",
+        minimum=0,
+    )
+    max_spec_offset: float = option(
+        0.0, "added to factor * m (may be negative)", "arctic-inference SuffixDecodingCache.speculate default"
+    )
+    min_token_prob: float = option(
+        0.1,
+        "draft no token whose estimated probability is below this",
+        "vLLM suffix_decoding_min_token_prob",
+        minimum=0,
+    )
+    max_spec_tokens: int | None = option(
+        None,
+        "draft tokens per step at most; none = max_tree_depth",
+        "vLLM: num_speculative_tokens defaults to the depth",
+        minimum=1,
+    )
+    tree: bool = option(
+        True,
+        "grow a speculation tree (the paper); false: a single path (vLLM's use_tree_spec=False)",
+        "SuffixDecoding paper; arctic-inference speculate(use_tree_spec)",
+    )
+
+
+@dataclass
+class Draft:
+    """A speculation: tokens with parents (-1 = the root), estimated probabilities and their sum."""
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    match_len: int = 0
+
+    @property
+    def score(self) -> float:
+        return sum(self.probs)
+
+
+class SuffixTrie:
+    """Every substring of at most `max_depth` tokens of the stored texts, with its occurrence count.
+
+    Node 0 is the root (its count is the number of stored tokens); `kids[n]` maps a token to the child
+    node, `count[n]` is how often the node's string occurs. One text grows at a time (`extend`), its
+    open suffixes in `active`; `close()` ends it. `remove` takes a closed text's counts out again.
+    """
+
+    def __init__(self, max_depth: int):
+        self.max_depth = max_depth
+        self.kids: list[dict[int, int]] = [{}]
+        self.count: list[int] = [0]
+        self.active: list[int] = []  # nodes of the current text's suffixes shorter than max_depth
+        # node -> its children ranked, valid until the counts change: the cross-request tree changes only
+        # when an answer is added, so a common token's thousands of children are sorted once per answer.
+        self.ranked: dict[int, list[tuple[int, int]]] = {}
+
+    def extend(self, tokens) -> None:
+        self.ranked.clear()
+        kids, count, depth = self.kids, self.count, self.max_depth
+        for tok in tokens:
+            tok = int(tok)
+            # The suffixes of the text so far plus the empty one each grow by `tok`; the longest
+            # reaches max_depth and is no longer open.
+            grown = []
+            for node in [*self.active[-(depth - 1) :], 0] if depth > 1 else [0]:
+                child = kids[node].get(tok)
+                if child is None:
+                    child = len(kids)
+                    kids.append({})
+                    count.append(0)
+                    kids[node][tok] = child
+                count[child] += 1
+                grown.append(child)
+            count[0] += 1
+            self.active = grown
+
+    def close(self) -> None:
+        self.active = []
+
+    def remove(self, tokens: list[int]) -> None:
+        """Forget a text added earlier with `extend` + `close` (nodes left at count 0 are unlinked)."""
+        self.ranked.clear()
+        for start in range(len(tokens)):
+            node = 0
+            for tok in tokens[start : start + self.max_depth]:
+                child = self.kids[node][tok]
+                self.count[child] -= 1
+                if self.count[child] == 0:
+                    del self.kids[node][tok]  # its whole subtree is at 0 too: unreachable from now on
+                node = child
+        self.count[0] -= len(tokens)
+
+    def find(self, pattern) -> int | None:
+        node = 0
+        for tok in pattern:
+            node = self.kids[node].get(tok)
+            if node is None:
+                return None
+        return node
+
+    def ranked_kids(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) pairs, most frequent first (the smaller token on equal counts)."""
+        ranked = self.ranked.get(node)
+        if ranked is None:
+            count = self.count
+            ranked = sorted(self.kids[node].items(), key=lambda kv: (-count[kv[1]], kv[0]))
+            self.ranked[node] = ranked
+        return ranked
+
+    def grow(self, node: int, max_tokens: int, min_prob: float, tree: bool) -> Draft:
+        """The draft below `node`: the most probable candidate next, until full or none reaches min_prob."""
+        draft = Draft()
+        order = 0  # equal probabilities: the candidate found first goes first
+        heap: list[tuple[float, int, int, int, int]] = []  # (-prob, order, token, child, parent index)
+
+        def offer(parent_node: int, parent_index: int, prob: float) -> None:
+            nonlocal order
+            for tok, child in self.ranked_kids(parent_node)[: None if tree else 1]:
+                p = prob * self.count[child] / self.count[parent_node]
+                if p < min_prob:
+                    break  # ranked by count: the rest are less probable still
+                heapq.heappush(heap, (-p, order, tok, child, parent_index))
+                order += 1
+
+        offer(node, -1, 1.0)
+        while heap and len(draft.tokens) < max_tokens:
+            neg_p, _, tok, child, parent = heapq.heappop(heap)
+            draft.tokens.append(tok)
+            draft.parents.append(parent)
+            draft.probs.append(-neg_p)
+            offer(child, len(draft.tokens) - 1, -neg_p)
+        return draft
+
+    def speculate(self, context: list[int], opts: SuffixOptions, max_spec_tokens: int) -> Draft:
+        """The best-scoring draft over every match length of `context`'s suffix (the longer on ties)."""
+        nodes = []  # nodes[m - 1]: the node of the last m tokens, for m below the context's length
+        for m in range(1, len(context)):
+            node = self.find(context[-m:])
+            if node is None:
+                break
+            nodes.append(node)
+        # Longest match first, so a shorter one must score strictly better. A draft scores at most its
+        # token cap (every probability is at most 1) and the cap shrinks with m: once the cap cannot
+        # beat the best score, no shorter match can.
+        best, best_score = Draft(), -1.0
+        for m in range(len(nodes), 0, -1):
+            cap = min(max_spec_tokens, max(0, int(m * opts.max_spec_factor + opts.max_spec_offset + 1e-6)))
+            if cap <= best_score:
+                break
+            draft = self.grow(nodes[m - 1], cap, opts.min_token_prob, opts.tree)
+            if draft.score > best_score:
+                draft.match_len = m
+                best, best_score = draft, draft.score
+        return best
+
+
+class SuffixDecoding(Drafter):
+    name = "suffix"
+    options_class = SuffixOptions
+
+    def __init__(self, setup: MethodSetup):
+        super().__init__(setup)
+        self.opts = self.typed_options()
+        self.depth = self.opts.max_tree_depth
+        self.max_spec = self.opts.max_spec_tokens or self.depth
+        self.answers: deque[list[int]] = deque()  # finished answers in the cross-request tree, oldest first
+        self.shared = SuffixTrie(self.depth)
+        self.local = SuffixTrie(self.depth)
+        self.fed = 0  # committed tokens already in the per-request tree
+        self.last: Draft | None = None  # the latest speculation (tests, debugging)
+        self.last_source = ""
+
+    def start_run(self) -> None:
+        self.answers: deque[list[int]] = deque()
+        self.shared = SuffixTrie(self.depth)
+
+    def finish_answer(self, output_ids: list[int]) -> None:
+        if self.opts.max_cached_requests == 0 or not output_ids:
+            return
+        answer = [int(t) for t in output_ids]
+        self.shared.extend(answer)
+        self.shared.close()
+        self.answers.append(answer)
+        while len(self.answers) > self.opts.max_cached_requests:
+            self.shared.remove(self.answers.popleft())
+
+    def reset(self, prompt_ids: list[int]) -> None:
+        self.local = SuffixTrie(self.depth)
+        self.local.extend(prompt_ids)
+        self.fed = len(prompt_ids)
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        self.local.extend(ctx.tokens[self.fed :])  # the engine only appends: the new committed tokens
+        self.fed = len(ctx.tokens)
+        context = ctx.tokens[-self.depth :]
+        limit = min(self.max_spec, ctx.max_nodes)
+        mine = self.local.speculate(context, self.opts, limit)
+        shared = self.shared.speculate(context, self.opts, limit)
+        self.last, self.last_source = (mine, "request") if mine.score >= shared.score else (shared, "shared")
+        return DraftTree(tuple(self.last.tokens), tuple(self.last.parents))
+
+    def describe(self) -> dict:
+        return asdict(self.opts) | {
+            "state": "cross-request tree learns each finished answer in run order (drafts depend on "
+            "question order); emptied before the first timed question"
+        }
