@@ -87,6 +87,7 @@ def make_sequences(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out: list[Sequence | None] = [None] * len(prompts)
     t0, new_tokens, made = time.perf_counter(), 0, 0
+    last_log = t0
     for b, batch in enumerate(batches):
         shard = folder / f"shard-{b:05d}.pt"
         if shard.is_file():
@@ -113,8 +114,10 @@ def make_sequences(
             made += 1
         for i, r in zip(batch, rows, strict=True):
             out[i] = Sequence(r["tokens"], r["prompt_len"], r["features"])
-        if made and (made % 10 == 0 or b == len(batches) - 1):
-            rate = new_tokens / max(time.perf_counter() - t0, 1e-9)
+        now = time.perf_counter()
+        if made and (now - last_log >= 10.0 or b == len(batches) - 1):  # a line every 10 s at most
+            last_log = now
+            rate = new_tokens / max(now - t0, 1e-9)
             log(f"generated batch {b + 1}/{len(batches)}: {new_tokens:,} new tokens, {rate:,.0f} tokens/s")
     return [s for s in out if s is not None]
 
