@@ -229,3 +229,14 @@ def test_train_head_bad_input_is_one_line(tmp_path):
     assert_one_line_error(run(*base, "--epochs", "0"), "epochs")
     assert_one_line_error(run(*base), "/no/such.jsonl")
     assert not out.exists()
+
+
+def test_train_head_cli_resumes_an_interrupted_folder(tmp_path):
+    from test_cli import QUESTIONS, run
+
+    out = tmp_path / "head"
+    (out / "data" / "0123456789ab").mkdir(parents=True)  # answers begun, killed before the first epoch
+    args = ["train-head", "--model", "tiny-random", "--prompts", str(QUESTIONS), "--out", str(out)]
+    result = run(*args, "--device", "cpu", "--max-new-tokens", "8", "--epochs", "1", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").is_file() and (out / "head.safetensors").is_file()

@@ -36,8 +36,8 @@ def run_train_head(
     from ..models import load_model
     from ..options import parse_options
     from .data import load_prompt_set, make_sequences
-    from .model import MANIFEST_FILE
-    from .train import train_head
+    from .model import MANIFEST_FILE, WEIGHTS_FILE
+    from .train import CURVE_FILE, STATE_FILE, train_head
 
     parse_options(
         TrainSettings, {k: getattr(settings, k) for k in settings.__dataclass_fields__}, "train-head"
@@ -51,7 +51,11 @@ def run_train_head(
         raise SpecbenchError("--prompts is empty; give a prompt file (.jsonl/.json) or a suite spec")
     if max_new_tokens >= MAX_LEN:
         raise SpecbenchError(f"--max-new-tokens must be below {MAX_LEN}, got {max_new_tokens}")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).exists())):
+    # An existing --out must be a head folder, possibly an interrupted one (answers only): it resumes.
+    ours = {"data", MANIFEST_FILE, WEIGHTS_FILE, STATE_FILE, CURVE_FILE}
+    if out.exists() and (
+        not out.is_dir() or any(p.name not in ours and p.suffix != ".tmp" for p in out.iterdir())
+    ):
         raise SpecbenchError(f"--out {out} exists and is not a head folder; choose another --out")
     dev, dt = resolve_device(device, dtype)
     log = console.print if console is not None else print
