@@ -62,7 +62,8 @@ CONFIGS: list[tuple[str, str, dict]] = [
 
 def load_prompts(args, tokenizer):
     """[(suite, Question, prompt ids)], HumanEval first."""
-    from specbench_cli.suites import build_prompt_ids, load_suite
+    from specbench_cli.prompts import build_prompt_ids
+    from specbench_cli.suites import load_suite
 
     out = []
     for suite, spec, n in (

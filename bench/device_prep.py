@@ -51,8 +51,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specbench_cli.env import sha256_file
-    from specbench_cli.models import GGUF_MODELS
+    from specbench_cli.files import sha256_file
+    from specbench_cli.model_aliases import GGUF_MODELS
 
     alias, _, path = args.model.partition("=")
     gguf = Path(path)

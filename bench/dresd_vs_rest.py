@@ -102,11 +102,8 @@ def build_stores(args, device: str, dtype: str, console) -> dict[str, Path]:
         "device": device,
         "force": True,
         "generated_dir": args.work / "generated",  # one answers file serves both builds
-        "layer": -1,
-        "dim": 64,
-        "index": "auto",
-        "nprobe": 250,
     }
+    dresd_opt = {"layer": -1, "dim": 64, "index": "auto", "nprobe": 250}
     stores = {}
     # SAM's static automaton comes from the same generated answers, so the GPU methods table can use it.
     for method in ("rest", "dresd", "sam"):
@@ -120,7 +117,8 @@ def build_stores(args, device: str, dtype: str, console) -> dict[str, Path]:
             )
         if not ok:
             console.print(f"[bold]building {method}[/bold] datastore in {out}")
-            build_index(method, args.model, f"generate:{args.corpus}", out, options, console)
+            opt = dresd_opt if method == "dresd" else {}
+            build_index(method, args.model, f"generate:{args.corpus}", out, options | {"opt": opt}, console)
         stores[method] = out
     return stores
 
@@ -189,8 +187,9 @@ def evaluate(args, stores: dict[str, Path], device: str, dtype: str, console) ->
     from specbench_cli.datastores.manifest import check_datastore
     from specbench_cli.engine.decode import Engine, generate
     from specbench_cli.models import load_model, tokenizer_fingerprint
+    from specbench_cli.prompts import build_prompt_ids
     from specbench_cli.registry import DRAFTERS
-    from specbench_cli.suites import build_prompt_ids, load_suite
+    from specbench_cli.suites import load_suite
     from specbench_cli.types import MethodSetup
 
     target = load_model(args.model, dtype=dtype, device=device)

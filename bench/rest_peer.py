@@ -35,7 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from specbench_cli.datastores.suffix import SENTINEL, SuffixDatastore, build_rest_store, peak_rss_mb  # noqa: E402
+from specbench_cli.datastores.rest import SENTINEL, RestDatastore  # noqa: E402
+from specbench_cli.files import peak_rss_mb  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 CODE_ALPACA = REPO.parent / "shared" / "data" / "code_alpaca"
@@ -222,13 +223,17 @@ def child_build(impl: str, n_tokens: int, out: Path, work: Path, queries: int) -
     base_rss = peak_rss_mb()
     t0 = time.perf_counter()
     if impl == "ours":
-        manifest = {
-            "tokenizer": {"name": MODEL, "fingerprint": meta["fingerprint"]},
-            "corpus": {"spec": "bench"},
-        }
-        manifest |= {"format_version": 1, "method": "rest"}
-        build_rest_store(cycled_docs(work, n_tokens), out, manifest, force=True)
-        size = sum(f.stat().st_size for f in out.iterdir())
+        from specbench_cli.datastores.base import BuildInput
+        from specbench_cli.datastores.build import publish
+        from specbench_cli.datastores.manifest import new_manifest
+        from specbench_cli.datastores.rest import RestOptions
+
+        tok = {"name": MODEL, "fingerprint": meta["fingerprint"]}
+        manifest = new_manifest("rest", tok, {"spec": "bench"}, {})
+        built = publish(
+            RestDatastore, BuildInput(cycled_docs(work, n_tokens), RestOptions()), out, manifest, force=True
+        )
+        size = built["build"]["bytes_on_disk"]
     else:
         import draftretriever
 
@@ -309,7 +314,7 @@ def peer(work: Path, n_queries: int) -> dict:
             save_docs(cmd_docs, stdlib_docs)
         builds[impl] = run_child(impl, n, out, work, 0)
 
-    store = SuffixDatastore(work / "peer-ours")
+    store = RestDatastore(work / "peer-ours")
     tokens = np.asarray(store.tokens)
     drafter, ours = ours_lookup(work / "peer-ours")
     import draftretriever
@@ -426,12 +431,12 @@ def large_vocab_check(work: Path) -> dict:
     """Ids above 65,535 through both stores (REST's original u16 storage wraps them)."""
     import draftretriever
 
-    from specbench_cli.datastores.suffix import build_from_token_docs
+    from specbench_cli.datastores import build_from_token_docs
 
     docs = [[151_000, 100_000, 70_000, 5, 6], [151_000, 100_000, 123_456, 9]]
     ours_dir = work / "vocab-ours"
-    build_from_token_docs(docs, ours_dir, "synthetic", "none", force=True)
-    ours = sorted(tuple(c.tolist()) for c in SuffixDatastore(ours_dir).continuations([151_000, 100_000]))
+    build_from_token_docs("rest", docs, ours_dir, "synthetic", "none", force=True)
+    ours = sorted(tuple(c.tolist()) for c in RestDatastore(ours_dir).continuations([151_000, 100_000]))
     path = work / "vocab.idx"
     writer = draftretriever.Writer(str(path), vocab_size=151_937)
     for d in docs:

@@ -9,8 +9,8 @@ tokenizer, vocab 49,152), repeated until each size; queries are contexts (<= 64 
 held-out CodeAlpaca-2k answers, each with the 10 reference tokens that follow it.
 
 Three builds, each in a fresh child process so that its peak RSS (ru_maxrss) is its own:
-- `rest`: the suffix-array datastore (datastores/suffix.py);
-- `sam`: our array-based suffix automaton (datastores/sam.py), frozen to CSR and saved;
+- `rest`: the suffix-array datastore (datastores/rest.py);
+- `sam`: our array-based suffix automaton (datastores/automaton.py), frozen to CSR and saved;
 - `sam-dict`: the same online construction with one Python object and dict per state, the way the
   official SAM-Decoding code stores it (written here for the comparison; smallest size only by default).
 Lookups: REST's drafter (`Rest.propose`) vs the static automaton matched from scratch over the whole
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import rest_peer  # noqa: E402  (the shared corpus, queries and REST helpers)
 
-from specbench_cli.datastores.suffix import peak_rss_mb  # noqa: E402
+from specbench_cli.files import peak_rss_mb  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 N_PREDICTS, LEN_BIAS, LEN_THRESHOLD = 40, 5, 5  # SAM-Decoding's defaults (drafters/sam.py)
@@ -61,7 +61,7 @@ def build_dict_sam(docs) -> list[DictState]:
     last = 0
     pos = -1
     for doc in docs:
-        for c in [*doc.tolist(), -1]:  # -1 ends each document, as in datastores/sam.py
+        for c in [*doc.tolist(), -1]:  # -1 ends each document, as in datastores/automaton.py
             pos += 1
             cur = len(states)
             states.append(DictState(length=states[last].length + 1, first_end=pos))
@@ -95,9 +95,9 @@ def build_dict_sam(docs) -> list[DictState]:
 
 
 def sam_lookups(path: Path, queries) -> dict:
-    from specbench_cli.datastores.sam import FrozenAutomaton
+    from specbench_cli.datastores.sam import SamDatastore
 
-    auto = FrozenAutomaton.load(path)
+    auto = SamDatastore(path).automaton
     for ctx, _ in queries[:20]:  # warm-up: numba cache, page cache
         auto.match(ctx)
     scratch, per_token, lengths, drafted, accepted = [], [], [], 0, []
@@ -153,7 +153,7 @@ def child(impl: str, n_tokens: int, out: Path, work: Path, n_queries: int) -> di
     meta = json.loads((work / "meta.json").read_text())
     start_rss = peak_rss_mb()
     if impl == "sam":  # load the compiled kernels first: LLVM's ~70 MB are not the automaton's
-        from specbench_cli.datastores.sam import build_automaton
+        from specbench_cli.datastores.automaton import build_automaton
 
         build_automaton(np.array([1, 2, 1, -1], dtype=np.int32)).freeze().match([1])
     base_rss = peak_rss_mb()
@@ -161,28 +161,23 @@ def child(impl: str, n_tokens: int, out: Path, work: Path, n_queries: int) -> di
     row: dict = {"impl": impl, "tokens": n_tokens, "rss_before_build_mb": round(base_rss, 1)}
     row["jit_rss_mb"] = round(base_rss - start_rss, 1)
     t0 = time.perf_counter()
-    if impl == "rest":
+    if impl in ("rest", "sam"):
+        from specbench_cli.datastores.base import BuildInput
+        from specbench_cli.datastores.build import datastore_class, publish
         from specbench_cli.datastores.manifest import new_manifest
-        from specbench_cli.datastores.suffix import build_rest_store
 
+        store_class = datastore_class(impl)
         tok = {"name": rest_peer.MODEL, "fingerprint": meta["fingerprint"]}
-        manifest = new_manifest("rest", tok, {"spec": "bench"}, {})
-        stats = build_rest_store(docs, out, manifest, force=True)
-        row |= {"sort_seconds": round(stats.sort_seconds, 2), "bytes_on_disk": stats.bytes_on_disk}
-    elif impl == "sam":
-        from specbench_cli.datastores.manifest import new_manifest
-        from specbench_cli.datastores.sam import build_sam_store
-
-        tok = {"name": rest_peer.MODEL, "fingerprint": meta["fingerprint"]}
-        manifest = new_manifest("sam", tok, {"spec": "bench"}, {})
-        stats = build_sam_store(docs, out, manifest, force=True)
-        row |= {
-            "construct_seconds": round(stats.construct_seconds, 2),
-            "states": stats.states,
-            "edges": stats.edges,
-            "automaton_mb": round(stats.automaton_mb, 1),
-            "bytes_on_disk": stats.bytes_on_disk,
-        }
+        manifest = new_manifest(impl, tok, {"spec": "bench"}, {})
+        b = publish(store_class, BuildInput(docs, store_class.options_class()), out, manifest, force=True)[
+            "build"
+        ]
+        row["bytes_on_disk"] = b["bytes_on_disk"]
+        if impl == "rest":
+            row["sort_seconds"] = round(b["sort_seconds"], 2)
+        else:
+            row |= {"construct_seconds": round(b["construct_seconds"], 2), "automaton_mb": b["automaton_mb"]}
+            row |= {"states": b["states"], "edges": b["edges"]}
     else:
         states = build_dict_sam(docs)
         row |= {"states": len(states), "edges": sum(len(s.next) for s in states)}

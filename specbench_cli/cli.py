@@ -304,7 +304,15 @@ def build_index_command(
     corpus: Annotated[
         str, typer.Option(help="FILE.jsonl|FILE.json|FILE.txt|FOLDER|stdlib|generate:SUITE_OR_FILE")
     ],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
+    out: Annotated[
+        Path, typer.Option(help="Output folder (a new folder, or an old datastore with --force).")
+    ],
+    opt: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE option of the kind, repeatable, e.g. dresd: --opt dim=32 --opt index=Flat."
+        ),
+    ] = None,
     text_key: Annotated[
         list[str] | None, typer.Option(help="JSON key(s) holding text; repeat to join.")
     ] = None,
@@ -312,26 +320,29 @@ def build_index_command(
         str | None, typer.Option(help="File pattern inside a corpus folder, e.g. '**/*.py'.")
     ] = None,
     max_docs: Annotated[int | None, typer.Option(help="Use at most this many documents.")] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing datastore at --out.")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch size for model passes (generate:, dense keys).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length for generate: corpora.")] = 256,
-    layer: Annotated[int, typer.Option(help="dresd: hidden layer used as key (-1 = final).")] = -1,
-    dim: Annotated[int, typer.Option(help="dresd: PCA dimensions.")] = 64,
-    index: Annotated[str, typer.Option(help="dresd: FAISS factory string, or 'auto'.")] = "auto",
-    nprobe: Annotated[int, typer.Option(help="dresd: IVF cells searched.")] = 250,
     dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
-    """Build a retrieval datastore from a corpus, with a manifest that eval checks."""
+    """Build a retrieval datastore from a corpus, with a manifest that eval checks.
+
+    Each kind's own options (`--opt KEY=VALUE`) are listed in docs/datastores.md; an option the kind
+    does not have is an error.
+    """
     with user_errors():
-        from .datastores import build_index
+        from .datastores.build import build_index, check_out_dir, datastore_class, kind_options, parse_opts
         from .evaluate import resolve_device
         from .inputs import check_build_index_inputs
 
         check_build_index_inputs(
             model, corpus, out, text_key=list(text_key or []), max_docs=max_docs, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, dim=dim, nprobe=nprobe, device=device, dtype=dtype,
+            max_new_tokens=max_new_tokens, device=device, dtype=dtype,
         )  # fmt: skip
+        raw = parse_opts(opt or [])
+        kind_options(datastore_class(method), raw)  # the kind's own options, before anything loads
+        check_out_dir(out, force)
         dev, dt = resolve_device(device, dtype)
         options = {
             "text_key": list(text_key or []),
@@ -340,10 +351,7 @@ def build_index_command(
             "force": force,
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
-            "layer": layer,
-            "dim": dim,
-            "index": index,
-            "nprobe": nprobe,
+            "opt": raw,
             "dtype": dt,
             "device": dev,
         }

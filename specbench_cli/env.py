@@ -6,7 +6,6 @@ because a run must not fail over its own bookkeeping.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -18,18 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .files import sha256_file
 from .types import LoadedModel
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def sha256_file(path: Path | str, chunk_size: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks so multi-GB files don't land in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def collect_env(

@@ -288,7 +288,7 @@ def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
 
 def prompt_lengths(suites, tokenizer) -> list[tuple[str, Any, int, int]]:
     """(suite label, question id, prompt tokens of all its turns with empty answers, turns) per question."""
-    from .suites import build_prompt_ids
+    from .prompts import build_prompt_ids
 
     out = []
     for s in suites:
@@ -333,7 +333,7 @@ def answer_question(
 ) -> tuple[dict, list[Generation]]:
     import torch
 
-    from .suites import build_prompt_ids
+    from .prompts import build_prompt_ids
 
     answers: list[str] = []
     gens: list[Generation] = []
@@ -391,10 +391,11 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .engine.decode import DEFAULT_MAX_NODES, Engine
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
+    from .prompts import build_prompt_ids
     from .report import make_report
     from .results import RunPaths, append_answer, run_folder_lock, write_json_atomic
     from .scoring.scores import scorable, score_answer, score_missing
-    from .suites import build_prompt_ids, load_suites
+    from .suites import load_suites
 
     device, dtype = resolve_device(cfg.device, cfg.dtype)
     if cfg.threads is not None:  # bounded by inputs.max_threads()

@@ -118,12 +118,11 @@ def check_build_index_inputs(
     max_docs: int | None,
     batch_size: int,
     max_new_tokens: int,
-    dim: int,
-    nprobe: int,
     device: str,
     dtype: str,
 ) -> None:
-    """The `specbench build-index` values that need neither files nor models (folder rules: datastores)."""
+    """The `specbench build-index` values that need neither files nor models (the kind's --opt options
+    and the folder rules: datastores/build.py)."""
     if not model.strip():
         raise SpecbenchError("--model is empty; give an alias (see `specbench ls`), a hub id or a path")
     if not corpus.strip():
@@ -133,8 +132,6 @@ def check_build_index_inputs(
     check_range("--max-docs", max_docs, 1)
     check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
     check_range("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
-    check_range("--dim", dim, 1)
-    check_range("--nprobe", nprobe, 1)
     check_device(device)
     check_dtype(dtype)
     check_out_folder(out)

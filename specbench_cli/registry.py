@@ -84,3 +84,23 @@ DRAFTERS = Registry(
         ),
     },
 )
+
+# `build-index --method KIND` and a drafter's `datastore_kind`: one Datastore subclass per kind
+# (datastores/base.py), named like the method that reads it.
+DATASTORES = Registry(
+    "datastore kind",
+    {
+        "rest": (
+            "specbench_cli.datastores.rest:RestDatastore",
+            "REST: suffix array over the corpus tokens (exact n-gram match)",
+        ),
+        "dresd": (
+            "specbench_cli.datastores.dresd:DresdDatastore",
+            "DReSD: target hidden states -> z-score + PCA + L2 keys in FAISS, next 20 tokens as values",
+        ),
+        "sam": (
+            "specbench_cli.datastores.sam:SamDatastore",
+            "SAM-decoding: suffix automaton over the corpus tokens (longest match)",
+        ),
+    },
+)

@@ -16,13 +16,13 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
 from .types import SpecbenchError
 
 
@@ -111,23 +111,7 @@ def done_question_ids(path: Path) -> set:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file in the same folder, fsync, then os.replace it over `path`.
-
-    Readers see either the old file or the new one, never half of one, and a failure leaves no temp file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)  # files.py: temp file, fsync, rename
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -288,12 +272,6 @@ def _check_name(kind: str, name: str) -> str:
             f"invalid {kind} '{name}' for a results file name; use letters, digits, '-', '_', ':' or '#'"
         )
     return name
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read the umask is to set it and put it back
-    os.umask(mask)
-    return mask
 
 
 def _to_jsonable(obj: Any) -> Any:

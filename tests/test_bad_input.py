@@ -293,12 +293,12 @@ def test_report_on_things_that_are_not_runs(tmp_path):
         ("--batch-size", "0", "--batch-size"),
         ("--max-new-tokens", "1000000000000", "1000000000000"),
         ("--max-docs", "0", "--max-docs"),
-        ("--dim", "-4", "--dim"),
-        ("--nprobe", "0", "--nprobe"),
+        ("--opt", "dim=-4", "unknown rest datastore option"),
+        ("--opt", "nprobe", "KEY=VALUE"),
         ("--device", "gpu", "gpu"),
         ("--dtype", "int4", "int4"),
         ("--text-key", " ", "--text-key"),
-        ("--layer", "x", "'x'"),
+        ("--layer", "x", "--layer"),  # dresd's options are --opt layer=N now
     ],
 )
 def test_bad_build_index_value_is_refused_before_anything_loads(tmp_path, flag, value, needle):

@@ -76,7 +76,7 @@ def test_eval_writes_answers_env_config_and_report(tmp_path):
 def test_two_turn_question_feeds_back_its_own_first_answer(tmp_path, tiny):
     from specbench_cli.drafters.ar import Autoregressive
     from specbench_cli.engine.decode import Engine, generate
-    from specbench_cli.suites import build_prompt_ids
+    from specbench_cli.prompts import build_prompt_ids
     from specbench_cli.types import MethodSetup
 
     out = tmp_path / "run"
@@ -144,9 +144,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, change, needl
 
 
 def test_datastore_for_another_tokenizer_is_refused(tmp_path):
-    from specbench_cli.datastores.suffix import build_from_token_docs
+    from specbench_cli.datastores import build_from_token_docs
 
-    store = build_from_token_docs([[1, 2, 3, 4, 5] * 5], tmp_path / "store", "other-model", "0" * 64)
+    store = build_from_token_docs("rest", [[1, 2, 3, 4, 5] * 5], tmp_path / "store", "other-model", "0" * 64)
     out = tmp_path / "run"
     result = run(*eval_args(out, "--methods", "ar,rest", "--datastore", str(store)))
     assert_one_line_error(result, "tokenizer")

@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from specbench_cli.datastores import build_index
-from specbench_cli.datastores import corpus as corpus_mod
+from specbench_cli.datastores import generate as generate_mod
+from specbench_cli.datastores.base import file_records
 from specbench_cli.datastores.corpus import iter_corpus, stdlib_files, tokenize_documents
 from specbench_cli.datastores.manifest import (
     FORMAT_VERSION,
@@ -19,7 +20,8 @@ from specbench_cli.datastores.manifest import (
     read_manifest,
     write_manifest,
 )
-from specbench_cli.datastores.suffix import SuffixDatastore
+from specbench_cli.datastores.rest import RestDatastore
+from specbench_cli.files import sha256_file
 from specbench_cli.types import SpecbenchError
 
 QUIET = Console(quiet=True)
@@ -99,7 +101,9 @@ def store_with(tmp_path: Path, method="rest", fingerprint="fp-a", corpus=None) -
         "sha256": "a" * 64,
         "files": [],
     }
-    write_manifest(folder, new_manifest(method, {"name": "m", "fingerprint": fingerprint}, corpus, {}))
+    (folder / "data.npy").write_bytes(b"store data")
+    manifest = new_manifest(method, {"name": "m", "fingerprint": fingerprint}, corpus, {})
+    write_manifest(folder, manifest | {"files": file_records(folder)})
     return folder
 
 
@@ -158,13 +162,13 @@ def test_build_index_rest_from_jsonl(tiny, tmp_path):
     manifest = build_index("rest", "tiny-random", str(path), out, options(text_key=["q", "a"]), QUIET)
     assert manifest["documents"] == 20 and manifest["tokens"] > 100
     assert manifest["tokenizer"]["fingerprint"] == tokenizer_fingerprint(tiny.tokenizer)
-    assert manifest["corpus"]["sha256"] == corpus_mod.file_sha256(path)
-    store = SuffixDatastore(out)
+    assert manifest["corpus"]["sha256"] == sha256_file(path)
+    store = RestDatastore(out)
     conts = {bytes(c.tolist()).decode() for c in store.continuations(list(b"answer 1"), length=3)}
     assert conts == {str(d) for d in range(10)}  # "answer 1" ends its document: no continuation
     with pytest.raises(SpecbenchError, match="already exists"):
         build_index("rest", "tiny-random", str(path), out, options(), QUIET)
-    with pytest.raises(SpecbenchError, match="unknown datastore method"):
+    with pytest.raises(SpecbenchError, match="unknown datastore kind"):
         build_index("bm25", "tiny-random", str(path), tmp_path / "x", options(), QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "rest"]
 
@@ -175,13 +179,13 @@ def test_generate_corpus_writes_answers_once_and_reuses_them(tiny, tmp_path, mon
     opts = options(generated_dir=str(tmp_path / "gen"))
     first = iter_corpus(f"generate:{prompts}", opts, loaded=tiny, console=QUIET)
     assert first.kind == "generate" and first.suite == "prompts" and first.documents == 3
-    assert first.suite_sha256 == corpus_mod.file_sha256(prompts)
+    assert first.suite_sha256 == sha256_file(prompts)
     lines = first.answers_file.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(x)["new_tokens"] <= 6 for x in lines)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("answers should have been reused")
 
-    monkeypatch.setattr(corpus_mod, "generate_batch", no_generation)
+    monkeypatch.setattr(generate_mod, "generate_batch", no_generation)
     again = iter_corpus(f"generate:{prompts}", opts, loaded=tiny, console=QUIET)
     assert list(again.texts()) == list(first.texts()) and again.sha256 == first.sha256

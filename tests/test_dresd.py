@@ -9,26 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from specbench_cli.datastores.dense import (
-    PAD,
-    VALUE_LEN,
-    DenseStore,
-    MomentAccumulator,
-    build_from_token_docs,
-    exact_search,
-    fit_transform,
-    make_index,
-    next_token_values,
-    ordered,
-    set_search_params,
-)
+from specbench_cli.datastores import build_from_token_docs as build_store
+from specbench_cli.datastores.dresd import PAD, VALUE_LEN, DresdDatastore, next_token_values
+from specbench_cli.datastores.faiss_index import exact_search, make_index, ordered, set_search_params
+from specbench_cli.datastores.pca import MomentAccumulator, fit_transform
 from specbench_cli.drafters.dresd import DReSD, candidate_paths
 from specbench_cli.types import DraftContext, LoadedModel, MethodSetup, SpecbenchError
 
 
 def _dresd_store(tmp, loaded, docs):
     """The lossless test's builder (tests/test_lossless.py TEST_DATASTORES)."""
-    return build_from_token_docs(docs, tmp / "dresd", loaded)
+    return build_store("dresd", docs, tmp / "dresd", loaded=loaded)
 
 
 def _docs(vocab: int, n: int = 6, length: int = 40, seed: int = 3) -> list[list[int]]:
@@ -41,8 +32,8 @@ def store(tiny, tmp_path_factory):
     """A store whose PCA is fitted on the first 100 keys only, so both the sample and the streamed
     projection paths write keys."""
     docs = _docs(tiny.vocab_size)
-    path = build_from_token_docs(
-        docs, tmp_path_factory.mktemp("dresd") / "store", tiny, dim=16, pca_sample=100
+    path = build_store(
+        "dresd", docs, tmp_path_factory.mktemp("dresd") / "store", loaded=tiny, dim=16, pca_sample=100
     )
     return path, docs
 
@@ -158,7 +149,7 @@ def test_manifest_fields(store, tiny):
 def test_store_keys_match_fresh_hidden_states(store, tiny):
     """Keys written from the PCA sample and from the streamed projection both find their own position."""
     path, docs = store
-    ds = DenseStore(path, tiny, k=5)
+    ds = DresdDatastore(path, tiny, k=5)
     keys = np.load(path / "keys.npy")
     assert keys.dtype == np.float16 and keys.shape == (ds.manifest["vectors"], 16)
     np.testing.assert_allclose(np.linalg.norm(keys.astype(np.float32), axis=1), 1.0, atol=2e-3)
@@ -172,7 +163,7 @@ def test_store_keys_match_fresh_hidden_states(store, tiny):
 
 def test_ivf_index_measures_recall_on_held_out_keys(tiny, tmp_path):
     docs = _docs(tiny.vocab_size, n=8, length=60, seed=5)
-    path = build_from_token_docs(docs, tmp_path / "ivf", tiny, dim=8, index="IVF4,Flat", nprobe=4)
+    path = build_store("dresd", docs, tmp_path / "ivf", loaded=tiny, dim=8, index="IVF4,Flat", nprobe=4)
     m = json.loads((path / "manifest.json").read_text())
     n_keys = sum(len(d) - 1 for d in docs)
     held = m["recall"]["queries"]
@@ -183,7 +174,9 @@ def test_ivf_index_measures_recall_on_held_out_keys(tiny, tmp_path):
 
 def test_bad_factory_string_is_a_user_error(tiny, tmp_path):
     with pytest.raises(SpecbenchError, match="factory"):
-        build_from_token_docs(_docs(tiny.vocab_size, n=2), tmp_path / "x", tiny, dim=8, index="NotAnIndex")
+        build_store(
+            "dresd", _docs(tiny.vocab_size, n=2), tmp_path / "x", loaded=tiny, dim=8, index="NotAnIndex"
+        )
     assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
 
 
@@ -223,7 +216,7 @@ def test_other_model_or_tokenizer_is_refused(store, tiny, tmp_path):
 
 
 def test_non_final_layer_is_refused_by_the_drafter(tiny, tmp_path):
-    path = build_from_token_docs(_docs(tiny.vocab_size, n=2), tmp_path / "l1", tiny, dim=8, layer=1)
+    path = build_store("dresd", _docs(tiny.vocab_size, n=2), tmp_path / "l1", loaded=tiny, dim=8, layer=1)
     assert json.loads((path / "manifest.json").read_text())["layer"] == 1
     with pytest.raises(SpecbenchError, match="layer 1"):
         DReSD(MethodSetup(target=tiny, datastores={"dresd": path}))
@@ -280,7 +273,7 @@ def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
 def test_torch_backend_matches_faiss(store, tiny):
     """The exact torch search (the GPU path when faiss-gpu is missing) returns what FAISS returns."""
     path, docs = store
-    by_faiss, by_torch = DenseStore(path, tiny, k=20), DenseStore(path, tiny, backend="torch", k=20)
+    by_faiss, by_torch = DresdDatastore(path, tiny, k=20), DresdDatastore(path, tiny, backend="torch", k=20)
     assert (by_faiss.backend, by_torch.backend) == ("faiss-cpu", "torch")
     hidden = _hidden_states(tiny, docs[1])
     for pos in (0, 7, 30):
@@ -289,16 +282,22 @@ def test_torch_backend_matches_faiss(store, tiny):
         assert i1.tolist() == i2.tolist()
         np.testing.assert_allclose(s1, s2, atol=1e-5)
     with pytest.raises(SpecbenchError, match="backend"):
-        DenseStore(path, tiny, backend="scann")
+        DresdDatastore(path, tiny, backend="scann")
 
 
 def test_build_index_from_a_generated_corpus_keys_prompt_plus_answer(tiny, tmp_path):
     """`build-index --method dresd --corpus generate:FILE`: documents are the chat prompt + the answer."""
     from specbench_cli.datastores import build_index
-    from specbench_cli.suites import build_prompt_ids
+    from specbench_cli.prompts import build_prompt_ids
 
     fixture = "tests/fixtures/code_alpaca_small.json"
-    options = {"text_key": ["instruction"], "max_docs": 4, "max_new_tokens": 8, "dim": 8, "batch_size": 3}
+    options = {
+        "text_key": ["instruction"],
+        "max_docs": 4,
+        "max_new_tokens": 8,
+        "opt": {"dim": 8},
+        "batch_size": 3,
+    }
     m = build_index("dresd", "tiny-random", f"generate:{fixture}", tmp_path / "g", options, None)
     answers = [json.loads(line) for line in open(m["corpus"]["answers_file"])]
     assert m["documents"] == len(answers) == 4 and m["corpus"]["documents_formed_from"].startswith(

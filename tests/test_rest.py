@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from specbench_cli.datastores import build_from_token_docs
 from specbench_cli.datastores.manifest import read_manifest, write_manifest
-from specbench_cli.datastores.suffix import SuffixDatastore, build_from_token_docs
+from specbench_cli.datastores.rest import RestDatastore
 from specbench_cli.drafters.rest import Rest, top_prefix_tree
 from specbench_cli.types import DraftContext, MethodSetup, SpecbenchError
 
@@ -24,9 +25,9 @@ documents = st.lists(st.lists(alphabet, min_size=0, max_size=30), min_size=1, ma
 )
 
 
-def build(docs: list[list[int]], folder: Path) -> SuffixDatastore:
-    build_from_token_docs(docs, folder / "store", "test-tokenizer", "fp-test")
-    return SuffixDatastore(folder / "store")
+def build(docs: list[list[int]], folder: Path) -> RestDatastore:
+    build_from_token_docs("rest", docs, folder / "store", "test-tokenizer", "fp-test")
+    return RestDatastore(folder / "store")
 
 
 def occurrences(docs: list[list[int]], query: list[int]) -> list[tuple[int, int]]:
@@ -140,7 +141,7 @@ def test_tree_is_deterministic_bounded_and_holds_the_most_frequent_continuation(
     for i in range(300):
         doc = [1, 2, 3] + (common if i % 3 == 0 else rng.integers(20, 40, size=10).tolist())
         docs.append(doc + rng.integers(0, 50, size=5).tolist())
-    build_from_token_docs(docs, tmp_path / "s", "t", "fp")
+    build_from_token_docs("rest", docs, tmp_path / "s", "t", "fp")
     ctx = DraftContext(tokens=[7, 8, 1, 2, 3], max_nodes=128)
     a = Rest(rest_setup(tmp_path / "s"))
     t1, t2 = a.propose(ctx), a.propose(ctx)
@@ -155,7 +156,7 @@ def test_tree_is_deterministic_bounded_and_holds_the_most_frequent_continuation(
 
 
 def test_no_hit_gives_an_empty_tree_and_options_apply(tmp_path):
-    build_from_token_docs([[1, 2, 3, 4, 5, 6]], tmp_path / "s", "t", "fp")
+    build_from_token_docs("rest", [[1, 2, 3, 4, 5, 6]], tmp_path / "s", "t", "fp")
     drafter = Rest(rest_setup(tmp_path / "s", length=2, num_draft=64))
     assert len(drafter.propose(DraftContext(tokens=[9, 9, 9], max_nodes=64))) == 0
     tree = drafter.propose(DraftContext(tokens=[0, 1, 2], max_nodes=64))
@@ -168,7 +169,7 @@ def test_no_hit_gives_an_empty_tree_and_options_apply(tmp_path):
 def test_missing_or_foreign_datastore_is_refused(tmp_path):
     with pytest.raises(SpecbenchError, match="build-index --method rest"):
         Rest(MethodSetup(target=None))
-    build_from_token_docs([[1, 2, 3]], tmp_path / "s", "t", "fp")
+    build_from_token_docs("rest", [[1, 2, 3]], tmp_path / "s", "t", "fp")
     manifest = read_manifest(tmp_path / "s")
     write_manifest(tmp_path / "s", manifest | {"method": "dresd"})
     with pytest.raises(SpecbenchError, match="built for method 'dresd'"):
@@ -176,11 +177,11 @@ def test_missing_or_foreign_datastore_is_refused(tmp_path):
 
 
 def test_rebuild_needs_force_and_leaves_no_temp_folder(tmp_path):
-    build_from_token_docs([[1, 2, 3]], tmp_path / "s", "t", "fp")
+    build_from_token_docs("rest", [[1, 2, 3]], tmp_path / "s", "t", "fp")
     with pytest.raises(SpecbenchError, match="--force"):
-        build_from_token_docs([[4, 5]], tmp_path / "s", "t", "fp")
-    build_from_token_docs([[4, 5]], tmp_path / "s", "t", "fp", force=True)
-    assert SuffixDatastore(tmp_path / "s").tokens.tolist()[:2] == [4, 5]
+        build_from_token_docs("rest", [[4, 5]], tmp_path / "s", "t", "fp")
+    build_from_token_docs("rest", [[4, 5]], tmp_path / "s", "t", "fp", force=True)
+    assert RestDatastore(tmp_path / "s").tokens.tolist()[:2] == [4, 5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
     m = read_manifest(tmp_path / "s")
     assert m["tokens"] == 2 and m["documents"] == 1 and m["build"]["peak_rss_mb"] > 0
@@ -194,7 +195,7 @@ def test_generate_with_rest_equals_autoregressive(tiny, tmp_path):
     prompt = list(b"def add(a, b):\n")
     engine = Engine(tiny, max_len=256)
     ar = generate(engine, Autoregressive(MethodSetup(target=tiny)), prompt, 40)
-    build_from_token_docs([prompt + ar.output_ids], tmp_path / "s", "tiny", "fp")
+    build_from_token_docs("rest", [prompt + ar.output_ids], tmp_path / "s", "tiny", "fp")
     rest = generate(engine, Rest(MethodSetup(target=tiny, datastores={"rest": tmp_path / "s"})), prompt, 40)
     assert rest.output_ids == ar.output_ids
     assert sum(s.accepted for s in rest.steps) > 0

@@ -114,18 +114,22 @@ def test_resume_may_add_a_method_and_change_warmup(tmp_path):
 
 
 def test_resume_refuses_a_rebuilt_datastore(tmp_path, tiny):
-    from specbench_cli.datastores.suffix import build_from_token_docs
+    from specbench_cli.datastores import build_from_token_docs
     from specbench_cli.models import tokenizer_fingerprint
 
     fingerprint = tokenizer_fingerprint(tiny.tokenizer)
-    first = build_from_token_docs([[5, 6, 7, 8, 9] * 8], tmp_path / "store", "tiny-random", fingerprint)
+    first = build_from_token_docs(
+        "rest", [[5, 6, 7, 8, 9] * 8], tmp_path / "store", "tiny-random", fingerprint
+    )
     out = tmp_path / "run"
     args = eval_args(out, "--datastore", str(first), "--limit", "1")
     args[args.index("--methods") + 1] = "ar,rest"
     assert run(*args).exit_code == 0
     before = snapshot(out)
     # Same path, other drafts: a rebuild from another corpus must not be mixed into the same numbers.
-    build_from_token_docs([[9, 8, 7, 6] * 8], tmp_path / "store", "tiny-random", fingerprint, force=True)
+    build_from_token_docs(
+        "rest", [[9, 8, 7, 6] * 8], tmp_path / "store", "tiny-random", fingerprint, force=True
+    )
     assert_one_line_error(run(*args, "--resume"), "datastore[rest]", "manifest_sha256")
     assert snapshot(out) == before
 

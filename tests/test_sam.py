@@ -9,14 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from specbench_cli.datastores import build_from_token_docs
+from specbench_cli.datastores.automaton import SEPARATOR, FrozenAutomaton, SuffixAutomaton
 from specbench_cli.datastores.manifest import check_datastore, read_manifest
-from specbench_cli.datastores.sam import (
-    SEPARATOR,
-    FrozenAutomaton,
-    SuffixAutomaton,
-    build_for_model,
-    concatenate,
-)
+from specbench_cli.datastores.sam import SamDatastore, concatenate
 from specbench_cli.drafters.sam import SamDecoding
 from specbench_cli.engine.decode import Engine, generate
 from specbench_cli.models import tokenizer_fingerprint
@@ -54,6 +50,10 @@ def built(text) -> SuffixAutomaton:
     auto = SuffixAutomaton()
     auto.extend(text)
     return auto
+
+
+def build_for_model(docs, out, loaded, force: bool = False):
+    return build_from_token_docs("sam", docs, out, loaded=loaded, force=force)
 
 
 def same_automaton(a: FrozenAutomaton, b: FrozenAutomaton) -> bool:
@@ -154,7 +154,7 @@ def test_datastore_roundtrip_and_manifest(tiny, tmp_path):
     rng = random.Random(3)
     docs = [[rng.randrange(tiny.vocab_size) for _ in range(rng.randrange(1, 80))] for _ in range(30)]
     path = build_for_model(docs, tmp_path / "sam", tiny)
-    loaded = FrozenAutomaton.load(path)
+    loaded = SamDatastore(path).automaton
     assert isinstance(loaded.edges, np.memmap)  # read lazily, not copied into memory
     stream, _ = concatenate(docs)
     assert same_automaton(loaded, built(stream).freeze())
@@ -171,7 +171,7 @@ def test_datastore_roundtrip_and_manifest(tiny, tmp_path):
         build_for_model(docs, path, tiny)
     (path / "edges.npy").write_bytes(b"junk")
     with pytest.raises(SpecbenchError, match="damaged"):
-        FrozenAutomaton.load(path)
+        SamDatastore(path)
 
 
 def test_build_index_from_a_text_corpus(tiny, tmp_path):
@@ -183,7 +183,7 @@ def test_build_index_from_a_text_corpus(tiny, tmp_path):
     (corpus / "b.txt").write_text("hello world, hello suffix automaton")
     manifest = build_index("sam", "tiny-random", str(corpus), tmp_path / "store", {"glob": "*.txt"}, None)
     assert manifest["method"] == "sam" and manifest["documents"] == 2
-    auto = FrozenAutomaton.load(tmp_path / "store")
+    auto = SamDatastore(tmp_path / "store").automaton
     query = list(b"return a")
     assert auto.match(query).length == len(query)
 

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specbench_cli import suites
-from specbench_cli.suites import SUITES, build_prompt_ids, load_suite, spec_bench_task, suite_file_sha256
+from specbench_cli import prompts, suite_files, suites
+from specbench_cli.files import sha256_file as suite_file_sha256
+from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.suites import SUITES, load_suite, spec_bench_task
 from specbench_cli.types import Question, SpecbenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +251,7 @@ def test_real_spec_bench_file_loads():
         "mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag",
     }  # fmt: skip
     assert sum(len(q.turns) == 2 for q in suite.questions) == sum(len(r["turns"]) == 2 for r in rows)
-    assert suite.sha256 == suite_file_sha256(SPEC_BENCH_FILE) == suites.SPEC_BENCH_SHA256
+    assert suite.sha256 == suite_file_sha256(SPEC_BENCH_FILE) == suite_files.SPEC_BENCH_SHA256
     assert suite.name == "spec-bench"
 
 
@@ -272,7 +274,7 @@ def test_real_spec_bench_category_filter():
 
 def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
     monkeypatch.setenv("SPECBENCH_DATA", str(SPEC_BENCH_FILE.parents[1]))
     monkeypatch.chdir(tmp_path)
     assert Path(load_suite("spec-bench").source) == SPEC_BENCH_FILE
@@ -287,18 +289,18 @@ def test_spec_bench_download_is_cached_and_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(workdir)  # no ../shared/data here
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
     # Offline: a one-line error that says how to pass the file.
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
     with pytest.raises(SpecbenchError, match="spec-bench:PATH"):
         load_suite("spec-bench")
     # A file with another sha256 is refused and not cached.
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", SMALL.as_uri())
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", SMALL.as_uri())
     with pytest.raises(SpecbenchError, match="sha256"):
         load_suite("spec-bench")
     # "Online" (a file:// URL to the real file): downloaded once into the cache, then read from it.
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", SPEC_BENCH_FILE.as_uri())
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", SPEC_BENCH_FILE.as_uri())
     first = load_suite("spec-bench")
     assert Path(first.source).is_relative_to(tmp_path / "cache")
-    monkeypatch.setattr(suites, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
     second = load_suite("spec-bench")
     assert second.source == first.source and len(second.questions) == len(raw_rows(SPEC_BENCH_FILE))
 
@@ -367,7 +369,7 @@ def test_mt_bench_from_its_package():
     assert len(suite.questions) == 80
     assert all(len(q.turns) == 2 for q in suite.questions)
     assert Counter(q.category for q in suite.questions) == {c: 10 for c in suites.MT_BENCH_CATEGORIES}
-    assert suite.sha256 == suites.MT_BENCH_FILE.sha256
+    assert suite.sha256 == suite_files.MT_BENCH_FILE.sha256
     small = load_suite("mt-bench", limit=8)
     assert sorted(q.category for q in small.questions) == sorted(suites.MT_BENCH_CATEGORIES)
 
@@ -376,7 +378,7 @@ def test_mt_bench_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip behaves as if offline
     monkeypatch.setattr(
-        suites, "MT_BENCH_FILE", dataclasses.replace(suites.MT_BENCH_FILE, module="no_such_mod_x")
+        suite_files, "MT_BENCH_FILE", dataclasses.replace(suite_files.MT_BENCH_FILE, module="no_such_mod_x")
     )
     with pytest.raises(SpecbenchError) as err:
         load_suite("mt-bench")
@@ -393,7 +395,7 @@ def test_humaneval_from_its_package():
         assert set(q.extra) >= {"task_id", "entry_point", "test", "prompt"}
         assert q.extra["prompt"] in q.turns[0]
         assert f"def {q.extra['entry_point']}" in q.turns[0]
-    assert suite.sha256 == suites.HUMANEVAL_FILE.sha256
+    assert suite.sha256 == suite_files.HUMANEVAL_FILE.sha256
 
 
 def test_humaneval_from_a_path():
@@ -407,9 +409,9 @@ def test_humaneval_from_a_path():
 def test_manifests_pin_the_same_files():
     # datasets/<suite>/SOURCE.md is what a reader checks; it must agree with what the loader verifies.
     pinned = {
-        "spec-bench": suites.SPEC_BENCH_SHA256,
-        "mt-bench": suites.MT_BENCH_FILE.sha256,
-        "humaneval": suites.HUMANEVAL_FILE.sha256,
+        "spec-bench": suite_files.SPEC_BENCH_SHA256,
+        "mt-bench": suite_files.MT_BENCH_FILE.sha256,
+        "humaneval": suite_files.HUMANEVAL_FILE.sha256,
     }
     for suite, sha in pinned.items():
         assert sha in (REPO / "datasets" / suite / "SOURCE.md").read_text()
@@ -482,7 +484,7 @@ def test_flat_ids_accepts_every_return_shape():
         {"input_ids": [[1, 2, 3]]},
         torch.tensor([[1, 2, 3]]),
     ):
-        assert suites._flat_ids(out) == [1, 2, 3]
+        assert prompts._flat_ids(out) == [1, 2, 3]
 
 
 def test_load_suites_gives_clashing_labels_their_folder_names(tmp_path):

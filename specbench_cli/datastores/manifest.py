@@ -1,32 +1,30 @@
 """`manifest.json`: what a datastore was built from, so `eval` can refuse one that does not fit.
 
-Every datastore method writes the same top-level fields (the method adds its own under "files" and
-"build.params"):
+Every datastore kind writes the same top-level fields (build.py writes them; a kind adds its own
+fields and its options under "build.params"):
 
-    format_version   int, FORMAT_VERSION when written
-    method           "rest" | "dresd" | ...
+    format_version   int, FORMAT_VERSION when written (2: "files" records sizes and checksums)
+    method           "rest" | "dresd" | "sam"
     specbench_version, created (UTC, ISO 8601)
     tokenizer        {"name", "fingerprint", "vocab_size"}
     corpus           {"spec", "kind", "description", "sha256", "files": [{"name", "sha256"}],
                       "suite", "suite_sha256"}   (suite fields only for `generate:` corpora)
     tokens, documents
-    build            {"params", "seconds", "peak_rss_mb", ...}
+    build            {"params", "seconds", "peak_rss_mb", "bytes_on_disk", ...}
+    files            {file name: {"size", "sha256"}} for every store file (base.py checks them on open)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from ..types import SpecbenchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 
 
@@ -47,11 +45,7 @@ def new_manifest(method: str, tokenizer: dict, corpus: dict, params: dict) -> di
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
     """Write manifest.json atomically (a reader never sees half a file)."""
-    path = Path(folder) / MANIFEST_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -105,7 +99,8 @@ def check_datastore(
 ) -> dict:
     """Refuse a datastore that does not fit this evaluation; returns a short summary for config.json.
 
-    Another method or another tokenizer is always refused (the drafts would be meaningless). A corpus
+    Another method or another tokenizer is always refused (the drafts would be meaningless), and so is
+    a store whose files do not match the sizes and checksums its manifest records. A corpus
     that holds the evaluated suite (eval questions leaking into the drafts) is refused unless `force`,
     and then the summary's "note" says so, for the report.
     """
@@ -123,6 +118,11 @@ def check_datastore(
             f"{str(tok.get('fingerprint'))[:12]}), which differs from the model's ({tokenizer_fingerprint[:12]}); "
             "rebuild it with this --model"
         )
+    from .base import VerifiedFiles
+
+    files = VerifiedFiles(Path(folder), manifest)
+    files.check()
+    files.save(validated=False)  # eval checks once per suite, then the drafter opens it: hash once
     note = None
     leak = suite_overlap(manifest, suite_label, suite_sha256)
     if leak:
@@ -144,24 +144,6 @@ def check_datastore(
         "forced": note is not None,
         "note": note,
     }
-
-
-@contextmanager
-def staged_build(out_dir: Path) -> Iterator[Path]:
-    """Yield a hidden sibling folder to build in. On success it replaces `out_dir`; on any failure
-    (Ctrl-C included) it is removed, so an interrupted build never leaves a half-written datastore."""
-    tmp = out_dir.with_name(f".{out_dir.name}.building")
-    if tmp.exists():  # left by an earlier interrupted build
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
 
 
 def manifest_sha256(folder: Path) -> str:

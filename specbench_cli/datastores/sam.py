@@ -1,28 +1,11 @@
-"""SAM-Decoding's suffix automata: a compact array-backed automaton, its on-disk form, and the build.
-
-The suffix automaton of a text T is the smallest automaton that accepts every substring of T: at most
-2|T| - 1 states and 3|T| - 4 transitions. A state is a class of substrings with the same set of end
-positions; per state we keep its suffix link, the length of its longest string and its FIRST end
-position, because SAM-Decoding drafts the tokens that follow the first occurrence of a match.
-
-Two forms, both numpy arrays instead of one Python object per state (the official code keeps a dict
-per state, several hundred bytes each):
-- `SuffixAutomaton` grows online (Blumer et al.'s construction, amortised O(1) per token). States are
-  rows of one int32 array; transitions are rows of an int32 edge table, found through an
-  open-addressing hash table and chained per state so that a clone can copy its source's edges.
-  It is the dynamic automaton over prompt + output, and the builder of the static one.
-- `FrozenAutomaton` is the static corpus automaton as stored: out-edges sorted by token per state
-  (CSR), loaded memory-mapped; following a transition is a binary search among a state's edges.
+"""SAM-Decoding's static datastore: the frozen suffix automaton of a corpus (automaton.py), on disk.
 
 Datastore folder (`specbench build-index --method sam`):
     tokens.npy      int32, every document followed by SEPARATOR (-1)
     states.npy      int32 [S, 3]: suffix link, length, first end position (index into tokens.npy)
     edge_start.npy  int32 or int64 [S + 1]: state s owns edges[edge_start[s] : edge_start[s + 1]]
     edges.npy       int32 [E, 2]: token, target state; sorted by token within each state
-    manifest.json   see manifest.py
-
-The separator is -1, an id no query ever contains, so a match never spans two documents (the official
-code ends documents with EOS, which a generated text can contain); drafts are cut where it appears.
+    manifest.json   see manifest.py (sizes and sha256 of the four files)
 """
 
 from __future__ import annotations
@@ -34,608 +17,104 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import SpecbenchError
-from .manifest import new_manifest, read_manifest, staged_build, write_manifest
+from .automaton import FIRST, LEN, LINK, MAX_TOKENS, SEPARATOR, FrozenAutomaton, build_automaton
+from .base import BuildInput, Datastore, join_documents
 
-try:  # numba compiles the construction and the walks; without it the same code runs (slowly) in Python
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-
-    def njit(*args, **kwargs):
-        return args[0] if args and callable(args[0]) else (lambda f: f)
-
-
-SEPARATOR = -1
-UNKNOWN = -2  # stands for an id no automaton can hold: the static text never contains it
-MAX_TOKENS = 2**31 - 2  # positions and state ids are int32
 FILES = {"tokens": "tokens.npy", "states": "states.npy", "edge_start": "edge_start.npy", "edges": "edges.npy"}
-BUILD_CHUNK = 1 << 20  # tokens per construction call (progress updates between calls)
-
-# Columns of the live arrays.
-LINK, LEN, FIRST, HEAD = 0, 1, 2, 3  # states: suffix link, longest length, first end position, edge list
-SRC, TOK, DST, NEXT = 0, 1, 2, 3  # edges: source state, token, target state, next edge of the source
-# meta: state count, edge count, state of the whole text ("last")
-N_STATES, N_EDGES, LAST = 0, 1, 2
-
-
-# ----------------------------------------------------------------------------------------------------
-# Kernels of the live automaton (numba). The hash table holds edge ids, -1 = empty slot, and is kept at
-# most half full; it is the only array that grows inside a kernel (an add can insert many edges).
-
-
-@njit(cache=True, nogil=True)
-def _slot(src, tok, mask):
-    # Two multiplications that fit in int64 (src < 2**31, |tok| < 2**31), then a fold of the high bits.
-    h = (src * 0x9E3779B1) ^ (tok * 0x85EBCA77)
-    h ^= h >> 31
-    return h & mask
-
-
-@njit(cache=True, nogil=True)
-def _find_edge(edges, table, src, tok):
-    """Edge id of the transition (src, tok), or -1."""
-    mask = table.shape[0] - 1
-    i = _slot(src, tok, mask)
-    while True:
-        e = table[i]
-        if e < 0 or (edges[e, SRC] == src and edges[e, TOK] == tok):
-            return e
-        i = (i + 1) & mask
-
-
-@njit(cache=True, nogil=True)
-def _table_insert(edges, table, e):
-    mask = table.shape[0] - 1
-    i = _slot(edges[e, SRC], edges[e, TOK], mask)
-    while table[i] >= 0:
-        i = (i + 1) & mask
-    table[i] = e
-
-
-@njit(cache=True, nogil=True)
-def _rehash(edges, n_edges, size):
-    table = np.full(size, -1, np.int32)
-    for e in range(n_edges):
-        _table_insert(edges, table, e)
-    return table
-
-
-@njit(cache=True, nogil=True)
-def _add_edge(states, edges, table, e, src, tok, dst):
-    """Store edge id `e` = (src, tok) -> dst; returns the (possibly regrown) hash table."""
-    if 2 * (e + 1) > table.shape[0]:
-        table = _rehash(edges, e, 2 * table.shape[0])
-    edges[e, SRC] = src
-    edges[e, TOK] = tok
-    edges[e, DST] = dst
-    edges[e, NEXT] = states[src, HEAD]
-    states[src, HEAD] = e
-    _table_insert(edges, table, e)
-    return table
-
-
-@njit(cache=True, nogil=True)
-def _extend(states, edges, table, meta, text, start, stop):
-    """Append text[start:stop] to the automaton of text[:start] (the standard online construction).
-
-    The caller reserves 2 * stop + 2 state rows and 3 * stop + 4 edge rows (the automaton's bounds).
-    Returns the hash table, which may have been regrown.
-    """
-    n_states, n_edges, last = meta[N_STATES], meta[N_EDGES], meta[LAST]
-    for pos in range(start, stop):
-        c = text[pos]
-        cur = n_states
-        n_states += 1
-        states[cur, LINK] = -1
-        states[cur, LEN] = states[last, LEN] + 1
-        states[cur, FIRST] = pos
-        states[cur, HEAD] = -1
-        # Every suffix of the old text that cannot be followed by c gets a transition to cur.
-        p = last
-        while p != -1 and _find_edge(edges, table, p, c) < 0:
-            table = _add_edge(states, edges, table, n_edges, p, c, cur)
-            n_edges += 1
-            p = states[p, LINK]
-        if p == -1:
-            states[cur, LINK] = 0
-        else:
-            q = edges[_find_edge(edges, table, p, c), DST]
-            if states[p, LEN] + 1 == states[q, LEN]:
-                states[cur, LINK] = q
-            else:
-                # q holds strings of several lengths whose end positions now differ: split off the
-                # short ones into a clone (same first end position, same out-edges).
-                clone = n_states
-                n_states += 1
-                states[clone, LINK] = states[q, LINK]
-                states[clone, LEN] = states[p, LEN] + 1
-                states[clone, FIRST] = states[q, FIRST]
-                states[clone, HEAD] = -1
-                f = states[q, HEAD]
-                while f >= 0:
-                    table = _add_edge(states, edges, table, n_edges, clone, edges[f, TOK], edges[f, DST])
-                    n_edges += 1
-                    f = edges[f, NEXT]
-                while p != -1:
-                    e = _find_edge(edges, table, p, c)
-                    if e < 0 or edges[e, DST] != q:
-                        break
-                    edges[e, DST] = clone
-                    p = states[p, LINK]
-                states[q, LINK] = clone
-                states[cur, LINK] = clone
-        last = cur
-    meta[N_STATES], meta[N_EDGES], meta[LAST] = n_states, n_edges, last
-    return table
-
-
-@njit(cache=True, nogil=True)
-def _walk_live(states, edges, table, state, length, query):
-    """Advance a match (state, length) over `query`, falling back along suffix links on a mismatch.
-
-    Afterwards `length` is the longest suffix of (matched text + query) that occurs in the text, and
-    `state` the state that holds it.
-    """
-    for c in query:
-        while True:
-            e = _find_edge(edges, table, state, c)
-            if e >= 0:
-                state = edges[e, DST]
-                length += 1
-                break
-            if state == 0:
-                length = 0
-                break
-            state = states[state, LINK]
-            length = states[state, LEN]
-    return state, length
-
-
-@njit(cache=True, nogil=True)
-def _freeze(states, edges, n_states, edge_start, out):
-    """Write the out-edges of every state, sorted by token, as CSR (edge_start, out[:, (token, target)])."""
-    edge_start[0] = 0
-    for s in range(n_states):
-        deg = 0
-        f = states[s, HEAD]
-        while f >= 0:
-            deg += 1
-            f = edges[f, NEXT]
-        edge_start[s + 1] = edge_start[s] + deg
-    for s in range(n_states):
-        lo, hi = edge_start[s], edge_start[s + 1]
-        k = lo
-        f = states[s, HEAD]
-        while f >= 0:
-            out[k, 0] = edges[f, TOK]
-            out[k, 1] = edges[f, DST]
-            k += 1
-            f = edges[f, NEXT]
-        if hi - lo > 16:
-            toks = out[lo:hi, 0].copy()
-            dsts = out[lo:hi, 1].copy()
-            order = np.argsort(toks)
-            for i in range(hi - lo):
-                out[lo + i, 0] = toks[order[i]]
-                out[lo + i, 1] = dsts[order[i]]
-        else:  # most states have a handful of edges: insertion sort, no allocation
-            for i in range(lo + 1, hi):
-                t0, d0 = out[i, 0], out[i, 1]
-                j = i - 1
-                while j >= lo and out[j, 0] > t0:
-                    out[j + 1, 0] = out[j, 0]
-                    out[j + 1, 1] = out[j, 1]
-                    j -= 1
-                out[j + 1, 0] = t0
-                out[j + 1, 1] = d0
-
-
-# ----------------------------------------------------------------------------------------------------
-# Kernels of the frozen automaton
-
-
-@njit(cache=True, nogil=True)
-def _target(edge_start, edges, state, tok):
-    lo, hi = edge_start[state], edge_start[state + 1]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        t = edges[mid, 0]
-        if t < tok:
-            lo = mid + 1
-        elif t > tok:
-            hi = mid
-        else:
-            return edges[mid, 1]
-    return -1
-
-
-@njit(cache=True, nogil=True)
-def _walk_frozen(states, edge_start, edges, state, length, query):
-    """`_walk_live` on the CSR form."""
-    for c in query:
-        while True:
-            d = _target(edge_start, edges, state, c)
-            if d >= 0:
-                state = d
-                length += 1
-                break
-            if state == 0:
-                length = 0
-                break
-            state = states[state, LINK]
-            length = states[state, LEN]
-    return state, length
-
-
-# ----------------------------------------------------------------------------------------------------
-# The two automata
-
-
-def as_query(tokens: Iterable[int] | np.ndarray) -> np.ndarray:
-    """Token ids as int32; an id outside [0, MAX_TOKENS] becomes UNKNOWN, which no corpus holds."""
-    q = np.asarray(tokens, dtype=np.int64).reshape(-1)
-    return np.where((q < 0) | (q > MAX_TOKENS), UNKNOWN, q).astype(np.int32)
 
 
 @dataclass
-class Match:
-    length: int  # tokens matched (0 = none)
-    state: int  # automaton state holding the matched string
-    end: int  # first end position of the match in the text (index of its last token); -1 when none
+class SamOptions:
+    """The static automaton has no build options: it is fully determined by the corpus."""
 
 
-class SuffixAutomaton:
-    """The online automaton of a growing token sequence (the dynamic automaton of SAM-Decoding)."""
+class SamDatastore(Datastore):
+    """A built sam datastore; `automaton` is the memory-mapped FrozenAutomaton."""
 
-    def __init__(self, capacity: int = 256, text: np.ndarray | None = None):
-        capacity = max(int(capacity), 1 if text is None else len(text))
-        # np.empty leaves untouched pages unallocated, so reserving the worst case costs no memory.
-        self.states = np.empty((2 * capacity + 2, 4), dtype=np.int32)
-        self.edges = np.empty((3 * capacity + 4, 4), dtype=np.int32)
-        self.table = np.full(1 << 10, -1, dtype=np.int32)
-        self.meta = np.zeros(3, dtype=np.int64)
-        self.states[0] = (-1, 0, -1, -1)  # the root: empty string, no link
-        self.meta[N_STATES] = 1
-        # `text` lets the static build index a stream in place instead of copying it.
-        self.tokens = np.empty(capacity, dtype=np.int32) if text is None else text
-        self.length = 0
+    kind = "sam"
+    options_class = SamOptions
 
-    def __len__(self) -> int:
-        return self.length
+    def load(self) -> None:
+        arrays = {k: np.load(self.path / f, mmap_mode="r") for k, f in FILES.items()}
+        self.automaton = FrozenAutomaton(**arrays)
 
-    @property
-    def text(self) -> np.ndarray:
-        return self.tokens[: self.length]
-
-    @property
-    def n_states(self) -> int:
-        return int(self.meta[N_STATES])
-
-    @property
-    def n_edges(self) -> int:
-        return int(self.meta[N_EDGES])
-
-    def nbytes(self) -> int:
-        """Memory in use (rows actually written, the hash table and the text)."""
-        row_s, row_e = self.states.itemsize * 4, self.edges.itemsize * 4
-        return self.n_states * row_s + self.n_edges * row_e + self.table.nbytes + self.length * 4
-
-    def _reserve(self, n: int) -> None:
-        """Room for a text of n tokens (doubling, so appends stay amortised O(1))."""
-        if n > MAX_TOKENS:
-            raise SpecbenchError(f"a suffix automaton holds at most {MAX_TOKENS:,} tokens; got {n:,}")
-        if n <= len(self.tokens):
-            return
-        cap = max(n, 2 * len(self.tokens))
-        self.tokens = _grown(self.tokens, cap)
-        self.states = _grown(self.states, 2 * cap + 2)
-        self.edges = _grown(self.edges, 3 * cap + 4)
-
-    def extend(self, tokens: Iterable[int] | np.ndarray) -> None:
-        """Append tokens (amortised O(1) each): ids in [0, MAX_TOKENS], or SEPARATOR between documents."""
-        new = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        if new.size and (new.min() < SEPARATOR or new.max() > MAX_TOKENS):
-            raise SpecbenchError(f"token ids must lie in [0, {MAX_TOKENS}]; got {new.min()}..{new.max()}")
-        new = new.astype(np.int32)
-        end = self.length + len(new)
-        self._reserve(end)
-        self.tokens[self.length : end] = new
-        self._index(end)
-
-    def _index(self, end: int) -> None:
-        """Add self.tokens[self.length:end] to the automaton."""
-        self.table = _extend(self.states, self.edges, self.table, self.meta, self.tokens, self.length, end)
-        self.length = end
-
-    def walk(self, query: Iterable[int] | np.ndarray, state: int = 0, length: int = 0) -> tuple[int, int]:
-        s, n = _walk_live(self.states, self.edges, self.table, state, length, as_query(query))
-        return int(s), int(n)
-
-    def match(self, query: Iterable[int] | np.ndarray) -> Match:
-        """Longest suffix of `query` that occurs in the text, and where it first ends."""
-        return self._as_match(*self.walk(query))
-
-    def repeat(self) -> Match:
-        """Longest suffix of the text that also occurs earlier in it (SAM-Decoding's dynamic match).
-
-        That string is the longest one of the suffix link of the state of the whole text, so no
-        separate match needs tracking: it is up to date after every extend.
-        """
-        link = int(self.states[self.meta[LAST], LINK]) if self.length else 0
-        return self._as_match(max(link, 0), int(self.states[max(link, 0), LEN]))
-
-    def _as_match(self, state: int, length: int) -> Match:
-        return Match(length, state, int(self.states[state, FIRST]) if length else -1)
-
-    def link(self, state: int) -> int:
-        return int(self.states[state, LINK])
-
-    def first_end(self, state: int) -> int:
-        return int(self.states[state, FIRST])
-
-    def freeze(self, copy: bool = True) -> FrozenAutomaton:
-        """The CSR form. copy=False shares the text and state rows with this automaton (a build that only
-        saves the result skips two copies; np.save writes the strided state view as it is)."""
-        n = self.n_states
-        edge_start = np.empty(n + 1, dtype=np.int32 if self.n_edges < 2**31 else np.int64)
-        edges = np.empty((self.n_edges, 2), dtype=np.int32)
-        _freeze(self.states, self.edges, n, edge_start, edges)
-        text, states = self.text, self.states[:n, :3]
-        if copy:
-            text, states = text.copy(), np.ascontiguousarray(states)
-        return FrozenAutomaton(text, states, edge_start, edges)
-
-
-def _grown(arr: np.ndarray, rows: int) -> np.ndarray:
-    out = np.empty((rows, *arr.shape[1:]), dtype=arr.dtype)
-    out[: len(arr)] = arr
-    return out
-
-
-@dataclass
-class FrozenAutomaton:
-    """The static automaton: read-only arrays, memory-mapped when loaded from a datastore."""
-
-    tokens: np.ndarray  # int32 stream, SEPARATOR after every document
-    states: np.ndarray  # int32 [S, 3]: link, length, first end position
-    edge_start: np.ndarray  # [S + 1]
-    edges: np.ndarray  # int32 [E, 2]: token, target
-
-    @property
-    def n_states(self) -> int:
-        return len(self.states)
-
-    @property
-    def n_edges(self) -> int:
-        return len(self.edges)
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.tokens, self.states, self.edge_start, self.edges))
-
-    def walk(self, query: Iterable[int] | np.ndarray, state: int = 0, length: int = 0) -> tuple[int, int]:
-        s, n = _walk_frozen(self.states, self.edge_start, self.edges, state, length, as_query(query))
-        return int(s), int(n)
-
-    def match(self, query: Iterable[int] | np.ndarray) -> Match:
-        state, length = self.walk(query)
-        return Match(length, state, int(self.states[state, FIRST]) if length else -1)
-
-    def first_end(self, state: int) -> int:
-        return int(self.states[state, FIRST])
-
-    def continuation(self, end: int, n: int) -> np.ndarray:
-        """Up to n tokens after position `end`, cut at the end of its document."""
-        if end < 0:
-            return self.tokens[:0]
-        after = np.asarray(self.tokens[end + 1 : end + 1 + n])
-        stop = np.flatnonzero(after == SEPARATOR)
-        return after[: stop[0]] if stop.size else after
-
-    def save(self, folder: Path) -> int:
-        """Write the four arrays into `folder`; returns the bytes written."""
-        folder = Path(folder)
-        for key, arr in (
-            ("tokens", self.tokens),
-            ("states", self.states),
-            ("edge_start", self.edge_start),
-            ("edges", self.edges),
-        ):
-            np.save(folder / FILES[key], arr)
-        return sum((folder / f).stat().st_size for f in FILES.values())
+    def validate(self) -> None:
+        # The walk kernels index states by link and by edge target, and edges by edge_start: every
+        # one of those must point inside its array, and a suffix link must lead to a shorter string
+        # (else falling back along links never reaches the root).
+        a = self.automaton
+        self.expect_array(FILES["tokens"], a.tokens, (np.int32,), 1)
+        self.expect_array(FILES["states"], a.states, (np.int32,), 2)
+        self.expect_array(FILES["edge_start"], a.edge_start, (np.int32, np.int64), 1)
+        self.expect_array(FILES["edges"], a.edges, (np.int32,), 2, min_rows=0)
+        n_states, n_tokens = a.states.shape[0], a.tokens.shape[0]
+        if a.states.shape[1] != 3 or a.edges.shape[1:] != (2,) or len(a.edge_start) != n_states + 1:
+            raise self.refuse("its arrays have inconsistent shapes")
+        if a.tokens[-1] != SEPARATOR:
+            raise self.refuse(f"{FILES['tokens']} does not end with the document separator")
+        self.expect_range(FILES["tokens"], a.tokens, SEPARATOR, MAX_TOKENS + 1)
+        starts = np.asarray(a.edge_start)
+        if starts[0] != 0 or starts[-1] != len(a.edges) or (np.diff(starts) < 0).any():
+            raise self.refuse(f"{FILES['edge_start']} is not an increasing index into {FILES['edges']}")
+        if len(a.edges):
+            self.expect_range(f"{FILES['edges']} targets", a.edges[:, 1], 1, n_states)
+        states = np.asarray(a.states)
+        if states[0, LINK] != -1 or states[0, LEN] != 0:
+            raise self.refuse(f"{FILES['states']} does not start with the root state")
+        links, lengths = states[1:, LINK], states[:, LEN]
+        self.expect_range(f"{FILES['states']} links", links, 0, n_states)
+        self.expect_range(f"{FILES['states']} lengths", lengths, 0, n_tokens + 1)
+        self.expect_range(f"{FILES['states']} first ends", states[1:, FIRST], 0, n_tokens)
+        if n_states > 1 and (lengths[links] >= lengths[1:]).any():
+            raise self.refuse(f"{FILES['states']} has a suffix link that does not lead to a shorter string")
 
     @classmethod
-    def load(cls, folder: Path, mmap: bool = True) -> FrozenAutomaton:
-        folder = Path(folder)
-        try:
-            arrays = {k: np.load(folder / f, mmap_mode="r" if mmap else None) for k, f in FILES.items()}
-        except (OSError, ValueError) as e:
-            raise SpecbenchError(f"sam datastore {folder} is damaged ({e}); rebuild it with --force") from e
-        auto = cls(**arrays)
-        if (
-            auto.states.ndim != 2
-            or auto.states.shape[1] != 3
-            or len(auto.edge_start) != auto.n_states + 1
-            or auto.edges.shape != (int(auto.edge_start[-1]), 2)
-        ):
-            raise SpecbenchError(f"sam datastore {folder} has inconsistent files; rebuild it with --force")
-        return auto
-
-
-# ----------------------------------------------------------------------------------------------------
-# Building the static datastore
-
-
-@dataclass
-class SamBuildStats:
-    tokens: int  # stream length, separators included
-    documents: int
-    states: int
-    edges: int
-    seconds: float  # whole build: concatenation, construction, freezing, writing
-    construct_seconds: float  # the online construction alone
-    peak_rss_mb: float  # the process's high-water mark (includes whatever ran before the build)
-    automaton_mb: float  # live automaton at the end of construction (rows written + hash table + text)
-    bytes_on_disk: int
-
-
-def build_automaton(stream: np.ndarray, progress=None) -> SuffixAutomaton:
-    """The live automaton of an int32 stream, built in place (`progress(done)` after every chunk)."""
-    auto = SuffixAutomaton(text=stream)
-    for start in range(0, len(stream), BUILD_CHUNK):
-        auto._index(min(start + BUILD_CHUNK, len(stream)))
-        if progress is not None:
-            progress(auto.length)
-    return auto
-
-
-def concatenate(docs: Iterable[np.ndarray | list[int]]) -> tuple[np.ndarray, int]:
-    """One int32 stream with SEPARATOR after every non-empty document; returns (stream, documents)."""
-    parts: list[np.ndarray] = []
-    n_docs = 0
-    for doc in docs:
-        arr = np.asarray(doc, dtype=np.int64)
-        if arr.size == 0:
-            continue
-        if arr.min() < 0 or arr.max() > MAX_TOKENS:
-            raise SpecbenchError(f"token ids must lie in [0, {MAX_TOKENS}]; got {arr.min()}..{arr.max()}")
-        parts.append(arr.astype(np.int32))
-        parts.append(np.array([SEPARATOR], dtype=np.int32))
-        n_docs += 1
-    if not parts:
-        raise SpecbenchError("the corpus gave no tokens: nothing to index")
-    stream = np.concatenate(parts)
-    if len(stream) > MAX_TOKENS:
-        raise SpecbenchError(
-            f"the corpus has {len(stream):,} tokens; a sam datastore holds at most {MAX_TOKENS:,}"
-        )
-    return stream, n_docs
-
-
-def build_sam_store(
-    docs: Iterable[np.ndarray | list[int]], out_dir: Path, manifest: dict, force: bool = False, console=None
-) -> SamBuildStats:
-    """Build a sam datastore folder from token documents, atomically (temporary folder, then rename)."""
-    from .suffix import peak_rss_mb
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
-    t0 = time.perf_counter()
-    with staged_build(out_dir) as tmp:
-        stream, n_docs = concatenate(docs)
+    def write(cls, build: BuildInput, folder: Path) -> dict:
+        """The corpus automaton, built online, frozen to CSR and saved as four arrays."""
+        stream, n_docs = concatenate(build.docs)
         build_automaton(np.array([0, SEPARATOR], dtype=np.int32))  # compile / load the kernels off the clock
-        t1 = time.perf_counter()
-        if console is not None:
+        t0 = time.perf_counter()
+        if build.console is not None:
             total = len(stream)
-            with console.status(f"building the suffix automaton of {total:,} tokens") as status:
+            with build.console.status(f"building the suffix automaton of {total:,} tokens") as status:
                 auto = build_automaton(
                     stream, lambda done: status.update(f"suffix automaton: {done:,}/{total:,} tokens")
                 )
         else:
             auto = build_automaton(stream)
-        construct_seconds = time.perf_counter() - t1
+        construct_seconds = time.perf_counter() - t0
         automaton_mb = auto.nbytes() / 2**20
         auto.table = np.empty(0, dtype=np.int32)  # freezing needs no hash table: free it first
         frozen = auto.freeze(copy=False)
         del auto
-        size = frozen.save(tmp)
-        stats = SamBuildStats(
-            tokens=len(stream),
-            documents=n_docs,
-            states=frozen.n_states,
-            edges=frozen.n_edges,
-            seconds=time.perf_counter() - t0,
-            construct_seconds=construct_seconds,
-            peak_rss_mb=peak_rss_mb(),
-            automaton_mb=automaton_mb,
-            bytes_on_disk=size,
-        )
-        del frozen, stream
-        full = dict(manifest)
-        full.update(method="sam", tokens=stats.tokens - stats.documents, documents=stats.documents)
-        full["build"] = dict(full.get("build") or {}) | {
-            "seconds": round(stats.seconds, 3),
-            "construct_seconds": round(stats.construct_seconds, 3),
-            "peak_rss_mb": round(stats.peak_rss_mb, 1),
-            "automaton_mb": round(stats.automaton_mb, 1),
-            "states": stats.states,
-            "edges": stats.edges,
-            "bytes_on_disk": stats.bytes_on_disk,
+        for key, arr in (
+            ("tokens", frozen.tokens),
+            ("states", frozen.states),
+            ("edge_start", frozen.edge_start),
+            ("edges", frozen.edges),
+        ):
+            np.save(folder / FILES[key], arr)
+        return {
+            "tokens": len(stream) - n_docs,  # corpus tokens, separators not counted
+            "documents": n_docs,
+            "layout": {"dtype": "int32", "separator": SEPARATOR, "after": "every document"},
+            "build": {
+                "construct_seconds": round(construct_seconds, 3),
+                "automaton_mb": round(automaton_mb, 1),
+                "states": frozen.n_states,
+                "edges": frozen.n_edges,
+            },
         }
-        full["files"] = dict(FILES) | {"separator": SEPARATOR}
-        write_manifest(tmp, full)
-    return stats
+
+    @classmethod
+    def summary(cls, manifest: dict) -> str:
+        build = manifest["build"]
+        return (
+            f"{super().summary(manifest)}; {build['states']:,} states, {build['edges']:,} edges "
+            f"(automaton {build['construct_seconds']:.1f} s)"
+        )
 
 
-def build_from_token_docs(
-    docs: list[list[int]] | Iterable[np.ndarray],
-    out_dir: Path,
-    tokenizer_name: str,
-    fingerprint: str,
-    corpus: dict | None = None,
-    force: bool = False,
-) -> Path:
-    """Build a sam datastore straight from token lists (tests, benchmarks): no text, no model."""
-    manifest = new_manifest(
-        method="sam",
-        tokenizer={"name": tokenizer_name, "fingerprint": fingerprint},
-        corpus=corpus
-        or {"spec": "token-docs", "kind": "tokens", "description": "token documents given in code"},
-        params={},
-    )
-    build_sam_store(docs, Path(out_dir), manifest, force=force)
-    return Path(out_dir)
-
-
-def build_for_model(
-    docs: list[list[int]] | Iterable[np.ndarray], out_dir: Path, loaded, force: bool = False
-) -> Path:
-    """`build_from_token_docs` with a LoadedModel's tokenizer recorded in the manifest."""
-    from ..models import tokenizer_fingerprint
-
-    return build_from_token_docs(
-        docs, out_dir, loaded.name, tokenizer_fingerprint(loaded.tokenizer), force=force
-    )
-
-
-def build(model_spec: str, corpus_spec: str, out_dir: Path, options: dict, console) -> dict:
-    """`build-index --method sam`: tokenize the corpus with the target's tokenizer, then build the automaton."""
-    from rich.console import Console
-
-    from ..models import load_model, tokenizer_fingerprint
-    from .corpus import iter_corpus, tokenize_documents
-    from .suffix import load_tokenizer_for
-
-    console = console or Console(stderr=True)
-    out_dir = Path(out_dir)
-    options = dict(options)
-    loaded = None
-    if corpus_spec.startswith("generate:"):  # the model's own answers: the whole model is needed
-        loaded = load_model(model_spec, options.get("dtype") or "float32", options.get("device") or "cpu")
-        tokenizer = loaded.tokenizer
-        options.setdefault("generated_dir", out_dir.parent / "generated")
-    else:
-        tokenizer = load_tokenizer_for(model_spec, options)
-    source = iter_corpus(corpus_spec, options, loaded=loaded, console=console)
-    manifest = new_manifest(
-        method="sam",
-        tokenizer={
-            "name": model_spec,
-            "fingerprint": tokenizer_fingerprint(tokenizer),
-            "vocab_size": len(tokenizer),
-        },
-        corpus=source.to_manifest(),
-        params={
-            "dtype": "int32",
-            "separator": f"{SEPARATOR} after every document",
-            "max_docs": options.get("max_docs"),
-        },
-    )
-    docs = tokenize_documents(source.texts(), tokenizer, total=source.documents, console=console)
-    stats = build_sam_store(docs, out_dir, manifest, force=bool(options.get("force")), console=console)
-    console.print(
-        f"sam datastore {out_dir}: {stats.tokens - stats.documents:,} tokens in {stats.documents:,} documents, "
-        f"{stats.states:,} states, {stats.edges:,} edges, {stats.bytes_on_disk / 2**20:,.1f} MiB, built in "
-        f"{stats.seconds:.1f} s (automaton {stats.construct_seconds:.1f} s), peak memory {stats.peak_rss_mb:,.0f} MiB"
-    )
-    return read_manifest(out_dir)
+def concatenate(docs: Iterable[np.ndarray | list[int]]) -> tuple[np.ndarray, int]:
+    """One int32 stream with SEPARATOR after every non-empty document; returns (stream, documents)."""
+    return join_documents(docs, np.int32, SEPARATOR, MAX_TOKENS, max_len=MAX_TOKENS)

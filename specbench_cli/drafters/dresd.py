@@ -56,7 +56,7 @@ class DReSD(Drafter):
     datastore_kind = "dresd"
 
     def __init__(self, setup: MethodSetup):
-        from ..datastores.dense import DenseStore
+        from ..datastores.dresd import DresdDatastore
 
         super().__init__(setup)
         opts = setup.options
@@ -72,7 +72,7 @@ class DReSD(Drafter):
         if min(self.neighbours, self.num_drafts, self.draft_len) < 1:
             raise SpecbenchError("dresd options neighbours, num_drafts and draft_len must be at least 1")
         nprobe = opts.get("nprobe")
-        self.store = DenseStore(
+        self.store = DresdDatastore(
             setup.datastores["dresd"],
             setup.target,
             backend=str(opts.get("backend", "auto")),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datastores.suffix import SENTINEL, SuffixDatastore, njit
+from ..datastores.rest import SENTINEL, RestDatastore, njit
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter
 
@@ -102,7 +102,7 @@ class Rest(Drafter):
                 f"rest option min_span ({params['min_span']}) exceeds max_span ({params['max_span']})"
             )
         self.params = params
-        self.store = SuffixDatastore(Path(path))
+        self.store = RestDatastore(Path(path))
         self.lookup_seconds: list[float] = []  # one per propose() call, read by bench/ and the report
         self.match_spans: list[int] = []  # matched suffix length per call (0 = no hit)
 

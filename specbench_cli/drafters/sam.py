@@ -1,6 +1,6 @@
 """`sam`: SAM-Decoding (Hu et al., ACL 2025; methods.md §1.3) with its defaults.
 
-Two suffix automata (datastores/sam.py): a static one over a corpus, built by
+Two suffix automata (datastores/automaton.py): a static one over a corpus, built by
 `build-index --method sam` and memory-mapped, and a dynamic one over the prompt and everything
 generated, extended by the committed tokens after every step (amortised O(1) per token). Each step:
 - dynamic match: the longest suffix of the committed text (root included) that occurs earlier in it;
@@ -26,7 +26,8 @@ from collections import Counter
 
 import numpy as np
 
-from ..datastores.sam import FrozenAutomaton, SuffixAutomaton
+from ..datastores.automaton import SuffixAutomaton
+from ..datastores.sam import SamDatastore
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 from .base import Drafter
 
@@ -63,7 +64,7 @@ class SamDecoding(Drafter):
         self.use_static = as_bool(opts["static"], "static")
         store = setup.datastores.get("sam")
         # Without a datastore (a drafter built in code) the method runs on the dynamic automaton alone.
-        self.static = FrozenAutomaton.load(store) if self.use_static and store is not None else None
+        self.static = SamDatastore(store).automaton if self.use_static and store is not None else None
 
         self.fallback_name = opts["fallback"] or "recycle"
         if self.fallback_name not in FALLBACKS:

@@ -4,7 +4,7 @@ Layout of a datastore folder:
     tokens.npy     uint32, every document followed by SENTINEL (so a match never spans two documents
                    and a continuation stops where its document ends)
     sa.npy         int32 (int64 past 2**31 tokens), the suffix array of tokens.npy
-    manifest.json  see manifest.py
+    manifest.json  see manifest.py (sizes and sha256 of both files)
 
 Token ids are uint32 because Qwen has 151,936 ids and REST's u16 storage silently wraps them. The
 sentinel is 2**32 - 1, larger than any real id, so suffixes that stop at a document end sort after
@@ -13,7 +13,6 @@ every suffix that goes on: inside the range of a query, matches with a continuat
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..types import SpecbenchError
-from .manifest import read_manifest, staged_build, write_manifest
+from .base import BuildInput, Datastore, join_documents
 
 SENTINEL = np.uint32(0xFFFF_FFFF)
 TOKENS_FILE = "tokens.npy"
@@ -162,24 +160,47 @@ class Match:
         return self.hi - self.lo
 
 
-class SuffixDatastore:
-    """A built REST datastore, memory-mapped: opening it reads only the manifest."""
+@dataclass
+class RestOptions:
+    """REST's datastore has no build options: the stream and its suffix array are fully determined."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        if self.manifest.get("method") != "rest":
-            raise SpecbenchError(
-                f"datastore {self.path} was built for method '{self.manifest.get('method')}', not 'rest'; "
-                "build one with `specbench build-index --method rest`"
-            )
-        try:
-            self.tokens = np.load(self.path / TOKENS_FILE, mmap_mode="r")
-            self.sa = np.load(self.path / SA_FILE, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise SpecbenchError(f"datastore {self.path} is damaged ({e}); rebuild it with --force") from e
-        if self.tokens.dtype != np.uint32 or len(self.sa) != len(self.tokens):
-            raise SpecbenchError(f"datastore {self.path} has inconsistent files; rebuild it with --force")
+
+class RestDatastore(Datastore):
+    """A built REST datastore, memory-mapped: opening it reads the manifest and checks the files."""
+
+    kind = "rest"
+    options_class = RestOptions
+
+    def load(self) -> None:
+        self.tokens = np.load(self.path / TOKENS_FILE, mmap_mode="r")
+        self.sa = np.load(self.path / SA_FILE, mmap_mode="r")
+
+    def validate(self) -> None:
+        # The search kernels read tokens[sa[i] + j] until a mismatch, which the final sentinel
+        # guarantees, so every suffix-array entry must point into the stream.
+        self.expect_array(TOKENS_FILE, self.tokens, (np.uint32,), 1)
+        self.expect_array(SA_FILE, self.sa, (np.int32, np.int64), 1)
+        if len(self.sa) != len(self.tokens):
+            raise self.refuse(f"{SA_FILE} has {len(self.sa):,} entries for {len(self.tokens):,} tokens")
+        if self.tokens[-1] != SENTINEL:
+            raise self.refuse(f"{TOKENS_FILE} does not end with the document separator")
+        self.expect_range(SA_FILE, self.sa, 0, len(self.tokens))
+
+    @classmethod
+    def write(cls, build: BuildInput, folder: Path) -> dict:
+        """tokens.npy (documents joined by the sentinel) and sa.npy, its suffix array."""
+        tokens, n_docs = concatenate_documents(build.docs)
+        if build.console is not None:
+            with build.console.status(f"sorting the suffixes of {tokens.size:,} tokens (libdivsufsort)"):
+                sort_seconds = write_store(tokens, folder)
+        else:
+            sort_seconds = write_store(tokens, folder)
+        return {
+            "tokens": int(tokens.size) - n_docs,  # corpus tokens, separators not counted
+            "documents": n_docs,
+            "layout": {"dtype": "uint32", "separator": int(SENTINEL), "after": "every document"},
+            "build": {"sort_seconds": round(sort_seconds, 3)},
+        }
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -241,21 +262,6 @@ class SuffixDatastore:
 # Building
 
 
-@dataclass
-class BuildStats:
-    tokens: int  # stored tokens, sentinels included
-    documents: int
-    seconds: float
-    sort_seconds: float
-    peak_rss_mb: float
-    bytes_on_disk: int
-
-
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux: the high-water mark of this process since it started.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def suffix_array(tokens: np.ndarray) -> np.ndarray:
     """Suffix array of a SENTINEL-terminated uint32 token stream, with libdivsufsort (pydivsufsort).
 
@@ -290,157 +296,14 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
 
 def concatenate_documents(docs: Iterable[np.ndarray | list[int]]) -> tuple[np.ndarray, int]:
     """One stream with a SENTINEL after every non-empty document; returns (tokens, documents)."""
-    parts: list[np.ndarray] = []
-    sep = np.array([SENTINEL], dtype=np.uint32)
-    n_docs = 0
-    for doc in docs:
-        arr = np.asarray(doc)
-        if arr.size == 0:
-            continue
-        if arr.min() < 0 or arr.max() >= int(SENTINEL):
-            raise SpecbenchError(f"token ids must lie in [0, {int(SENTINEL)}); got {arr.min()}..{arr.max()}")
-        parts.append(arr.astype(np.uint32, copy=False))
-        parts.append(sep)
-        n_docs += 1
-    if not parts:
-        raise SpecbenchError("the corpus gave no tokens: nothing to index")
-    return np.concatenate(parts), n_docs
+    return join_documents(docs, np.uint32, int(SENTINEL), int(SENTINEL) - 1)
 
 
-def write_store(tokens: np.ndarray, folder: Path) -> tuple[float, int]:
-    """Sort and save tokens.npy + sa.npy into `folder`; returns (sort seconds, bytes written)."""
+def write_store(tokens: np.ndarray, folder: Path) -> float:
+    """Sort and save tokens.npy + sa.npy into `folder`; returns the sort's seconds."""
     np.save(folder / TOKENS_FILE, tokens)
     t0 = time.perf_counter()
     sa = suffix_array(tokens)
     sort_seconds = time.perf_counter() - t0
     np.save(folder / SA_FILE, sa)
-    del sa
-    size = sum(f.stat().st_size for f in folder.iterdir())
-    return sort_seconds, size
-
-
-def build_rest_store(
-    docs: Iterable[np.ndarray | list[int]],
-    out_dir: Path,
-    manifest: dict,
-    force: bool = False,
-    console=None,
-) -> BuildStats:
-    """Build a datastore folder from token documents, atomically.
-
-    Everything is written into a temporary sibling folder that is renamed at the end, so an interrupted
-    build leaves no half-written datastore. `manifest` holds the caller's fields (tokenizer, corpus,
-    params); counts, timings and memory are added here.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise SpecbenchError(f"output folder {out_dir} already exists; pass --force to overwrite it")
-    t0 = time.perf_counter()
-    with staged_build(out_dir) as tmp:
-        tokens, n_docs = concatenate_documents(docs)
-        if console is not None:
-            with console.status(f"sorting the suffixes of {tokens.size:,} tokens (libdivsufsort)"):
-                sort_seconds, size = write_store(tokens, tmp)
-        else:
-            sort_seconds, size = write_store(tokens, tmp)
-        stats = BuildStats(
-            tokens=int(tokens.size),
-            documents=n_docs,
-            seconds=time.perf_counter() - t0,
-            sort_seconds=sort_seconds,
-            peak_rss_mb=peak_rss_mb(),
-            bytes_on_disk=size,
-        )
-        del tokens
-        full = dict(manifest)
-        full.update(
-            method="rest",
-            tokens=stats.tokens - stats.documents,  # corpus tokens, separators not counted
-            documents=stats.documents,
-        )
-        full.setdefault("build", {})
-        full["build"] = dict(full["build"]) | {
-            "seconds": round(stats.seconds, 3),
-            "sort_seconds": round(stats.sort_seconds, 3),
-            "peak_rss_mb": round(stats.peak_rss_mb, 1),
-            "bytes_on_disk": stats.bytes_on_disk,
-        }
-        full["files"] = {"tokens": TOKENS_FILE, "suffix_array": SA_FILE, "sentinel": int(SENTINEL)}
-        write_manifest(tmp, full)
-    return stats
-
-
-def build_from_token_docs(
-    docs: list[list[int]] | Iterable[np.ndarray],
-    out_dir: Path,
-    tokenizer_name: str,
-    fingerprint: str,
-    corpus: dict | None = None,
-    force: bool = False,
-) -> Path:
-    """Build a REST datastore straight from token lists (tests, benchmarks): no text, no model."""
-    from .manifest import new_manifest
-
-    manifest = new_manifest(
-        method="rest",
-        tokenizer={"name": tokenizer_name, "fingerprint": fingerprint},
-        corpus=corpus
-        or {"spec": "token-docs", "kind": "tokens", "description": "token documents given in code"},
-        params={},
-    )
-    build_rest_store(docs, Path(out_dir), manifest, force=force)
-    return Path(out_dir)
-
-
-def load_tokenizer_for(model_spec: str, options: dict):
-    """The target's tokenizer; the whole model only when models.py offers no tokenizer-only path."""
-    from .. import models
-
-    if hasattr(models, "load_tokenizer"):
-        return models.load_tokenizer(model_spec)
-    return models.load_model(
-        model_spec, options.get("dtype") or "float32", options.get("device") or "cpu"
-    ).tokenizer
-
-
-def build(model_spec: str, corpus_spec: str, out_dir: Path, options: dict, console) -> dict:
-    """`build-index --method rest`: tokenize the corpus with the target's tokenizer, then index it."""
-    from rich.console import Console
-
-    from ..models import load_model, tokenizer_fingerprint
-    from .corpus import iter_corpus, tokenize_documents
-    from .manifest import new_manifest
-
-    console = console or Console(stderr=True)
-    out_dir = Path(out_dir)
-    options = dict(options)
-    loaded = None
-    if corpus_spec.startswith("generate:"):
-        loaded = load_model(model_spec, options.get("dtype") or "float32", options.get("device") or "cpu")
-        tokenizer = loaded.tokenizer
-        options.setdefault("generated_dir", out_dir.parent / "generated")
-    else:
-        tokenizer = load_tokenizer_for(model_spec, options)
-    source = iter_corpus(corpus_spec, options, loaded=loaded, console=console)
-    manifest = new_manifest(
-        method="rest",
-        tokenizer={
-            "name": model_spec,
-            "fingerprint": tokenizer_fingerprint(tokenizer),
-            "vocab_size": len(tokenizer),
-        },
-        corpus=source.to_manifest(),
-        params={
-            "dtype": "uint32",
-            "separator": "sentinel 2**32-1 after every document",
-            "max_docs": options.get("max_docs"),
-        },
-    )
-    docs = tokenize_documents(source.texts(), tokenizer, total=source.documents, console=console)
-    stats = build_rest_store(docs, out_dir, manifest, force=bool(options.get("force")), console=console)
-    console.print(
-        f"rest datastore {out_dir}: {stats.tokens - stats.documents:,} tokens in {stats.documents:,} documents, "
-        f"{stats.bytes_on_disk / 2**20:,.1f} MiB, built in {stats.seconds:.1f} s "
-        f"(sort {stats.sort_seconds:.1f} s), peak memory {stats.peak_rss_mb:,.0f} MiB"
-    )
-    return read_manifest(out_dir)
+    return sort_seconds
