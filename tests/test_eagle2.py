@@ -192,7 +192,7 @@ def test_eval_refuses_a_bad_head_in_one_line_and_writes_nothing(tmp_path, head_d
 
     from test_cli import QUESTIONS, assert_one_line_error, eval_args, run
 
-    from specbench_cli.datastores.corpus import file_sha256
+    from specbench_cli.files import sha256_file
 
     out = tmp_path / "run"
     assert_one_line_error(run(*eval_args(out, "--methods", "ar,eagle2")), "--draft-head")
@@ -202,7 +202,7 @@ def test_eval_refuses_a_bad_head_in_one_line_and_writes_nothing(tmp_path, head_d
     leaky = tmp_path / "leaky"
     shutil.copytree(head_dir, leaky)
     manifest = json.loads((leaky / "manifest.json").read_text())
-    manifest["corpus"]["files"] = [{"name": str(QUESTIONS), "sha256": file_sha256(Path(QUESTIONS))}]
+    manifest["corpus"]["files"] = [{"name": str(QUESTIONS), "sha256": sha256_file(QUESTIONS)}]
     (leaky / "manifest.json").write_text(json.dumps(manifest))
     assert_one_line_error(run(*eval_args(out, "--methods", "ar,eagle2", "--draft-head", str(leaky))), "leaks")
     assert_one_line_error(

@@ -45,8 +45,8 @@ class PromptSet:
 def load_prompt_set(sources: list[str], loaded: LoadedModel, max_prompts: int | None) -> PromptSet:
     """First turns of each prompt file (JSON/JSONL) or suite spec, at most `max_prompts` from each,
     as chat-template prompt ids. Every source's sha256 goes into the manifest (eval's overlap check)."""
-    from ..datastores.corpus import load_prompts
-    from ..suites import build_prompt_ids
+    from ..datastores.generate import load_prompts
+    from ..prompts import build_prompt_ids
 
     ids: list[list[int]] = []
     files, names = [], []
