@@ -174,7 +174,8 @@ def print_method_options(out: Console, method: str) -> None:
     cls = DRAFTERS.get(method)
     out.print(f"[bold]{method}[/bold]: {DRAFTERS.describe(method)}", highlight=False)
     needs = [
-        ("--draft-model", cls.needs_draft_model),
+        ("--draft-model" + (" (or --draft-head)" if cls.host_on_draft_head else ""), cls.needs_draft_model),
+        ("--draft-head", cls.needs_draft_head),
         (f"--datastore ({cls.datastore_kind})", cls.datastore_kind),
     ]
     needs_text = ", ".join(flag for flag, needed in needs if needed) or "nothing else"
@@ -240,6 +241,10 @@ def eval_command(
         ),
     ] = "",
     draft_model: Annotated[str | None, typer.Option(help="Draft model for sps (same tokenizer).")] = None,
+    draft_head: Annotated[
+        Path | None,
+        typer.Option(help="EAGLE head folder from train-head: eagle2, and the host tree of rasd/respec."),
+    ] = None,
     datastore: Annotated[
         list[Path] | None, typer.Option(help="Datastore folder from build-index; repeatable.")
     ] = None,
@@ -298,6 +303,7 @@ def eval_command(
             out=out,
             baselines=split_csv([baselines]),
             draft_model=draft_model,
+            draft_head=draft_head,
             datastores=list(datastore or []),
             limit=limit,
             max_new_tokens=max_new_tokens,
@@ -457,6 +463,47 @@ def build_index_command(
             "device": dev,
         }
         build_index(method, model, corpus, out, options, console)
+
+
+@app.command("train-head")
+def train_head_command(
+    model: Annotated[str, typer.Option(help="Target model the head drafts for (it stays frozen).")],
+    prompts: Annotated[
+        list[str],
+        typer.Option(
+            help="Prompt file (.jsonl/.json: gsm8k/train.jsonl, CodeAlpaca) or suite spec; repeatable."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Head folder: weights, manifest, curve; rerun to resume.")],
+    max_prompts: Annotated[
+        int | None, typer.Option(help="Use at most this many prompts of each source.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the answers.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Prompts answered at once (generation).")] = 64,
+    train_batch: Annotated[int, typer.Option(help="Sequences per training step.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 256,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 3e-4,
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Train an EAGLE draft head on the target's own answers (for eagle2, and rasd/respec hosts)."""
+    with user_errors():
+        from .head.command import run_train_head
+        from .head.train import TrainSettings
+
+        settings = TrainSettings(epochs=epochs, lr=lr, batch_sequences=train_batch)
+        run_train_head(
+            model,
+            split_csv(prompts),
+            out,
+            settings,
+            max_prompts,
+            batch_size,
+            max_new_tokens,
+            device,
+            dtype,
+            console,
+        )
 
 
 def main() -> None:

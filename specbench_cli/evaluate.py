@@ -49,6 +49,9 @@ class EvalConfig:
     out: Path
     baselines: list[str] = field(default_factory=list)  # transformers' own generate (baselines.py)
     draft_model: str | None = None
+    draft_head: Path | None = (
+        None  # an EAGLE head folder (`specbench train-head`): eagle2, and the hybrids' host
+    )
     datastores: list[Path] = field(default_factory=list)
     limit: int | None = None
     max_new_tokens: int = 256
@@ -72,6 +75,7 @@ class EvalConfig:
         d = asdict(self)
         d["out"] = str(self.out)
         d["datastores"] = [str(p) for p in self.datastores]
+        d["draft_head"] = str(self.draft_head) if self.draft_head else None
         return d
 
 
@@ -425,9 +429,20 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         if not s.questions:
             raise SpecbenchError(f"suite '{s.name}' has no questions")
     classes = {m: DRAFTERS.get(method_name(m)) for m in cfg.methods}
-    needs_draft = [m for m, c in classes.items() if c.needs_draft_model]
+    needs_draft = [
+        m for m, c in classes.items() if c.needs_draft_model and not (c.host_on_draft_head and cfg.draft_head)
+    ]
     if needs_draft and not cfg.draft_model:
         raise SpecbenchError(f"method(s) {', '.join(needs_draft)} need --draft-model")
+    needs_head = [m for m, c in classes.items() if c.needs_draft_head]
+    if needs_head and not cfg.draft_head:
+        raise SpecbenchError(
+            f"method(s) {', '.join(needs_head)} need --draft-head DIR (from `specbench train-head`)"
+        )
+    if cfg.draft_head is not None:
+        from .head.model import read_manifest
+
+        read_manifest(cfg.draft_head)  # a folder that is no head fails here, before anything loads
     stores = datastores_by_method(cfg.datastores)
     for m, c in classes.items():
         if c.datastore_kind and c.datastore_kind not in stores:
@@ -439,7 +454,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     # Cheap checks passed: claim the folder (created here if new, removed again if the run fails
     # before its first write) and hold it while the model loads, so no second eval can interleave.
     hold.enter_context(run_folder_lock(cfg.out, cfg.resume))
-    config = base_config(cfg, device, dtype, suites, stores)
+    # The draft head is recorded like a datastore (path + manifest sha256: what --resume compares).
+    head_store = {"draft-head": cfg.draft_head} if cfg.draft_head else {}
+    config = base_config(cfg, device, dtype, suites, stores | head_store)
     if cfg.resume:
         check_resume(cfg.out, config, final=False)  # before the slow model load
 
@@ -460,6 +477,13 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
             store_notes[f"{kind}:{s.name}"] = check_datastore(
                 path, kind, fingerprint, s.name, s.sha256, cfg.force_datastore
             )
+    if cfg.draft_head is not None:
+        from .head.model import check_head_for_eval
+
+        # Another target's head, or one trained on an evaluated suite, is refused here.
+        store_notes["draft-head:all"] = check_head_for_eval(
+            cfg.draft_head, target, suites, cfg.force_datastore
+        )
 
     engine_kind, engine_reason = resolve_engine(cfg.engine, device, [m for m in (target, draft) if m])
     console.print(f"engine: {engine_kind} ({engine_reason})", highlight=False)
@@ -476,6 +500,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
             temperature=cfg.temperature,
             seed=cfg.seed,
             runners=engine.runners,  # draft models run on the target's execution path
+            draft_head=cfg.draft_head,
         )
         drafters[m] = cls(setup)
 

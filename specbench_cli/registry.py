@@ -87,11 +87,18 @@ DRAFTERS = Registry(
             "specbench_cli.drafters.sps_tree:DraftModelTree",
             "draft-model SD: EAGLE-2-style dynamic tree (top-10, depth 6, 60 nodes) from --draft-model",
         ),
+        "eagle2": (
+            "specbench_cli.drafters.eagle2:Eagle2",
+            "EAGLE-2: dynamic tree (top-10, depth 6, 59 nodes) from an EAGLE head (--draft-head)",
+        ),
         "sam": (
             "specbench_cli.drafters.sam:SamDecoding",
             "SAM-decoding: static + dynamic suffix automata (40-token chains), recycle fallback",
         ),
-        "rasd": ("specbench_cli.drafters.rasd:Rasd", "RASD: sps-tree + pruned retrieval trie, fused"),
+        "rasd": (
+            "specbench_cli.drafters.rasd:Rasd",
+            "RASD: sps-tree (or eagle2 with --draft-head) + pruned retrieval trie, fused",
+        ),
         "respec": ("specbench_cli.drafters.respec:ReSpec", "ReSpec: entropy-gated retrieval, relaxed: lossy"),
         "rest": (
             "specbench_cli.drafters.rest:Rest",

@@ -124,6 +124,10 @@ class DraftContext:
     (chosen by the target but not yet run through it). `hidden` and `logits` are the target's final
     hidden state and logits at the position that produced the root (only filled in when the drafter
     sets `needs_hidden_states` / `needs_logits`), taken from the verifier's own forward.
+    `features` (only for a drafter that sets `needs_features`, e.g. an EAGLE head) holds in rows
+    [0, len(tokens) - 1) the target's final hidden state at every committed position (the prompt's
+    from the prefill, the accepted path's from each verification); it is one buffer per generation,
+    written in place, so a reference kept from an earlier step stays current.
     """
 
     tokens: list[int]
@@ -131,6 +135,7 @@ class DraftContext:
     temperature: float = 0.0
     hidden: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 @dataclass
@@ -229,13 +234,18 @@ class MethodSetup:
     temperature: float = 0.0
     seed: int = 0
     runners: Any = None  # engine.factory.RunnerFactory; None = eager runners of 4,096 slots
+    draft_head: Path | None = None  # --draft-head: an EAGLE head folder from `specbench train-head`
 
     def draft_runner(self, max_nodes: int = 63) -> Any:
         """A runner for the draft model, of the kind the engine chose (drafters never build their own)."""
         if self.draft is None:
             raise SpecbenchError("this method needs --draft-model")
+        return self.runner_for(self.draft.model, max_nodes)
+
+    def runner_for(self, model: Any, max_nodes: int = 63) -> Any:
+        """A runner for any draft network (a draft model, an EAGLE head) from the engine's factory."""
         if self.runners is None:
             from .engine.factory import RunnerFactory
 
             self.runners = RunnerFactory()
-        return self.runners.make(self.draft.model, max_nodes)
+        return self.runners.make(model, max_nodes)

@@ -2,7 +2,8 @@
 
 Parametrised over every registered method, so a new drafter is covered the moment it is registered.
 A method that needs a datastore gets one built here from token documents; add its builder to
-TEST_DATASTORES when adding a datastore kind (the test fails loudly until you do).
+TEST_DATASTORES when adding a datastore kind (the test fails loudly until you do). A method that
+drafts with an EAGLE head gets a tiny one trained here (test_eagle2.build_tiny_head).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 import pytest
 import torch
 from test_dresd import _dresd_store
+from test_eagle2 import build_tiny_head
 
 from specbench_cli.drafters.ar import Autoregressive
 from specbench_cli.drafters.base import Drafter
@@ -106,8 +108,14 @@ def assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp
             f"add a test datastore builder for '{cls.datastore_kind}'"
         )
         stores[cls.datastore_kind] = TEST_DATASTORES[cls.datastore_kind](tmp_dir, tiny, store_docs)
+    # A method drafting with an EAGLE head gets one trained here, in a few steps, on tiny-random's answers.
+    head = build_tiny_head(tmp_dir / "head", tiny) if cls.needs_draft_head else None
     setup = MethodSetup(
-        target=tiny, draft=tiny_draft if cls.needs_draft_model else None, datastores=stores, options=options
+        target=tiny,
+        draft=tiny_draft if cls.needs_draft_model else None,
+        datastores=stores,
+        options=options,
+        draft_head=head,
     )
     drafter = cls(setup)
     assert drafter.lossless

@@ -27,11 +27,14 @@ class Drafter:
     name: ClassVar[str] = "base"
     needs_hidden_states: ClassVar[bool] = False  # ctx.hidden = target's last hidden state
     needs_logits: ClassVar[bool] = False  # ctx.logits = target's logits at the last position
+    needs_features: ClassVar[bool] = False  # ctx.features = target's hidden state at every committed position
     # k > 0: every StepFeedback carries `node_topk`, the top-k token ids of the target's logits at every
     # input the verifier forwarded (root and all draft nodes), read back with the verifier's own choices
     # in one host copy (Token Recycling). A plain attribute, so a wrapper may set it per instance (sam).
     needs_node_topk: ClassVar[int] = 0
     needs_draft_model: ClassVar[bool] = False  # setup.draft must be given (--draft-model)
+    needs_draft_head: ClassVar[bool] = False  # setup.draft_head must be given (--draft-head)
+    host_on_draft_head: ClassVar[bool] = False  # --draft-head replaces --draft-model as its host tree
     datastore_kind: ClassVar[str | None] = None  # which `build-index --method` this drafter reads
     lossless: ClassVar[bool] = True  # False: the report keeps it out of lossless rankings
     lossless_options: ClassVar[dict] = {}  # for a lossy method: the options that make it lossless
@@ -42,9 +45,17 @@ class Drafter:
     def __init__(self, setup: MethodSetup, options: Any = None):
         """`options`: already parsed (a hybrid building its host); None parses `setup.options`."""
         self.setup = setup
-        if self.needs_draft_model and setup.draft is None:
+        if (
+            self.needs_draft_model
+            and setup.draft is None
+            and not (self.host_on_draft_head and setup.draft_head)
+        ):
             raise SpecbenchError(
                 f"method '{self.name}' needs --draft-model (a small model with the target's tokenizer)"
+            )
+        if self.needs_draft_head and setup.draft_head is None:
+            raise SpecbenchError(
+                f"method '{self.name}' needs --draft-head DIR (an EAGLE head from `specbench train-head`)"
             )
         self.routed_options: dict[str, dict[str, Any]] = {}  # "fallback" -> its own raw options
         if options is None:

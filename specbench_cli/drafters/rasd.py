@@ -2,11 +2,14 @@
 
 Each step, one after the other (as in the paper; running them in parallel is its stated open item):
 1. the host draft tree: `sps-tree` (EAGLE-2's dynamic tree grown with --draft-model), up to 60 nodes,
-   each with its cumulative draft log-probability;
+   each with its cumulative draft log-probability; with --draft-head, `eagle2` (the EAGLE head the
+   paper builds on) instead;
 2. the retrieval tree: the trie of the candidates of `--method-opt rasd.retriever=` (pld by default,
    rest or dresd with their --datastore), up to 64 nodes;
 3. pruning: ONE draft-model forward over the retrieval trie (tree attention, on top of the draft
-   cache the host just caught up) scores every retrieved node by its cumulative draft probability;
+   cache the host just caught up; with an EAGLE head one head forward per level, since each level
+   needs its parent's predicted feature) scores every retrieved node by its cumulative draft
+   probability, through the host's public `score`;
    a node below `prune_min_prob` (0 by default), and with it its subtree, is dropped;
 4. fusion by longest-prefix matching: each retrieved path walks down the host tree while its tokens
    match and hangs the rest of itself there as a new branch. When the union exceeds the node budget
@@ -29,12 +32,13 @@ from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 from .base import Drafter
 from .retrieval import Retriever, RetrieverOptions
-from .sps_tree import DraftModelTree, SpsTreeOptions
+from .sps_tree import SpsTreeOptions, host_tree
 
 
 @dataclass
 class RasdOptions(SpsTreeOptions, RetrieverOptions):
-    """RASD's own options, plus the host tree's (sps-tree) and the retriever's under their own names."""
+    """RASD's own options, plus the host tree's (sps-tree or eagle2) and the retriever's under their
+    own names."""
 
     budget: int = option(80, "nodes of the fused tree", "ours: the paper gives none (ablated)", minimum=1)
     retrieval_nodes: int = option(
@@ -124,6 +128,7 @@ def fuse_trees(
 class Rasd(Drafter):
     name = "rasd"
     needs_draft_model = True
+    host_on_draft_head = True
     options_class = RasdOptions
     stat_names = {
         "retrieval_seconds": "time in the retriever",
@@ -137,10 +142,11 @@ class Rasd(Drafter):
         super().__init__(setup)
         self.budget, self.retrieval_nodes = self.opts.budget, self.opts.retrieval_nodes
         self.prune_min_prob = self.opts.prune_min_prob
-        self.host = DraftModelTree(setup, subset(SpsTreeOptions, self.opts))
+        self.host = host_tree(setup, subset(SpsTreeOptions, self.opts))
         self.retriever = Retriever(subset(RetrieverOptions, self.opts), setup, "rasd")
         # DReSD queries with the target's hidden state; the engine reads this flag per instance.
         self.needs_hidden_states = self.retriever.needs_hidden_states
+        self.needs_features = self.host.needs_features  # an EAGLE head host reads the target's features
         self.last_origin: list[str] = []  # origin of every node of the last fused tree
 
     def reset(self, prompt_ids: list[int]) -> None:
@@ -156,7 +162,7 @@ class Rasd(Drafter):
         host = self.host.grow(ctx)
         root_logp = host.root_logprobs
         if root_logp is None:  # total_nodes=0: retrieval only, but the draft cache must still catch up
-            root_logp = torch.log_softmax(self.host.root_logits(ctx.tokens, self.retrieval_nodes + 1), dim=-1)
+            root_logp = torch.log_softmax(self.host.root_logits(ctx, self.retrieval_nodes + 1), dim=-1)
         start = time.perf_counter()
         cands = self.retriever.candidates(ctx, self.retrieval_nodes)
         self.count("retrieval_seconds", time.perf_counter() - start)

@@ -6,7 +6,8 @@ arXiv 2511.01282). Lossy by default: `--method-opt respec.relaxed=off` makes it 
   last l = 3 steps, H_k is the mean of the last k entropies and C_k = H_k + lambda_e / k; the step
   retrieves when the H_k of the smallest C_k is at most theta = 1.5 (the paper's theta and l;
   lambda_e = 1.0 as in a public re-implementation, methods.md §7). Otherwise, or when retrieval finds
-  nothing worth verifying, the step drafts with the model tree (`sps-tree`, --draft-model).
+  nothing worth verifying, the step drafts with the host tree (`sps-tree` on --draft-model, or
+  `eagle2` on --draft-head).
   The engine hands over one distribution per step, so the "last k positions" are the roots of the
   last k steps, not the last k tokens.
 - WHAT, feedback-driven candidates: the retriever (context matches at several positions by default;
@@ -33,7 +34,7 @@ from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 from .base import Drafter
 from .retrieval import Candidate, Retriever, RetrieverOptions
-from .sps_tree import DraftModelTree, SpsTreeOptions
+from .sps_tree import SpsTreeOptions, host_tree
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method respec` stays light
     import torch
@@ -44,7 +45,8 @@ REIMPLEMENTATION = "a public re-implementation of ReSpec's Algorithm 1"
 
 @dataclass
 class ReSpecOptions(SpsTreeOptions, RetrieverOptions):
-    """ReSpec's own options, plus the host tree's (sps-tree) and the retriever's under their own names."""
+    """ReSpec's own options, plus the host tree's (sps-tree or eagle2) and the retriever's under their
+    own names."""
 
     relaxed: bool = option(True, "relaxed verification of retrieved nodes (off: lossless)", PAPER)
     relaxed_topk: int = option(
@@ -130,6 +132,7 @@ class ReSpec(Drafter):
     name = "respec"
     needs_logits = True
     needs_draft_model = True
+    host_on_draft_head = True
     lossless = False  # the default (relaxed on); an instance with relaxed=off sets its own True
     lossless_options = {"relaxed": False}  # the options that make it lossless (for the lossless test)
 
@@ -151,9 +154,10 @@ class ReSpec(Drafter):
         self.num_candidates, self.budget, self.fallback_k = o.num_candidates, o.budget, o.fallback_k
         # The report reads this to keep a relaxed run out of the lossless rankings.
         self.lossless = not self.relaxed
-        self.host = DraftModelTree(setup, subset(SpsTreeOptions, o))
+        self.host = host_tree(setup, subset(SpsTreeOptions, o))
         self.retriever = Retriever(subset(RetrieverOptions, o), setup, "respec")
         self.needs_hidden_states = self.retriever.needs_hidden_states
+        self.needs_features = self.host.needs_features  # an EAGLE head host reads the target's features
         self.entropies: list[float] = []  # one per step of this turn
         self.scores: dict[tuple, float] = {}  # candidate key -> feedback score
         self.last_used: list[Candidate] = []  # candidates verified in the last step
@@ -185,7 +189,7 @@ class ReSpec(Drafter):
                 self.last_used = chosen
                 self.count("retrieval_steps")
                 return self.retrieval_tree(ctx, chosen, budget)
-        return self.host.propose(ctx)
+        return self.host.grow(ctx).tree
 
     def retrieval_tree(self, ctx: DraftContext, chosen: list[Candidate], budget: int) -> DraftTree:
         """The chosen candidates as one trie (marked relaxed when relaxed is on), plus the draft model's
@@ -200,7 +204,7 @@ class ReSpec(Drafter):
         relaxed = [self.relaxed] * len(tokens)
         room = min(self.fallback_k, budget - len(tokens))
         if room > 0:
-            root_logits = self.host.root_logits(ctx.tokens, headroom=1)
+            root_logits = self.host.root_logits(ctx, headroom=1)
             firsts = {t for t, p in zip(tokens, parents) if p < 0}
             for tok in root_logits.topk(room + len(firsts)).indices.tolist():
                 if tok not in firsts and room > 0:

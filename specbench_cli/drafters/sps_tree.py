@@ -1,22 +1,13 @@
 """`sps-tree`: a dynamic draft tree grown with the small draft model (EAGLE-2's tree, SpS's drafter).
 
-EAGLE-2 drafts with a feature-level head; we have a small LM with the target's tokenizer instead, and
-grow the same tree with it (EAGLE-2's defaults, methods.md §1.7):
-- level 1: the top_k (10) children of the root, scored by their draft log-probability;
-- each further level: ONE draft forward over the frontier (the top_k nodes of the level above by
-  cumulative log-probability), each expanded into its top_k children: top_k * top_k candidates, all
-  kept as candidates, of which the top_k best become the next frontier; `depth` (6) levels in all,
-  which is EAGLE-2's depth=5 expansions after the first;
-- finally the best `total_nodes` (60) candidates by cumulative log-probability form the tree.
-A child's cumulative log-probability never exceeds its parent's (log p <= 0, and float addition is
-monotone), so the best N nodes form a closed tree; ties go to the shallower, earlier node, and the
-selection still skips any node whose parent is out, so the tree is closed whatever the numbers.
-Nodes come out best first, so every prefix of the node list is itself the best smaller tree.
+EAGLE-2 drafts with a feature-level head (`eagle2`); here a small LM with the target's tokenizer grows
+the same tree (`dynamic_tree.grow_tree`, EAGLE-2's defaults: top_k 10, depth 6 levels, 60 nodes).
 
 Methods built on this tree (rasd, respec) compose it through three public calls and nothing else:
-`grow(ctx)` (the tree with every node's draft log-probabilities), `root_logits(tokens, headroom)`
+`grow(ctx)` (the tree with every node's draft log-probabilities), `root_logits(ctx, headroom)`
 (the draft cache brought up to the context, and the draft's logits after the root) and
 `score(tree, root_logprobs)` (any other tree hanging off the root, scored by the draft model).
+`eagle2` offers the same three calls, so `host_tree` gives a hybrid either one.
 
 The draft model keeps its own slot cache in step with the committed tokens (as `sps` does). The
 frontier forwards write their K/V after the committed slots without committing them: each sees the
@@ -28,16 +19,19 @@ draw accepts a child with the target's probability of it, so the tree only decid
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..options import option
+from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
+from .dynamic_tree import ScoredTree, grow_tree
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method sps-tree` stays light
     import torch
+
+    from .eagle2 import Eagle2
 
 
 @dataclass
@@ -56,17 +50,6 @@ class SpsTreeOptions:
     )
 
 
-@dataclass
-class ScoredTree:
-    """A grown tree and what the draft model said about it, node by node."""
-
-    tree: DraftTree
-    node_logprobs: list[float] = field(default_factory=list)  # cumulative log-probability of the path
-    token_logprobs: list[float] = field(default_factory=list)  # log-probability of the token given its parent
-    root_logprobs: torch.Tensor | None = None  # (V,) draft log-probs after the root; None: no draft ran
-    expanded_logprobs: dict[int, torch.Tensor] = field(default_factory=dict)  # node -> (V,) of its children
-
-
 class DraftModelTree(Drafter):
     name = "sps-tree"
     needs_draft_model = True
@@ -82,8 +65,9 @@ class DraftModelTree(Drafter):
         self.runner.reset()
         self.seen = []
 
-    def root_logits(self, tokens: list[int], headroom: int) -> torch.Tensor:
-        """Bring the draft cache to `tokens` (leaving `headroom` free slots); return the logits after the last."""
+    def root_logits(self, ctx: DraftContext, headroom: int) -> torch.Tensor:
+        """Bring the draft cache to `ctx.tokens` (with `headroom` free slots); return the logits after it."""
+        tokens = ctx.tokens
         keep = min(common_prefix(self.seen, tokens), len(tokens) - 1)  # always rerun the last: its logits
         self.runner.rewind(keep)
         todo = tokens[keep:]
@@ -107,64 +91,13 @@ class DraftModelTree(Drafter):
         if budget <= 0:
             return ScoredTree(DraftTree.empty())
         k = min(self.top_k, self.runner.model.get_output_embeddings().weight.shape[0])
-        root_logp = torch.log_softmax(self.root_logits(ctx.tokens, (self.depth - 1) * k + 1), dim=-1)
-        # Candidate pool, host-side lists indexed by candidate id; parents precede children.
-        val, idx = root_logp.topk(k)
-        tok, parent, score, own, depth = idx.tolist(), [-1] * k, val.tolist(), val.tolist(), [1] * k
-        expanded: dict[int, torch.Tensor] = {}  # candidate -> log-probs of its children
-        frontier = list(range(k))
-        front_score = val  # (n,) on the device: cumulative log-probability of each frontier node
-        slot_of: dict[int, int] = {}  # candidate -> its pending slot (0-based after the committed ones)
-        slot_parents: list[int] = []  # parent slot of every pending slot (-1: a child of the root)
-        for level in range(2, self.depth + 1):
-            n = len(frontier)
-            for c in frontier:
-                slot_of[c] = len(slot_parents)
-                slot_parents.append(slot_of[parent[c]] if parent[c] >= 0 else -1)
-            # The frontier runs after the earlier levels' pending slots, which it may attend to.
-            logits, _ = self.runner.forward([tok[c] for c in frontier], slot_parents)
-            logp = torch.log_softmax(logits, dim=-1)
-            val, idx = logp.topk(k, dim=-1)  # (n, k)
-            cum = (val + front_score[:, None]).flatten()
-            front_score, best = cum.topk(min(k, n * k))
-            # One device-to-host copy per level (each .tolist() would be a sync of its own).
-            # float64 holds every token id and float32 score exactly.
-            nk = n * k
-            host = torch.cat([idx.flatten().double(), cum.double(), val.flatten().double(), best.double()])
-            host = host.tolist()
-            first = len(tok)
-            for i, c in enumerate(frontier):
-                expanded[c] = logp[i]
-            tok += [int(t) for t in host[:nk]]
-            parent += [c for c in frontier for _ in range(k)]
-            score += host[nk : 2 * nk]
-            own += host[2 * nk : 3 * nk]
-            depth += [level] * nk
-            frontier = [first + int(b) for b in host[3 * nk :]]
+        root_logp = torch.log_softmax(self.root_logits(ctx, (self.depth - 1) * k + 1), dim=-1)
 
-        # Best `budget` candidates; ties: shallower, then earlier. A node whose parent was not taken is
-        # skipped (cannot happen with exact arithmetic, kept so the tree is closed regardless).
-        order = sorted(range(len(tok)), key=lambda c: (-score[c], depth[c], c))
-        node_of: dict[int, int] = {}
-        tokens, parents = [], []
-        node_logprobs, token_logprobs = [], []
-        for c in order:
-            if len(tokens) >= budget:
-                break
-            if parent[c] >= 0 and parent[c] not in node_of:
-                continue
-            node_of[c] = len(tokens)
-            tokens.append(tok[c])
-            parents.append(node_of[parent[c]] if parent[c] >= 0 else -1)
-            node_logprobs.append(score[c])
-            token_logprobs.append(own[c])
-        return ScoredTree(
-            DraftTree(tuple(tokens), tuple(parents)),
-            node_logprobs,
-            token_logprobs,
-            root_logp,
-            {node_of[c]: row for c, row in expanded.items() if c in node_of},
-        )
+        def expand(tokens: list[int], slot_parents: list[int], rows: list[int] | None) -> torch.Tensor:
+            # The frontier runs after the earlier levels' pending slots, which it may attend to.
+            return self.runner.forward(tokens, slot_parents)[0]
+
+        return grow_tree(root_logp, expand, self.top_k, self.depth, budget)
 
     def score(self, tree: DraftTree, root_logprobs: torch.Tensor) -> list[float]:
         """Cumulative draft log-probability of every node of `tree`, any tree hanging off the current root.
@@ -208,3 +141,14 @@ class DraftModelTree(Drafter):
 
     def describe(self) -> dict:
         return super().describe() | {"draft_model": self.setup.draft.name if self.setup.draft else None}
+
+
+def host_tree(setup: MethodSetup, options: SpsTreeOptions) -> DraftModelTree | Eagle2:
+    """The host tree a hybrid method (rasd, respec) builds on, with the host's own options: `eagle2`
+    on the EAGLE head when --draft-head is given (as in the RASD and ReSpec papers), else `sps-tree`.
+    Both offer the same public calls (`grow`, `root_logits`, `score`); the hybrid uses nothing else."""
+    if setup.draft_head is not None:
+        from .eagle2 import Eagle2, Eagle2Options
+
+        return Eagle2(setup, subset(Eagle2Options, options))
+    return DraftModelTree(setup, options)

@@ -169,6 +169,7 @@ class CompiledRunner(Runner):
         parents: list[int] | None = None,
         want_hidden: bool = False,
         last_only: bool = False,
+        all_hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Same contract as `ModelRunner.forward`; the returned tensors are the caller's own."""
         n = len(tokens)
@@ -179,7 +180,7 @@ class CompiledRunner(Runner):
             size if pending == 0 else next((b for b in self.buckets if size and b >= pending + size), None)
         )
         if size is None or width is None:  # a long prompt or a wide tree: eager, variable length
-            return self._eager_forward(tokens, parents, want_hidden, last_only)
+            return self._eager_forward(tokens, parents, want_hidden, last_only, all_hidden)
 
         bucket = self._bucket(size, width, want_hidden)
         self.forwards += 1
@@ -200,7 +201,7 @@ class CompiledRunner(Runner):
         rows = slice(n - 1, n) if last_only else slice(0, n)
         # Graph outputs are overwritten by the next replay: hand out copies (cheap next to a forward).
         logits = logits[rows].clone()
-        hidden = hidden[rows].clone() if want_hidden else None
+        hidden = hidden[slice(0, n) if all_hidden else rows].clone() if want_hidden else None
         return logits, hidden
 
     def _move(self, kept: list[int]) -> None:

@@ -104,7 +104,8 @@ def generate(
     """`margins`: also record, per output token, the top-1 logit and the top-1/top-2 margin of the row
     that chose it (kept on the device, read once at the end: one small top-k per step)."""
     runner, clock = engine.runner, engine.clock
-    want_hidden = drafter.needs_hidden_states
+    want_features = drafter.needs_features
+    want_hidden = drafter.needs_hidden_states or want_features
     want_logits = drafter.needs_logits
     topk = drafter.needs_node_topk  # > 0: the drafter learns the top-k of every forwarded input
     vopts = drafter.verify_options()
@@ -114,7 +115,14 @@ def generate(
     wall_start = time.perf_counter()
     start = clock.mark()
     drafter.reset(list(prompt_ids))
-    logits, hidden = runner.forward(list(prompt_ids), want_hidden=want_hidden, last_only=True)
+    logits, hidden = runner.forward(
+        list(prompt_ids), want_hidden=want_hidden, last_only=True, all_hidden=want_features
+    )
+    features = None
+    if want_features:
+        # Row j: the target's final hidden state at committed position j (ctx.features).
+        features = hidden.new_empty((runner.max_len, hidden.shape[-1]))
+        features[: len(prompt_ids)] = hidden
     runner.commit(list(range(len(prompt_ids))))
     root = sample_tokens(logits[-1:], temperature, generator)[0]
     top2 = [logits[-1:].float().topk(2, dim=-1).values] if margins else []
@@ -139,6 +147,7 @@ def generate(
             temperature=temperature,
             hidden=last_hidden if want_hidden else None,
             logits=last_logits if want_logits else None,
+            features=features,
         )
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
         t1 = clock.mark()
@@ -152,6 +161,8 @@ def generate(
         kept = [0] + [tree.input_of(n) for n in verdict.accepted_nodes]
         if margins:  # row kept[j] chose committed token j
             top2.append(logits[kept].float().topk(2, dim=-1).values)
+        if features is not None:
+            features[runner.length : runner.length + len(kept)] = hidden[kept]
         runner.commit(kept)
         last = kept[-1]
         last_logits = logits[last]

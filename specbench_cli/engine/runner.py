@@ -91,7 +91,12 @@ class Runner:
         return nullcontext()
 
     def _eager_forward(
-        self, tokens: list[int], parents: list[int] | None, want_hidden: bool, last_only: bool
+        self,
+        tokens: list[int],
+        parents: list[int] | None,
+        want_hidden: bool,
+        last_only: bool,
+        all_hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward of any length over the live prefix of the cache, with a dense additive mask."""
         n, dev = len(tokens), self.device
@@ -110,8 +115,8 @@ class Runner:
         slots.write = torch.arange(start, start + n, device=dev)
         slots.visible = start + n  # only the live prefix: a variable-length forward needs no static shape
         # Only the last row's logits when that is all the caller wants (a long prompt's full logits
-        # would be n x vocab floats).
-        keep = {"logits_to_keep": 1} if last_only and not want_hidden and self._takes_logits_to_keep else {}
+        # would be n x vocab floats); hidden states are the model's outputs, every row regardless.
+        keep = {"logits_to_keep": 1} if last_only and self._takes_logits_to_keep else {}
         try:
             with self._eager_context():
                 out = self.model(
@@ -127,7 +132,7 @@ class Runner:
             slots.visible = self._static_visible
         logits = out.logits[0, -1:] if last_only else out.logits[0]
         hidden = out.hidden_states[-1][0] if want_hidden else None
-        if last_only and hidden is not None:
+        if last_only and hidden is not None and not all_hidden:
             hidden = hidden[-1:]
         return logits.float(), hidden
 
@@ -152,11 +157,12 @@ class ModelRunner(Runner):
         parents: list[int] | None = None,
         want_hidden: bool = False,
         last_only: bool = False,
+        all_hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward over `tokens` (a chain when `parents` is None; see the module doc for pending slots).
 
         Returns logits (n, V) in float32 (or (1, V) with last_only) and, with want_hidden, the final
-        hidden states (n, H) (last row only with last_only).
+        hidden states (n, H) (last row only with last_only, unless all_hidden).
         """
         self._check_room(0 if parents is None else len(parents) - len(tokens), len(tokens))
-        return self._eager_forward(tokens, parents, want_hidden, last_only)
+        return self._eager_forward(tokens, parents, want_hidden, last_only, all_hidden)
