@@ -199,7 +199,7 @@ def main() -> None:
             **summary,
             "speedup_vs_ar": summary["tokens_per_s"] / ar_summary["tokens_per_s"],
             **quality(prompts, gens, ref_gens, target.tokenizer, ar_pass),
-            "stats": getattr(drafter, "stats", {}),
+            "stats": drafter.stats(),
         }
         result["configs"].append(row)
         print(

@@ -328,7 +328,7 @@ def peer(work: Path, n_queries: int) -> dict:
     mismatches = []
     for i, (ctx, ref) in enumerate(qs):
         tree = ours(ctx)
-        span = drafter.match_spans[-1]
+        span = drafter.last_match_span
         o_span, o_conts = oracle(tokens, ctx)
         stats["span_equal"] += span == o_span
         stats["hits"] += span > 0

@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, faiss, pandas) are imported inside the com
 from __future__ import annotations
 
 import errno
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,22 +141,83 @@ def split_csv(values: list[str]) -> list[str]:
 
 
 @app.command("ls")
-def ls_command() -> None:
-    """List methods, suites and model aliases, one line each."""
+def ls_command(
+    method: Annotated[
+        str | None, typer.Option(help="Show this method's options (--method-opt METHOD.KEY=VALUE).")
+    ] = None,
+) -> None:
+    """List methods, datastore kinds, suites and model aliases, one line each; or one method's options."""
     from .models import ALIASES
-    from .registry import DRAFTERS
-    from .suites import SUITES
+    from .registry import DATASTORES, DRAFTERS, SUITES
 
     out = stdout_console()
-    out.print("[bold]methods[/bold]")
-    for name in DRAFTERS.names():
-        out.print(f"  {name:<12} {DRAFTERS.describe(name)}", highlight=False)
-    out.print("[bold]suites[/bold]")
-    for name, desc in SUITES.items():
-        out.print(f"  {name:<12} {desc}", highlight=False)
+    if method is not None:
+        with user_errors():
+            print_method_options(out, method)
+        return
+    for title, registry in (("methods", DRAFTERS), ("datastore kinds", DATASTORES), ("suites", SUITES)):
+        out.print(f"[bold]{title}[/bold]")
+        for name in registry.names():
+            out.print(f"  {name:<12} {registry.describe(name)}", highlight=False)
     out.print("[bold]models[/bold]")
     for name, desc in ALIASES.items():
         out.print(f"  {name:<20} {desc}", highlight=False)
+
+
+def print_method_options(out: Console, method: str) -> None:
+    """`ls --method NAME`: the method's options (from its options dataclass) and its statistics."""
+    from rich.table import Table
+
+    from .options import describe_options
+    from .registry import DRAFTERS
+
+    cls = DRAFTERS.get(method)
+    out.print(f"[bold]{method}[/bold]: {DRAFTERS.describe(method)}", highlight=False)
+    needs = [
+        ("--draft-model", cls.needs_draft_model),
+        (f"--datastore ({cls.datastore_kind})", cls.datastore_kind),
+    ]
+    needs_text = ", ".join(flag for flag, needed in needs if needed) or "nothing else"
+    out.print(f"needs {needs_text}; {'lossless' if cls.lossless else 'lossy'}", highlight=False)
+    rows = describe_options(cls.options_class)
+    if not rows:
+        out.print(f"{method} takes no options")
+    else:
+        table = Table(title=f"options: --method-opt {method}.KEY=VALUE", title_style="bold")
+        for col in ("name", "type", "default", "help", "source"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(
+                row["name"], option_type(row), option_value(row["default"]), row["help"], row["source"]
+            )
+        out.print(table)
+    for head in cls.nested_options:
+        out.print(
+            f"{method}.{head}.KEY=VALUE goes to the {head} method (see its `ls --method`)", highlight=False
+        )
+    if cls.stat_names:
+        out.print("[bold]statistics[/bold] (summed per answer, `method_stats` in the answers)")
+        for name, what in cls.stat_names.items():
+            out.print(f"  {name:<24} {what}", highlight=False)
+
+
+def option_type(row: dict) -> str:
+    """`int >= 1`, `str: auto | pld`: the type with its allowed values."""
+    text = row["type"]
+    if row["choices"]:
+        text += ": " + " | ".join(option_value(c) for c in row["choices"])
+    if row["minimum"] is not None:
+        text += f" >= {row['minimum']}"
+    return text
+
+
+def option_value(value: object) -> str:
+    """A default as it is typed on the command line (true/false, none)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @app.command("eval")
@@ -218,6 +280,12 @@ def eval_command(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
     ] = None,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Passes over the questions (methods interleaved in each); the report gives their spread."
+        ),
+    ] = 1,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
     with user_errors(resumable=True):
@@ -243,6 +311,8 @@ def eval_command(
             draft_compile=draft_compile,
             force_datastore=force_datastore,
             threads=threads,
+            repeats=repeats,
+            command=shlex.join(["specbench", *sys.argv[1:]]),
             method_options=parse_method_options(method_opt or []),
         )
         run_eval(cfg, console)
@@ -252,13 +322,49 @@ def eval_command(
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
 ) -> None:
-    """Print the summary table and write summary.{json,md,csv,tex} and plots/ into the run folder."""
+    """Print the summary table and write summary.{json,md,csv,tex}, plots/ and report.html into the run folder."""
     with user_errors():
         from .inputs import check_run_folder
         from .report import make_report
 
         check_run_folder(run)
         make_report(run, console=stdout_console())
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `specbench eval`.")],
+    out: Annotated[Path, typer.Option(help="New folder for the exported answer files.")],
+    format: Annotated[
+        str, typer.Option(help="spec-bench: one JSONL per method in Spec-Bench's answer format.")
+    ] = "spec-bench",
+) -> None:
+    """Write a run's answers in another tool's format (Spec-Bench's speed.py and equal.py read them)."""
+    with user_errors():
+        from .inputs import check_out_folder, check_run_folder
+        from .report.export import export_spec_bench
+
+        check_run_folder(run)
+        check_out_folder(out)
+        files = export_spec_bench(run, out, format)
+        stdout_console().print(f"wrote {len(files)} answer file(s) under {out}", highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    allow_different_questions: Annotated[
+        bool, typer.Option(help="Compare runs even when their question sets differ.")
+    ] = False,
+) -> None:
+    """Runs side by side: differing settings first, then speedup, MAT and tok/s per suite with spreads."""
+    with user_errors():
+        from .inputs import check_run_folder
+        from .report.compare import compare_runs
+
+        for run in runs:
+            check_run_folder(run)
+        compare_runs(runs, stdout_console(), allow_different_questions)
 
 
 @app.command("score")

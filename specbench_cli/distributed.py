@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from .results import RunPaths, read_answers, write_text_atomic
+from .results import RunPaths, answer_key, read_answers, write_text_atomic
 from .types import SpecbenchError
 
 T = TypeVar("T")
@@ -147,16 +147,17 @@ def _copies(folder: Path, main_file: Path) -> list[Path]:
 
 
 def done_answers(paths: RunPaths, suite: str, method: str) -> dict:
-    """question_id -> answer record, from the merged file and every rank folder (for --resume)."""
+    """(question_id, repeat) -> answer record, from the merged file and every rank folder (--resume)."""
     done: dict = {}
     for path in _copies(paths.answers_dir, paths.answers_file(suite, method)):
-        done |= {r["question_id"]: r for r in read_answers(path)}
+        done |= {answer_key(r): r for r in read_answers(path)}
     return done
 
 
 def merge_rank_files(paths: RunPaths, order: dict[str, list]) -> int:
-    """Fold every rank folder into the normal answer and score files, lines in question order
-    (`order`: suite label -> question ids), then remove the rank folders. Returns the files merged.
+    """Fold every rank folder into the normal answer and score files, lines in run order (repeat, then
+    question: `order` maps a suite label to its question ids), then remove the rank folders. Returns
+    the number of files merged.
 
     Crash-safe: each merged file is replaced atomically before any rank file is removed, and merging
     again is harmless (records are keyed by question_id), so a merge killed half-way is redone.
@@ -171,11 +172,12 @@ def merge_rank_files(paths: RunPaths, order: dict[str, list]) -> int:
             main_file = folder / relative
             records: dict = {}
             for path in _copies(folder, main_file):
-                records |= {r["question_id"]: r for r in read_answers(path)}
+                records |= {answer_key(r): r for r in read_answers(path)}
             position = {qid: i for i, qid in enumerate(order.get(relative.parent.name, []))}
-            ids = sorted(records, key=lambda q: position.get(q, len(position)))  # unknown ids last, as found
+            # Unknown question ids go last, in the order found (sorted is stable).
+            keys = sorted(records, key=lambda k: (k[1], position.get(k[0], len(position))))
             main_file.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(main_file, "".join(json.dumps(records[q]) + "\n" for q in ids))
+            write_text_atomic(main_file, "".join(json.dumps(records[k]) + "\n" for k in keys))
             merged += 1
         for d in rank_dirs:
             shutil.rmtree(d)

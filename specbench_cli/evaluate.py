@@ -18,6 +18,7 @@ from typing import Any
 
 from .baselines import Baseline, check_baselines
 from .distributed import Ranks, launched_ranks
+from .drafters.base import Drafter
 from .inputs import check_eval_inputs, check_prompts_fit, model_context
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
@@ -64,6 +65,8 @@ class EvalConfig:
     )
     force_datastore: bool = False
     threads: int | None = None
+    repeats: int = 1  # passes over the questions, methods interleaved in each (spread in the report)
+    command: str = ""  # the command line as typed (the report page shows it)
     method_options: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -145,6 +148,8 @@ def validate_cheap(cfg: EvalConfig) -> None:
     for m in cfg.method_options:
         if m not in cfg.methods:
             raise SpecbenchError(f"--method-opt names method '{m}', which is not in --methods")
+    for m in cfg.methods:  # typed options: a misspelt key or a bad value stops here, before any load
+        DRAFTERS.get(method_name(m)).check_options(cfg.method_options.get(m, {}), bool(cfg.draft_model))
     check_baselines(cfg.baselines)
     if cfg.baselines and cfg.temperature > 0:
         raise SpecbenchError("--baselines run greedy transformers generate; use them with --temperature 0")
@@ -228,6 +233,10 @@ def carry_forward(config: dict, old: dict | None) -> dict:
         merged[key] = list(dict.fromkeys((old.get(key) or []) + (config.get(key) or [])))
     for key in ("method_options", "methods_params", "lossless_methods", "datastores_info"):
         merged[key] = {**(old.get(key) or {}), **(config.get(key) or {})}
+    # Repeats may be added on resume; answers of the earlier, higher count stay in the folder.
+    merged["repeats"] = max(int(old.get("repeats") or 1), int(config.get("repeats") or 1))
+    earlier = old.get("commands") or [old.get("command") or ""]
+    merged["commands"] = [c for c in earlier if c] + [config.get("command") or ""]
     return merged
 
 
@@ -309,17 +318,20 @@ def question_seed(seed: int, question_id, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def run_turn(engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None) -> Generation:
-    """One turn through our decode loop, or through transformers' generate for a baseline."""
+def run_turn(
+    engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None, margins=False
+) -> Generation:
+    """One turn through our decode loop, or through transformers' generate for a baseline.
+    `margins`: record the top-1/top-2 logit margin per output token (done for `ar`, the reference)."""
     from .engine.decode import generate
 
     if isinstance(drafter, Baseline):
         return drafter.generate(prompt_ids, max_new_tokens)
-    return generate(engine, drafter, prompt_ids, max_new_tokens, temperature, generator)
+    return generate(engine, drafter, prompt_ids, max_new_tokens, temperature, generator, margins)
 
 
 def answer_question(
-    engine, drafter, tokenizer, question, cfg: EvalConfig, device: str
+    engine, drafter, tokenizer, question, cfg: EvalConfig, device: str, margins: bool = False
 ) -> tuple[dict, list[Generation]]:
     import torch
 
@@ -327,13 +339,16 @@ def answer_question(
 
     answers: list[str] = []
     gens: list[Generation] = []
+    method = drafter if isinstance(drafter, Drafter) else None  # baselines report no method stats
+    if method is not None:
+        method.clear_stats()
     for turn in range(len(question.turns)):
         prompt_ids = build_prompt_ids(tokenizer, list(question.turns[: turn + 1]), answers)
         gen = None
         if cfg.temperature > 0:
             gen = torch.Generator(device=device)
             gen.manual_seed(question_seed(cfg.seed, question.question_id, turn))
-        g = run_turn(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen)
+        g = run_turn(engine, drafter, prompt_ids, cfg.max_new_tokens, cfg.temperature, gen, margins)
         gens.append(g)
         answers.append(tokenizer.decode(g.output_ids, skip_special_tokens=True))
     steps = [s for g in gens for s in g.steps]
@@ -354,8 +369,17 @@ def answer_question(
         "prefill_time": [g.prefill_time for g in gens],
         "output_ids": [g.output_ids for g in gens],
         "stop_reason": [g.stop_reason for g in gens],
+        "method_stats": method.stats() if method is not None else {},  # the method's own counters
     }
+    if margins:  # `ar` only: where another method's ids differ, how close ar's own choice was
+        choice["top1_logit"] = [[_short(x) for x in g.top1_logits or []] for g in gens]
+        choice["top2_margin"] = [[_short(x) for x in g.top2_margins or []] for g in gens]
     return choice, gens
+
+
+def _short(x: float) -> float:
+    # Five significant digits: enough for a margin against a rounding bound, and a compact line.
+    return float(f"{x:.5g}")
 
 
 def run_eval(cfg: EvalConfig, console) -> Path:
@@ -506,31 +530,29 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
             write_json_atomic(paths.config, config)
 
+    # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.
     # Drafters that learn across answers (Token Recycling's matrix, SuffixDecoding's cross-request tree)
-    # start the timed run from nothing, whatever the warm-up taught them. On --resume they relearn the
-    # answers already written, in run order (Token Recycling's matrix cannot be rebuilt from them).
-    for m in cfg.methods:
-        drafters[m].start_run()
+    # start every pass from nothing, whatever the warm-up or an earlier pass taught them, so a repeat
+    # never drafts from its own question's earlier answer. On --resume they relearn the answers already
+    # written, in run order (Token Recycling's matrix cannot be rebuilt from them).
     # Done answers are read from the merged files and every rank folder, so a run resumed with another
-    # number of ranks answers nothing twice; this process takes its share of the questions.
+    # number of processes answers nothing twice; under torchrun this process takes its share of the
+    # questions (distributed.py), the same share in every pass.
+    plan = []  # (suite, question, repeat, method, answer already written or None), in run order
     done = {(s.name, m): distributed.done_answers(paths, s.name, m) for s in suites for m in names}
     mine = distributed.my_share([(s, q) for s in suites for q in s.questions], ranks)
-    todo = []
-    for s, q in mine:
-        for m in names:
-            if q.question_id not in done[s.name, m]:
-                todo.append((s, q, m))
-            elif m in cfg.methods:
-                for output_ids in done[s.name, m][q.question_id]["choices"][0]["output_ids"]:
-                    drafters[m].finish_answer(output_ids)
-    total = len(mine) * len(names)
+    for r in range(cfg.repeats):
+        for s, q in mine:
+            plan += [(s, q, r, m, done[s.name, m].get((q.question_id, r))) for m in names]
+    total = len(plan)
+    todo = [step for step in plan if step[4] is None]
     if ranks is not None:
         console.print(f"rank 0 of {ranks.world}: {len(mine)} questions; every rank writes answers/.rank<R>/")
     console.print(
         f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
     )
 
-    written = distributed.rank_paths(paths, ranks)  # under torchrun: this rank's own files
+    rank_files = distributed.rank_paths(paths, ranks)  # under torchrun: this rank's own files
     live = {m: [0, 0, 0.0] for m in names}  # tokens, steps, seconds
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -544,9 +566,20 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     )
     with progress:
         task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
-        for s, q, m in todo:
-            progress.update(task, description=f"{s.name} {m}")
-            choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device)
+        started = None
+        for s, q, r, m, written in plan:
+            if r != started:  # a new pass: drafters that learn across answers start from nothing
+                started = r
+                for name in cfg.methods:
+                    drafters[name].start_run()
+            if written is not None:
+                if m in cfg.methods:
+                    for output_ids in written["choices"][0]["output_ids"]:
+                        drafters[m].finish_answer(output_ids)
+                continue
+            progress.update(task, description=f"{s.name} {m}" + (f" #{r + 1}" if cfg.repeats > 1 else ""))
+            margins = m == "ar"  # the reference of the lossless check (report.metrics.BASELINE)
+            choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device, margins)
             record = {
                 "question_id": q.question_id,
                 "category": q.category,
@@ -558,11 +591,12 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
                 "lossless_method": bool(drafters[m].lossless),
                 "baseline": m in cfg.baselines,  # transformers' generate: a reference, not a method
                 "tstamp": time.time(),
+                "repeat": r,
                 "choices": [choice],
             }
-            append_answer(written.answers_file(s.name, m), record)
+            append_answer(rank_files.answers_file(s.name, m), record)
             if scorable(q):  # HumanEval: pass/fail in the sandbox now, so the report runs nothing
-                append_answer(written.scores_file(s.name, m), score_answer(q, record))
+                append_answer(rank_files.scores_file(s.name, m), score_answer(q, record))
             if m in cfg.methods:  # only now, written, may an answer teach a cross-request drafter
                 for g in gens:
                     drafters[m].finish_answer(g.output_ids)

@@ -20,6 +20,7 @@ SEED_MAX = 2**32 - 1  # numpy's legacy seed is the narrowest consumer; torch tak
 MIN_TEMPERATURE = 1e-4  # logits / T must stay finite: T = 1e-300 turns softmax into NaN
 MAX_NEW_TOKENS = 1 << 20  # the cache is preallocated: 10**12 slots is an out-of-memory, not a run
 MAX_WARMUP = 100  # untimed generations per method; more is a typo, not a warm-up
+MAX_REPEATS = 100  # runs of each question per method (the benchmark uses 3); more is a typo
 MAX_BATCH_SIZE = 1 << 16
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Config fields that hold a model's context length, by architecture family.
@@ -95,6 +96,7 @@ def check_eval_inputs(cfg: Any) -> None:
     check_range("--max-new-tokens", cfg.max_new_tokens, 1, MAX_NEW_TOKENS)
     check_range("--limit", cfg.limit, 1)
     check_range("--warmup", cfg.warmup, 0, MAX_WARMUP)
+    check_range("--repeats", cfg.repeats, 1, MAX_REPEATS)
     check_range("--threads", cfg.threads, 1, max_threads())
     check_device(cfg.device)
     check_dtype(cfg.dtype)

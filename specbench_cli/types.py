@@ -74,6 +74,23 @@ class DraftTree:
                 parent = node
         return cls(tuple(tokens), tuple(parents))
 
+    # The verification forward runs [root] + nodes, so tree node i is forward input i + 1 and input 0
+    # is the root. These three are the only place that knows it (decode loop, verifier, tests).
+
+    @staticmethod
+    def input_of(node: int) -> int:
+        """Forward input index of tree node `node` (-1, the root, gives input 0)."""
+        return node + 1
+
+    @staticmethod
+    def node_of(input_index: int) -> int:
+        """Tree node at forward input `input_index` (input 0, the root, gives -1)."""
+        return input_index - 1
+
+    def input_parents(self) -> list[int]:
+        """Parent input of every forward input: -1 for the root, then each node's parent's input."""
+        return [-1] + [self.input_of(p) for p in self.parents]
+
     def depths(self) -> list[int]:
         """Depth of every node (children of the root have depth 1)."""
         out: list[int] = []
@@ -128,6 +145,7 @@ class StepFeedback:
     # most likely next tokens (best first) from the target's logits at input i of this step's forward
     # (0 = the root, i + 1 = node i).
     node_topk: np.ndarray | None = None
+    relaxed_accepts: int = 0  # accepted nodes only a relaxed verifier rule let through (ReSpec)
 
 
 @dataclass
@@ -153,6 +171,10 @@ class Generation:
     wall_time: float
     prefill_time: float
     stop_reason: str  # "eos" | "length" | "cache"
+    # Per output token, when asked for (`generate(..., margins=True)`, done for `ar`): the target's top-1
+    # logit and its margin over the top-2 at the position that chose the token (divergence audit).
+    top1_logits: list[float] | None = None
+    top2_margins: list[float] | None = None
 
     @property
     def new_tokens(self) -> int:

@@ -65,7 +65,7 @@ def test_two_gloo_processes_equal_one_process(one_process, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "rank 0 of 2: 3 questions" in done.stdout  # each rank answers its half of the six
+    assert "rank 0 of 2: 3 questions" in done.stdout + done.stderr  # each rank answers its half of six
     # Same questions, same token ids, same line order as the one-process run; every line once.
     assert token_ids(out) == token_ids(one_process)
     for _, _, path in RunPaths(out).iter_answer_files():
@@ -116,10 +116,12 @@ def test_merge_orders_by_question_and_keeps_each_id_once(tmp_path):
     for rank, qids in ((1, ["b", "d"]), (0, ["c", "a"])):
         for q in qids:
             append_answer(rank_paths(paths, _ranks(rank, 2)).answers_file("s", "ar"), {"question_id": q})
+    append_answer(rank_paths(paths, _ranks(0, 2)).answers_file("s", "ar"), {"question_id": "a", "repeat": 1})
     append_answer(paths.answers_file("s", "ar"), {"question_id": "a"})  # also merged before
     assert merge_rank_files(paths, {"s": ["a", "b", "c", "d"]}) == 1
-    assert [r["question_id"] for r in read_answers(paths.answers_file("s", "ar"))] == ["a", "b", "c", "d"]
-    assert line_count(paths.answers_file("s", "ar")) == 4
+    kept = [(r["question_id"], r.get("repeat", 0)) for r in read_answers(paths.answers_file("s", "ar"))]
+    assert kept == [("a", 0), ("b", 0), ("c", 0), ("d", 0), ("a", 1)]  # a one-process run's order
+    assert line_count(paths.answers_file("s", "ar")) == 5
 
 
 def test_launch_environment(monkeypatch):

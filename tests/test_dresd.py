@@ -264,7 +264,8 @@ def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
         DraftContext(tokens=doc[: pos + 2], max_nodes=3, hidden=hidden[pos])
     ).tokens == tuple(doc[pos + 2 : pos + 5])
     assert drafter.propose(DraftContext(tokens=doc[: pos + 2], max_nodes=64, hidden=None)).tokens == ()
-    assert len(drafter.retrieval_seconds) == 2 and all(t >= 0 for t in drafter.retrieval_seconds)
+    stats = drafter.stats()  # two searches (the hidden=None call searches nothing)
+    assert stats["retrieval_seconds"] > 0 and stats["candidates"] >= 2 and stats["batch_tokens"] >= 3
     assert drafter.describe()["backend"] == "faiss-cpu"
     # Same query, same tree: ties are broken by id.
     assert drafter.propose(ctx) == tree

@@ -31,10 +31,18 @@ def test_from_paths_merges_prefixes_and_respects_budget():
     assert small.paths() == [[1, 2, 3]]
 
 
+def test_tree_node_i_is_forward_input_i_plus_1():
+    tree = DraftTree((5, 6, 7), (-1, 0, 0))  # root -> 5 -> {6, 7}
+    assert [tree.input_of(n) for n in range(len(tree))] == [1, 2, 3]
+    assert tree.input_of(-1) == 0 and tree.node_of(0) == -1  # the root is input 0
+    assert all(tree.node_of(tree.input_of(n)) == n for n in range(-1, len(tree)))
+    assert tree.input_parents() == [-1, 0, 1, 1]
+
+
 def test_ancestor_matrix_matches_parent_walk():
     rng = random.Random(0)
     tree = random_tree(rng, 30, 10)
-    parents = [-1] + [p + 1 for p in tree.parents]
+    parents = tree.input_parents()
     anc = ancestor_matrix(parents)
     for i in range(len(parents)):
         walk, node = set(), i
@@ -54,14 +62,14 @@ def test_tree_forward_equals_sequential_path_forwards(tiny, seed):
     runner.commit(list(range(len(prompt))))
     root = rng.randrange(vocab)
     tree = random_tree(rng, 12, vocab)
-    logits, _ = runner.forward([root, *tree.tokens], [-1] + [p + 1 for p in tree.parents])
+    logits, _ = runner.forward([root, *tree.tokens], tree.input_parents())
     for node in range(len(tree)):
         path, cur = [], node
         while cur >= 0:
             path.append(tree.tokens[cur])
             cur = tree.parents[cur]
         ref = sequential_logits(tiny.model, prompt + [root] + path[::-1])[-1]
-        torch.testing.assert_close(logits[node + 1], ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits[tree.input_of(node)], ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(
         logits[0], sequential_logits(tiny.model, prompt + [root])[-1], atol=1e-4, rtol=1e-4
     )
@@ -75,7 +83,7 @@ def test_commit_compacts_kv_like_a_recomputed_cache(tiny):
     runner = ModelRunner(tiny.model, 64)
     runner.forward(prompt)
     runner.commit(list(range(len(prompt))))
-    runner.forward([11, *tree.tokens], [-1] + [p + 1 for p in tree.parents])
+    runner.forward([11, *tree.tokens], tree.input_parents())
     kept = [0, 2, 3, 4]  # root, node 1 (4), node 2 (5), node 3 (6)
     runner.commit(kept)
     fresh = ModelRunner(tiny.model, 64)

@@ -7,6 +7,8 @@ TEST_DATASTORES when adding a datastore kind (the test fails loudly until you do
 
 from __future__ import annotations
 
+import json
+import math
 import random
 
 import pytest
@@ -56,19 +58,27 @@ def engine(tiny):
     return Engine(tiny, max_len=256)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny, engine):
+def ar_outputs(tiny, engine) -> list[list[int]]:
     ar = Autoregressive(MethodSetup(target=tiny))
     return [generate(engine, ar, p, MAX_NEW).output_ids for p in prompts(tiny.vocab_size)]
 
 
-@pytest.fixture(scope="module")
-def store_docs(tiny, reference):
+def datastore_docs(tiny, reference) -> list[list[int]]:
     # Aligned documents: the model's own continuations, so retrieval drafts often get accepted and
     # the accept/compact path is exercised, plus random noise documents.
     rng = random.Random(2)
     noise = [[rng.randrange(tiny.vocab_size) for _ in range(50)] for _ in range(5)]
     return [p + r for p, r in zip(prompts(tiny.vocab_size), reference)] + noise
+
+
+@pytest.fixture(scope="module")
+def reference(tiny, engine):
+    return ar_outputs(tiny, engine)
+
+
+@pytest.fixture(scope="module")
+def store_docs(tiny, reference):
+    return datastore_docs(tiny, reference)
 
 
 def test_ar_matches_transformers_generate(tiny, reference):
@@ -81,6 +91,11 @@ def test_ar_matches_transformers_generate(tiny, reference):
 
 @pytest.mark.parametrize("method", DRAFTERS.names())
 def test_every_method_is_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp_path_factory):
+    assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp_path_factory.mktemp(method))
+
+
+def assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp_dir) -> None:
+    """The registered `method`, built as `eval` builds it, reproduces `ar` on every prompt and drafts."""
     cls = DRAFTERS.get(method)
     # A lossy method (ReSpec's relaxed verification) is checked in the mode its options make lossless.
     options = {} if cls.lossless else dict(cls.lossless_options)
@@ -90,9 +105,7 @@ def test_every_method_is_lossless(method, tiny, tiny_draft, engine, reference, s
         assert cls.datastore_kind in TEST_DATASTORES, (
             f"add a test datastore builder for '{cls.datastore_kind}'"
         )
-        stores[cls.datastore_kind] = TEST_DATASTORES[cls.datastore_kind](
-            tmp_path_factory.mktemp(method), tiny, store_docs
-        )
+        stores[cls.datastore_kind] = TEST_DATASTORES[cls.datastore_kind](tmp_dir, tiny, store_docs)
     setup = MethodSetup(
         target=tiny, draft=tiny_draft if cls.needs_draft_model else None, datastores=stores, options=options
     )
@@ -105,6 +118,11 @@ def test_every_method_is_lossless(method, tiny, tiny_draft, engine, reference, s
         drafted += sum(s.draft_nodes for s in gen.steps)
     if method != "ar":
         assert drafted > 0, f"{method} never drafted anything on these prompts"
+    # The typed channels: only declared statistics, as finite non-negative numbers; options recorded.
+    stats = drafter.stats()
+    assert set(stats) == set(cls.stat_names)
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in stats.values()), stats
+    json.dumps(drafter.describe())  # config.json must be able to hold it
 
 
 class RandomTrees(Drafter):

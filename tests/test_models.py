@@ -229,3 +229,19 @@ def test_smollm2_real_download_convert_and_chat(tiny, monkeypatch):
     monkeypatch.setenv("SPECBENCH_MODEL_SMOLLM2_135M", loaded.source)
     via_override = load_model("smollm2-135m")
     assert via_override.sha256 == entry.sha256
+
+
+def test_tokenizer_fingerprint_follows_the_ids_not_the_special_token_roles():
+    """transformers versions assign bos/eos/unk differently for one GGUF; the ids mean the same."""
+    import copy
+
+    from specbench_cli.models import tokenizer_fingerprint
+    from specbench_cli.tiny_model import build_byte_tokenizer
+
+    base = build_byte_tokenizer()
+    relabelled = copy.deepcopy(base)
+    relabelled.eos_token, relabelled.bos_token = base.bos_token, None
+    assert tokenizer_fingerprint(relabelled) == tokenizer_fingerprint(base)
+    extended = copy.deepcopy(base)
+    extended.add_tokens(["<new-token>"])
+    assert tokenizer_fingerprint(extended) != tokenizer_fingerprint(base)

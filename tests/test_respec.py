@@ -73,7 +73,7 @@ def test_trigger_switches_between_retrieval_and_model(tiny, tiny_draft):
     # High entropy: the draft model's tree, verified strictly.
     assert tree.relaxed is None and len(tree) == 20
     assert list(tree.tokens) == list(d.host.propose(ctx_with_entropy(tokens, tiny.vocab_size, False)).tokens)
-    assert d.stats["triggered"] == 3
+    assert d.stats()["triggered_steps"] == 3
     # Low entropy but nothing to retrieve (no repeated suffix): fall back to the model tree.
     fresh = list(range(1, 30))
     d.reset(fresh[:-1])
@@ -180,9 +180,9 @@ def test_respec_with_relaxed_off_is_lossless(theta, tiny, tiny_draft, engine):
         drafted += sum(s.draft_nodes for s in gen.steps)
     assert drafted > 0
     if theta == 100.0:
-        assert d.stats["retrieved_steps"] > 0 and d.stats["accepted_retrieved"] > 0
+        assert d.stats()["retrieval_steps"] > 0 and d.stats()["retrieval_step_accepts"] > 0
     if theta == 0.0:
-        assert d.stats["retrieved_steps"] == 0
+        assert d.stats()["retrieval_steps"] == 0
 
 
 def test_permissive_relaxed_rule_takes_every_retrieved_chain_whole(tiny, tiny_draft, engine):
@@ -194,4 +194,4 @@ def test_permissive_relaxed_rule_takes_every_retrieved_chain_whole(tiny, tiny_dr
     gen = generate(engine, d, prompts(tiny.vocab_size)[0], 40)
     chains = [s for s in gen.steps if 0 < s.draft_nodes == s.draft_depth]
     assert chains and all(s.accepted == s.draft_depth for s in chains)
-    assert d.stats["retrieved_steps"] == len(chains) and not d.lossless
+    assert d.stats()["retrieval_steps"] == len(chains) and not d.lossless

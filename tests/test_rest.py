@@ -152,7 +152,8 @@ def test_tree_is_deterministic_bounded_and_holds_the_most_frequent_continuation(
     assert all(p < i for i, p in enumerate(t1.parents))
     small = a.propose(DraftContext(tokens=[1, 2, 3], max_nodes=5))
     assert len(small) == 5 and tree_prefixes(small) == tree_prefixes(t1)[:5]
-    assert len(a.lookup_seconds) == 3 and a.latency_percentiles()["calls"] == 3
+    stats = a.stats()  # three lookups, all of them hits
+    assert stats["matched_steps"] == 3 and stats["matched_span"] >= 3 * 2 and stats["lookup_seconds"] > 0
 
 
 def test_no_hit_gives_an_empty_tree_and_options_apply(tmp_path):

@@ -14,8 +14,8 @@ import pytest
 
 from specbench_cli.results import (
     RunPaths,
+    answer_key,
     append_answer,
-    done_question_ids,
     read_answers,
     write_json_atomic,
     write_text_atomic,
@@ -43,7 +43,7 @@ def test_append_then_read_round_trips(tmp_path):
     data = path.read_bytes()
     assert data.endswith(b"\n") and data.count(b"\n") == len(recs)
     assert read_answers(path) == recs
-    assert done_question_ids(path) == {rec["question_id"] for rec in recs}
+    assert {answer_key(r) for r in read_answers(path)} == {(rec["question_id"], 0) for rec in recs}
 
 
 def test_duplicates_keep_the_last_line(tmp_path):
@@ -53,8 +53,10 @@ def test_duplicates_keep_the_last_line(tmp_path):
     got = read_answers(path)
     assert [r["question_id"] for r in got] == [2, 1, "q3"]
     assert {r["question_id"]: r["choices"][0]["turns"][0] for r in got}[1] == "new"
-    assert done_question_ids(path) == {1, 2, "q3"}
-    assert done_question_ids(tmp_path / "missing.jsonl") == set()
+    assert {answer_key(r) for r in got} == {(1, 0), (2, 0), ("q3", 0)}
+    # A repeat of the same question is another answer, not a replacement.
+    append_answer(path, {**record(2), "repeat": 1})
+    assert {answer_key(r) for r in read_answers(path)} == {(1, 0), (2, 0), ("q3", 0), (2, 1)}
 
 
 def test_partial_trailing_line_is_ignored_and_repaired(tmp_path):

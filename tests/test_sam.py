@@ -210,9 +210,9 @@ def test_static_draft_stops_at_its_document_end(tiny, tmp_path):
     store = build_for_model([head + tail, other], tmp_path / "sam", tiny)
     drafter = sam_drafter(tiny, store)
     assert propose(drafter, [1, 2] + head) == tail  # not followed into the next document
-    assert drafter.sources["static"] == 1
+    assert drafter.stats()["static_steps"] == 1
     # Matched up to the document's end: nothing follows, and no dynamic match: no draft.
-    assert propose(drafter, head + tail) == [] and drafter.sources["fallback"] == 1
+    assert propose(drafter, head + tail) == [] and drafter.stats()["fallback_steps"] == 1
     # Even an id equal to the separator (or any id out of range) does not bridge two documents.
     for odd in (SEPARATOR, 2**40):
         assert drafter.static.match(tail + [odd] + other[:5]).length == 5
@@ -232,13 +232,13 @@ def test_longer_match_wins_with_bias_and_threshold(tiny, tmp_path):
 
     # static 12 - bias 5 = 7 beats dynamic 6: the corpus continuation (cut at the document's end)
     d = sam_drafter(tiny, store)
-    assert propose(d, context(6, 12)) == corpus_doc[22:] and d.sources["static"] == 1
+    assert propose(d, context(6, 12)) == corpus_doc[22:] and d.stats()["static_steps"] == 1
     # static 11 - 5 = 6 ties dynamic 6: the dynamic match wins, its continuation is the context's
     d = sam_drafter(tiny, store)
-    assert propose(d, context(6, 11)) == filler[8 : 8 + 39] and d.sources["dynamic"] == 1
+    assert propose(d, context(6, 11)) == filler[8 : 8 + 39] and d.stats()["dynamic_steps"] == 1
     # both below the threshold of 5 (static 9 - 5 = 4, dynamic 4): the fallback drafts
     d = sam_drafter(tiny, store)
-    assert propose(d, context(4, 9)) == [] and d.sources["fallback"] == 1
+    assert propose(d, context(4, 9)) == [] and d.stats()["fallback_steps"] == 1
     assert propose(sam_drafter(tiny, store, len_threshold=4), context(4, 9)) == filler[8 : 8 + 39]
     # static=false: the corpus is ignored
     d = sam_drafter(tiny, store, static=False)
@@ -260,7 +260,7 @@ def test_dynamic_match_climbs_until_a_full_chain_follows(tiny):
 
 
 def test_fallback_and_options(tiny, tiny_draft):
-    default = sam_drafter(tiny, fallback=None)
+    default = SamDecoding(MethodSetup(target=tiny))
     assert default.fallback_name == "recycle" and default.needs_node_topk == 8  # the official default
     assert sam_drafter(tiny).needs_node_topk == 0
     with_draft = SamDecoding(
@@ -273,7 +273,7 @@ def test_fallback_and_options(tiny, tiny_draft):
     # pld takes over when the automata have nothing: its draft comes out unchanged
     pld = sam_drafter(tiny, fallback="pld", **{"fallback.num_pred": 3})
     toks = [1, 2, 3, 9, 9, 9, 1, 2, 3]
-    assert propose(pld, toks) == [9, 9, 9] and pld.sources["fallback"] == 1
+    assert propose(pld, toks) == [9, 9, 9] and pld.stats()["fallback_steps"] == 1
 
 
 def test_automata_follow_the_committed_tokens(tiny, tmp_path):
@@ -287,7 +287,7 @@ def test_automata_follow_the_committed_tokens(tiny, tmp_path):
     assert drafter.dynamic.text.tolist() == everything
     assert same_automaton(drafter.dynamic.freeze(), built(everything).freeze())
     assert (drafter.state, drafter.length) == drafter.static.walk(everything)
-    assert sum(drafter.sources.values()) == len(gen.steps) - 1  # one source per step after the prefill
+    assert sum(drafter.stats().values()) == len(gen.steps) - 1  # one source per step after the prefill
     # A feedback whose tokens extend the text feeds exactly the committed ones.
     tree = drafter.propose(DraftContext(tokens=everything, max_nodes=8))
     drafter.update(StepFeedback(tree, [], [42], everything + [42]))

@@ -32,15 +32,16 @@ def test_tree_is_closed_best_first_and_within_budget(tiny, tiny_draft):
     d = tree_drafter(tiny, tiny_draft, top_k=4, depth=4, total_nodes=25)
     tokens = context(tiny.vocab_size, 0)
     d.reset(tokens[:-1])
-    tree = d.propose(DraftContext(tokens=tokens, max_nodes=128))
+    grown = d.grow(DraftContext(tokens=tokens, max_nodes=128))
+    tree = grown.tree
     assert len(tree) == 25 and tree.depth() <= 4
     assert all(-1 <= p < i for i, p in enumerate(tree.parents))  # parents before children
-    cum, own = d.last_node_logprobs, d.last_token_logprobs
+    cum, own = grown.node_logprobs, grown.token_logprobs
     assert cum == sorted(cum, reverse=True)  # best first: every prefix is the best smaller tree
     for i, p in enumerate(tree.parents):
         assert cum[i] == pytest.approx((cum[p] if p >= 0 else 0.0) + own[i], abs=1e-5)
     # Level 1 holds the root's top-k; no node has more than top_k children, siblings differ.
-    root_top = set(d.last_root_logprobs.topk(4).indices.tolist())
+    root_top = set(grown.root_logprobs.topk(4).indices.tolist())
     assert {t for t, p in zip(tree.tokens, tree.parents) if p < 0} <= root_top
     kids: dict[int, list[int]] = {}
     for t, p in zip(tree.tokens, tree.parents):
@@ -66,12 +67,13 @@ def test_tree_forward_sees_exactly_the_ancestors(tiny, tiny_draft):
         tokens = context(tiny.vocab_size, seed)
         d.reset(tokens[:-1])
         for _ in range(2):  # the second propose reuses the cache the first one left
-            tree = d.propose(DraftContext(tokens=tokens, max_nodes=128))
+            grown = d.grow(DraftContext(tokens=tokens, max_nodes=128))
+            tree = grown.tree
             torch.testing.assert_close(
-                d.last_root_logprobs, sequential_logprobs(tiny_draft.model, tokens), atol=1e-4, rtol=0
+                grown.root_logprobs, sequential_logprobs(tiny_draft.model, tokens), atol=1e-4, rtol=0
             )
-            assert len(d.last_expanded_logprobs) >= 3
-            for node, row in d.last_expanded_logprobs.items():
+            assert len(grown.expanded_logprobs) >= 3
+            for node, row in grown.expanded_logprobs.items():
                 path, i = [], node
                 while i >= 0:
                     path.append(tree.tokens[i])
@@ -95,7 +97,7 @@ def test_options_are_checked(tiny, tiny_draft):
         DraftModelTree(MethodSetup(target=tiny))
     with pytest.raises(SpecbenchError, match="unknown sps-tree option"):
         tree_drafter(tiny, tiny_draft, topk=3)
-    with pytest.raises(SpecbenchError, match="top_k >= 1"):
+    with pytest.raises(SpecbenchError, match="top_k=0 must be at least 1"):
         tree_drafter(tiny, tiny_draft, top_k=0)
     empty = tree_drafter(tiny, tiny_draft, total_nodes=0).propose(DraftContext(tokens=[1, 2], max_nodes=60))
     assert len(empty) == 0

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from specbench_cli import prompts, suite_files, suites
 from specbench_cli.files import sha256_file as suite_file_sha256
 from specbench_cli.prompts import build_prompt_ids
-from specbench_cli.suites import SUITES, load_suite, spec_bench_task
+from specbench_cli.registry import SUITES
+from specbench_cli.suites import load_suite, spec_bench_task
 from specbench_cli.types import Question, SpecbenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,7 @@ MALFORMED = FIXTURES / "questions_malformed.jsonl"
 CODE_ALPACA = FIXTURES / "code_alpaca_small.json"
 # The real Spec-Bench file is read where the project's shared data lives; it is never copied in.
 SPEC_BENCH_FILE = REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+CODE_ALPACA_FILE = REPO.parent / "shared" / "data" / "code_alpaca" / "code_alpaca_2k.json"
 
 
 def raw_rows(path: Path) -> list[dict]:
@@ -97,7 +99,7 @@ def test_unknown_suite_lists_all_suites():
     with pytest.raises(SpecbenchError) as err:
         load_suite("gsm8k")
     assert "gsm8k" in str(err.value)
-    for name in SUITES:
+    for name in SUITES.names():
         assert name in str(err.value)
 
 
@@ -109,8 +111,9 @@ def test_jsonl_without_a_path_and_empty_category_are_errors():
 
 
 def test_suites_dict_has_the_five_suites_with_one_line_each():
-    assert set(SUITES) == {"spec-bench", "mt-bench", "code-alpaca", "humaneval", "jsonl"}
-    assert all(text and "\n" not in text for text in SUITES.values())
+    assert set(SUITES.names()) == {"spec-bench", "mt-bench", "code-alpaca", "humaneval", "jsonl"}
+    assert all(SUITES.describe(n) and "\n" not in SUITES.describe(n) for n in SUITES.names())
+    assert all(SUITES.get(n).read for n in SUITES.names())  # every entry resolves to a SuiteSource
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,6 +328,28 @@ def test_code_alpaca_subset_is_deterministic_for_a_seed():
     assert sorted(q.question_id for q in full.questions) == list(range(len(rows)))
     assert [q.question_id for q in a.questions] == [q.question_id for q in full.questions][:4]
     assert full.categories == ["code"] and full.name == "code-alpaca"
+
+
+def test_code_alpaca_download_is_cached_and_checked(tmp_path, monkeypatch):
+    workdir = tmp_path / "a" / "b"
+    workdir.mkdir(parents=True)
+    monkeypatch.chdir(workdir)  # no ../shared/data here
+    monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", "http://127.0.0.1:9/code_alpaca_2k.json")
+    with pytest.raises(SpecbenchError, match="code-alpaca:PATH"):
+        load_suite("code-alpaca")
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", CODE_ALPACA.as_uri())  # not the pinned file
+    with pytest.raises(SpecbenchError, match="sha256"):
+        load_suite("code-alpaca")
+    # "Online": a file:// URL to the real file is downloaded once into the cache, then read from it.
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", CODE_ALPACA_FILE.as_uri())
+    first = load_suite("code-alpaca")
+    assert Path(first.source).is_relative_to(tmp_path / "cache")
+    assert suite_file_sha256(first.source) == suite_files.CODE_ALPACA_SHA256
+    assert len(first.questions) == 100  # the default seeded subset of the 2,017 rows
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", "http://127.0.0.1:9/code_alpaca_2k.json")
+    second = load_suite("code-alpaca")
+    assert second.source == first.source and second.questions == first.questions
 
 
 def test_code_alpaca_prompt_joins_instruction_and_input():

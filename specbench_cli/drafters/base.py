@@ -1,14 +1,25 @@
 """The drafter contract: a method only proposes draft trees.
 
 A drafter never calls the target model and never touches its KV cache; the shared verifier does.
-Subclass `Drafter`, set the class flags, implement `propose`, and add one line to
-`specbench_cli.registry.DRAFTERS`. The lossless test picks the new method up by itself.
+Subclass `Drafter`, set the class flags, declare the options as a dataclass of `options.option`
+fields (`options_class`), implement `propose`, and add one line to `specbench_cli.registry.DRAFTERS`.
+The lossless test picks the new method up by itself.
+
+Two typed channels connect a method to the rest of the harness:
+- options: `--method-opt NAME.KEY=VALUE` is parsed into `options_class` (`self.opts`) before any
+  model loads (`check_options`), so a misspelt key or a bad value is a one-line error;
+- statistics: a method declares what it counts in `stat_names` and adds to it with `self.count`;
+  `eval` stores the sums of each answer in the answer record (`method_stats`) and the report shows
+  them per method. Only declared names are accepted, so the record stays small whatever the run length.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
+from ..options import NoOptions, parse_options, split_nested
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 
 
@@ -24,35 +35,81 @@ class Drafter:
     datastore_kind: ClassVar[str | None] = None  # which `build-index --method` this drafter reads
     lossless: ClassVar[bool] = True  # False: the report keeps it out of lossless rankings
     lossless_options: ClassVar[dict] = {}  # for a lossy method: the options that make it lossless
-    options_class: ClassVar[type | None] = None  # a dataclass of `options.option` fields (typed options)
+    options_class: ClassVar[type] = NoOptions  # a dataclass of `options.option` fields
+    nested_options: ClassVar[tuple[str, ...]] = ()  # prefixes routed to another method: "fallback.k=3"
+    stat_names: ClassVar[dict[str, str]] = {}  # statistic -> what it counts (summed per answer)
 
-    def __init__(self, setup: MethodSetup):
+    def __init__(self, setup: MethodSetup, options: Any = None):
+        """`options`: already parsed (a hybrid building its host); None parses `setup.options`."""
         self.setup = setup
         if self.needs_draft_model and setup.draft is None:
             raise SpecbenchError(
                 f"method '{self.name}' needs --draft-model (a small model with the target's tokenizer)"
             )
+        self.routed_options: dict[str, dict[str, Any]] = {}  # "fallback" -> its own raw options
+        if options is None:
+            options, self.routed_options = self.typed_options(nested=True)
+        self.opts = options
+        self.clear_stats()
 
-    def options(self, defaults: dict) -> dict:
-        """The method's options: `--method-opt` values over `defaults`; an unknown key is an error."""
-        unknown = sorted(set(self.setup.options) - set(defaults))
-        if unknown:
+    # -- options --------------------------------------------------------------------------------------
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any], nested: bool = False) -> Any:
+        """`raw` parsed into `options_class` (one-line error on unknown keys or bad values).
+
+        With nested=True, dotted keys whose prefix is in `nested_options` are returned separately for
+        the method to route: (options, {"fallback": {"k": 3}}); any other dotted key is unknown.
+        """
+        own, routed = split_nested(dict(raw)) if nested else (dict(raw), {})
+        stray = sorted(
+            f"{head}.{key}" for head, keys in routed.items() if head not in cls.nested_options for key in keys
+        )
+        if stray:
+            known = [
+                *(f.name for f in dataclasses.fields(cls.options_class)),
+                *(f"{h}.KEY" for h in cls.nested_options),
+            ]
             raise SpecbenchError(
-                f"unknown {self.name} option(s) {', '.join(unknown)}; choose from: {', '.join(defaults)}"
+                f"unknown {cls.name} option(s) {', '.join(stray)}; choose from: {', '.join(known) or '(none)'}"
             )
-        return defaults | dict(self.setup.options)
+        parsed = parse_options(cls.options_class, own, owner=cls.name)
+        return (parsed, routed) if nested else parsed
 
     def typed_options(self, nested: bool = False) -> Any:
-        """`--method-opt` values parsed into `options_class` (one-line error on unknown keys or bad values).
+        """`--method-opt` values for this method, parsed (see `parse_options`)."""
+        return self.parse_options(self.setup.options, nested)
 
-        With nested=True, dotted keys (`fallback.k=3`) are returned separately for the method to route:
-        (options, {"fallback": {"k": 3}}).
-        """
-        from ..options import parse_options, split_nested
+    @classmethod
+    def check_options(cls, raw: dict[str, Any], has_draft_model: bool) -> None:
+        """Validate `--method-opt` values before any model loads; a method that routes nested options
+        to another method checks those too (override)."""
+        cls.parse_options(raw, nested=True)
 
-        own, sub = split_nested(dict(self.setup.options)) if nested else (dict(self.setup.options), {})
-        parsed = parse_options(self.options_class, own, owner=self.name)
-        return (parsed, sub) if nested else parsed
+    # -- statistics -----------------------------------------------------------------------------------
+
+    def count(self, stat: str, amount: float = 1) -> None:
+        """Add to one of the statistics declared in `stat_names` (an undeclared name is a bug: KeyError)."""
+        self._stats[stat] += amount
+
+    def stats(self) -> dict[str, int | float]:
+        """The declared statistics summed since `clear_stats` (eval clears them before each answer)."""
+        return dict(self._stats)
+
+    def clear_stats(self) -> None:
+        self._stats: dict[str, int | float] = dict.fromkeys(self.stat_names, 0)
+
+    def datastore_path(self) -> Path:
+        """The `--datastore` folder this method reads; one line naming the build command when missing."""
+        path = self.setup.datastores.get(self.datastore_kind)
+        if path is None:
+            raise SpecbenchError(
+                f"method '{self.name}' needs a datastore: build one with `specbench build-index --method "
+                f"{self.datastore_kind}` and pass it with --datastore DIR"
+            )
+        return Path(path)
+
+    # -- the contract ---------------------------------------------------------------------------------
 
     def reset(self, prompt_ids: list[int]) -> None:
         """Called once per generated turn, before the first step."""
@@ -76,5 +133,5 @@ class Drafter:
         return {}
 
     def describe(self) -> dict:
-        """Parameters recorded in config.json."""
-        return {}
+        """Parameters recorded in config.json: the parsed options; a method adds what it resolved."""
+        return dataclasses.asdict(self.opts)

@@ -8,20 +8,41 @@ target just chose); that token is dropped and the next 10 tokens are a candidate
 candidates, in neighbour order (score, then id), are merged into one tree so shared prefixes are
 verified once. Under greedy decoding this accepts exactly what DReSD's batch of 10 rows accepts (the
 longest matching prefix among the candidates), with fewer tokens in the forward.
-
-Options (`--method-opt dresd.KEY=VALUE`): neighbours (50), num_drafts (10), draft_len (10),
-distinct (false: duplicate candidates count towards num_drafts, as in DReSD), backend
-(auto | faiss-gpu | torch | faiss-cpu), nprobe (the datastore's).
+Options: `DresdOptions` below (`specbench ls --method dresd`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter
+
+DRESD_CODE = "DReSD official code (huawei-noah/HEBO, dresd.py)"
+
+
+@dataclass
+class DresdOptions:
+    neighbours: int = option(
+        50, "nearest keys fetched per step", f"{DRESD_CODE}, num_neighbors=50", minimum=1
+    )
+    num_drafts: int = option(
+        10, "candidates kept after the first-token filter", f"{DRESD_CODE}, num_drafts=10", minimum=1
+    )
+    draft_len: int = option(10, "tokens per candidate", f"{DRESD_CODE}, len_drafts=10", minimum=1)
+    distinct: bool = option(
+        False, "drop repeated candidates before counting num_drafts", f"{DRESD_CODE}: kept"
+    )
+    backend: str = option(
+        "auto", "nearest-neighbour search", "ours", choices=("auto", "faiss-gpu", "torch", "faiss-cpu")
+    )
+    nprobe: int | None = option(
+        None, "IVF cells searched (none: the datastore's)", "build-index --nprobe", minimum=1
+    )
 
 
 def candidate_paths(
@@ -55,29 +76,26 @@ class DReSD(Drafter):
     needs_hidden_states = True
     datastore_kind = "dresd"
 
-    def __init__(self, setup: MethodSetup):
+    options_class = DresdOptions
+    stat_names = {
+        "retrieval_seconds": "time in the search and the candidate filter",
+        "candidates": "candidates left after the first-token filter",
+        "batch_tokens": "tokens DReSD's batch of rows would verify for the same candidates",
+    }
+
+    def __init__(self, setup: MethodSetup, options: DresdOptions | None = None):
         from ..datastores.dresd import DresdDatastore
 
-        super().__init__(setup)
-        opts = setup.options
-        self.neighbours = int(opts.get("neighbours", 50))
-        self.num_drafts = int(opts.get("num_drafts", 10))
-        self.draft_len = int(opts.get("draft_len", 10))
-        self.distinct = bool(opts.get("distinct", False))
-        if "dresd" not in setup.datastores:
-            raise SpecbenchError(
-                "method 'dresd' needs a datastore: build one with `specbench build-index --method dresd` "
-                "and pass it with --datastore DIR"
-            )
-        if min(self.neighbours, self.num_drafts, self.draft_len) < 1:
-            raise SpecbenchError("dresd options neighbours, num_drafts and draft_len must be at least 1")
-        nprobe = opts.get("nprobe")
+        super().__init__(setup, options)
+        o = self.opts
+        self.neighbours, self.num_drafts, self.draft_len, self.distinct = (
+            o.neighbours,
+            o.num_drafts,
+            o.draft_len,
+            o.distinct,
+        )
         self.store = DresdDatastore(
-            setup.datastores["dresd"],
-            setup.target,
-            backend=str(opts.get("backend", "auto")),
-            nprobe=int(nprobe) if nprobe is not None else None,
-            k=self.neighbours,
+            self.datastore_path(), setup.target, backend=o.backend, nprobe=o.nprobe, k=self.neighbours
         )
         layer = self.store.manifest.get("layer", -1)
         n_layers = setup.target.model.config.get_text_config().num_hidden_layers
@@ -88,10 +106,6 @@ class DReSD(Drafter):
                 f"datastore {self.store.path} was built from layer {layer}, but the dresd drafter queries with "
                 f"the final layer; rebuild it with --layer -1 (or {n_layers})"
             )
-        # Per-step figures the benchmark reads (one entry per propose call, across generations).
-        self.retrieval_seconds: list[float] = []
-        self.tree_nodes: list[int] = []
-        self.batch_tokens: list[int] = []  # tokens the same candidates would cost as DReSD's batch of rows
 
     def propose(self, ctx: DraftContext) -> DraftTree:
         if ctx.hidden is None or ctx.max_nodes < 1:
@@ -101,18 +115,14 @@ class DReSD(Drafter):
         rows = self.store.values[ids]  # (k, 20), neighbour order
         paths = candidate_paths(rows, int(ctx.tokens[-1]), self.num_drafts, self.draft_len, self.distinct)
         tree = DraftTree.from_paths(paths, ctx.max_nodes)
-        self.retrieval_seconds.append(time.perf_counter() - start)
-        self.tree_nodes.append(len(tree))
-        self.batch_tokens.append(sum(len(p) for p in paths))
+        self.count("retrieval_seconds", time.perf_counter() - start)
+        self.count("candidates", len(paths))
+        self.count("batch_tokens", sum(len(p) for p in paths))
         return tree
 
     def describe(self) -> dict:
         m = self.store.manifest
-        return {
-            "neighbours": self.neighbours,
-            "num_drafts": self.num_drafts,
-            "draft_len": self.draft_len,
-            "distinct": self.distinct,
+        return super().describe() | {
             "backend": self.store.backend,
             "search": self.store.search_params,
             "index": m.get("index"),

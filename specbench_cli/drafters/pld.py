@@ -7,13 +7,13 @@ suffix itself, gives those tokens as a chain draft. No match: an empty draft (a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..options import option
-from ..types import DraftContext, DraftTree, MethodSetup
+from ..types import DraftContext, DraftTree
 from .base import Drafter
 
 
@@ -44,15 +44,7 @@ class PromptLookup(Drafter):
     name = "pld"
     options_class = PldOptions
 
-    def __init__(self, setup: MethodSetup):
-        super().__init__(setup)
-        self.opts = self.typed_options()
-        self.max_ngram = self.opts.max_ngram
-        self.num_pred = self.opts.num_pred
-
     def propose(self, ctx: DraftContext) -> DraftTree:
-        draft = find_candidate(np.asarray(ctx.tokens, dtype=np.int64), self.max_ngram, self.num_pred)
+        tokens = np.asarray(ctx.tokens, dtype=np.int64)
+        draft = find_candidate(tokens, self.opts.max_ngram, self.opts.num_pred)
         return DraftTree.chain(draft[: ctx.max_nodes].tolist())
-
-    def describe(self) -> dict:
-        return asdict(self.opts)

@@ -22,24 +22,35 @@ The paper gives no pruning threshold or budget (methods.md §1.5); the values he
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
-import torch
-
+from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 from .base import Drafter
-from .retrieval import Retriever
-from .sps_tree import OPTIONS as HOST_OPTIONS
-from .sps_tree import host_tree
+from .retrieval import Retriever, RetrieverOptions
+from .sps_tree import DraftModelTree, SpsTreeOptions
 
-OPTIONS = {
-    "retriever": "pld",  # pld | rest | dresd, or several joined by '+'
-    "budget": 80,  # fused tree nodes
-    "retrieval_nodes": 64,  # retrieval trie size before pruning (REST's num_draft)
-    "prune_min_prob": 0.0,  # drop retrieved nodes below this cumulative draft probability (0: rank only)
-    "num_pred": 10,  # tokens per retrieved continuation (PLD / REST / DReSD default)
-    "max_ngram": 3,  # context match length, PLD's
-    "max_candidates": 8,  # context match positions
-} | HOST_OPTIONS
+
+@dataclass
+class RasdOptions(SpsTreeOptions, RetrieverOptions):
+    """RASD's own options, plus the host tree's (sps-tree) and the retriever's under their own names."""
+
+    budget: int = option(80, "nodes of the fused tree", "ours: the paper gives none (ablated)", minimum=1)
+    retrieval_nodes: int = option(
+        64, "retrieval trie size before pruning", "REST num_draft=64 (the paper gives none)", minimum=0
+    )
+    prune_min_prob: float = option(
+        0.0,
+        "drop retrieved nodes below this cumulative draft probability (0: rank only)",
+        "ours: the paper gives no threshold (ablated)",
+        minimum=0.0,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prune_min_prob > 1.0:
+            raise SpecbenchError(f"option prune_min_prob={self.prune_min_prob!r} must be at most 1")
 
 
 def prune_mask(tree: DraftTree, cum_logprobs: list[float], min_logprob: float) -> list[bool]:
@@ -113,112 +124,58 @@ def fuse_trees(
 class Rasd(Drafter):
     name = "rasd"
     needs_draft_model = True
+    options_class = RasdOptions
+    stat_names = {
+        "retrieval_seconds": "time in the retriever",
+        "retrieved_nodes": "nodes of the retrieval trie, before pruning",
+        "pruned_nodes": "retrieved nodes dropped by the draft-probability threshold",
+        "added_nodes": "fused-tree nodes that only retrieval proposed",
+        "accepted_retrieval_nodes": "accepted nodes that only retrieval proposed",
+    }
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        opts = self.options(OPTIONS)
-        self.budget = int(opts["budget"])
-        self.retrieval_nodes = int(opts["retrieval_nodes"])
-        self.prune_min_prob = float(opts["prune_min_prob"])
-        if self.budget < 1 or self.retrieval_nodes < 0 or not 0.0 <= self.prune_min_prob <= 1.0:
-            raise SpecbenchError(
-                "rasd needs budget >= 1, retrieval_nodes >= 0 and 0 <= prune_min_prob <= 1; got "
-                f"{self.budget}, {self.retrieval_nodes}, {self.prune_min_prob}"
-            )
-        self.host = host_tree(setup, {k: opts[k] for k in HOST_OPTIONS})
-        self.retriever = Retriever(
-            str(opts["retriever"]),
-            setup,
-            "rasd",
-            max_ngram=int(opts["max_ngram"]),
-            num_pred=int(opts["num_pred"]),
-            max_context_candidates=int(opts["max_candidates"]),
-        )
+        self.budget, self.retrieval_nodes = self.opts.budget, self.opts.retrieval_nodes
+        self.prune_min_prob = self.opts.prune_min_prob
+        self.host = DraftModelTree(setup, subset(SpsTreeOptions, self.opts))
+        self.retriever = Retriever(subset(RetrieverOptions, self.opts), setup, "rasd")
         # DReSD queries with the target's hidden state; the engine reads this flag per instance.
         self.needs_hidden_states = self.retriever.needs_hidden_states
         self.last_origin: list[str] = []  # origin of every node of the last fused tree
-        self.stats = {
-            key: 0 for key in ("steps", "retrieved", "pruned", "added", "accepted", "accepted_retrieval")
-        }
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.host.reset(prompt_ids)
 
     def propose(self, ctx: DraftContext) -> DraftTree:
+        import torch
+
         budget = min(self.budget, ctx.max_nodes)
         self.last_origin = []
         if budget <= 0:
             return DraftTree.empty()
-        host_tree = self.host.propose(ctx)
-        host_scores = list(self.host.last_node_logprobs)
-        if len(host_tree):
-            root_logp = self.host.last_root_logprobs
-        else:  # total_nodes=0: retrieval only, but the draft cache must still catch up to score it
-            root_logp = torch.log_softmax(self.host.catch_up(ctx.tokens, self.retrieval_nodes + 1), dim=-1)
+        host = self.host.grow(ctx)
+        root_logp = host.root_logprobs
+        if root_logp is None:  # total_nodes=0: retrieval only, but the draft cache must still catch up
+            root_logp = torch.log_softmax(self.host.root_logits(ctx.tokens, self.retrieval_nodes + 1), dim=-1)
+        start = time.perf_counter()
         cands = self.retriever.candidates(ctx, self.retrieval_nodes)
+        self.count("retrieval_seconds", time.perf_counter() - start)
         rtree = DraftTree.from_paths([list(c.tokens) for c in cands], self.retrieval_nodes)
-        rscores = self.score_with_draft(rtree, root_logp)
+        rscores = self.host.score(rtree, root_logp)
         min_logprob = math.log(self.prune_min_prob) if self.prune_min_prob > 0 else -math.inf
         kept = prune_mask(rtree, rscores, min_logprob)
-        fused, self.last_origin = fuse_trees(host_tree, host_scores, rtree, rscores, budget, kept)
-        s = self.stats
-        s["steps"] += 1
-        s["retrieved"] += len(rtree)
-        s["pruned"] += len(rtree) - sum(kept)
-        s["added"] += self.last_origin.count("retrieval")
+        fused, self.last_origin = fuse_trees(host.tree, host.node_logprobs, rtree, rscores, budget, kept)
+        self.count("retrieved_nodes", len(rtree))
+        self.count("pruned_nodes", len(rtree) - sum(kept))
+        self.count("added_nodes", self.last_origin.count("retrieval"))
         return fused
 
-    @torch.inference_mode()
-    def score_with_draft(self, tree: DraftTree, root_logp: torch.Tensor) -> list[float]:
-        """Cumulative draft log-probability of every node of `tree` (hanging off the current root).
-
-        Depth-1 nodes read `root_logp`, the draft's log-probabilities after the root; the others need their parent's output, so the
-        tree's inner nodes go through the draft model in one forward. It writes after the committed
-        draft cache without committing (the host's pending tree slots are done with), and the next
-        catch-up overwrites it.
-        """
-        n = len(tree)
-        if n == 0:
-            return []
-        inner = sorted({p for p in tree.parents if p >= 0})
-        row_of = {node: i for i, node in enumerate(inner)}
-        runner = self.host.runner
-        rows = None
-        if inner and runner.length + len(inner) <= runner.max_len:
-            # An inner node's parent is itself inner, so the sub-tree is closed.
-            logits, _ = runner.forward(
-                [tree.tokens[v] for v in inner], [row_of.get(tree.parents[v], -1) for v in inner]
-            )
-            rows = torch.log_softmax(logits, dim=-1)
-        roots = [v for v in range(n) if tree.parents[v] < 0]
-        root_vals = root_logp[torch.tensor([tree.tokens[v] for v in roots], device=root_logp.device)].tolist()
-        root_val = dict(zip(roots, root_vals))
-        deep = [v for v in range(n) if tree.parents[v] >= 0]
-        if rows is not None and deep:
-            r_idx = torch.tensor([row_of[tree.parents[v]] for v in deep], device=rows.device)
-            t_idx = torch.tensor([tree.tokens[v] for v in deep], device=rows.device)
-            deep_val = dict(zip(deep, rows[r_idx, t_idx].tolist()))
-        else:  # no room in the draft cache (rare): deeper retrieved nodes count as unlikely
-            deep_val = {}
-        cum: list[float] = []
-        for v in range(n):
-            p = tree.parents[v]
-            logp = root_val[v] if p < 0 else deep_val.get(v, -math.inf)
-            cum.append(logp + (cum[p] if p >= 0 else 0.0))
-        return cum
-
     def update(self, feedback: StepFeedback) -> None:
-        self.stats["accepted"] += len(feedback.accepted_nodes)
         origin = self.last_origin
-        self.stats["accepted_retrieval"] += sum(
-            1 for n in feedback.accepted_nodes if n < len(origin) and origin[n] == "retrieval"
+        self.count(
+            "accepted_retrieval_nodes",
+            sum(1 for n in feedback.accepted_nodes if n < len(origin) and origin[n] == "retrieval"),
         )
 
     def describe(self) -> dict:
-        return {
-            "budget": self.budget,
-            "retrieval_nodes": self.retrieval_nodes,
-            "prune_min_prob": self.prune_min_prob,
-            "host": self.host.describe(),
-            **self.retriever.describe(),
-        }
+        return super().describe() | {"host": self.host.describe(), **self.retriever.describe()}

@@ -95,7 +95,6 @@ class TokenRecycling(Drafter):
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        self.opts = self.typed_options()
         self.k = self.opts.k
         self.needs_node_topk = self.k
         self.template = Template.from_paths(PAPER_TEMPLATE, self.k)

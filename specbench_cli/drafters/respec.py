@@ -25,36 +25,59 @@ arXiv 2511.01282). Lossy by default: `--method-opt respec.relaxed=off` makes it 
 
 from __future__ import annotations
 
-import torch
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 from .base import Drafter
-from .retrieval import Candidate, Retriever
-from .sps_tree import OPTIONS as HOST_OPTIONS
-from .sps_tree import host_tree
+from .retrieval import Candidate, Retriever, RetrieverOptions
+from .sps_tree import DraftModelTree, SpsTreeOptions
 
-OPTIONS = {
-    "retriever": "pld",  # pld | rest | dresd, or several joined by '+'
-    "relaxed": True,  # off: strict verification everywhere, lossless
-    "relaxed_topk": 1,  # the target's top choice (matters at T > 0; at T = 0 it is the strict pick)
-    "relaxed_min_prob": 0.3,
-    "entropy_theta": 1.5,  # nats
-    "lookback": 3,
-    "lambda_e": 1.0,
-    "alpha": 0.3,
-    "score_init": 0.5,
-    "score_cutoff": 0.5,
-    "num_candidates": 4,
-    "num_pred": 10,  # tokens per retrieved candidate
-    "max_ngram": 3,
-    "max_context_candidates": 8,
-    "budget": 64,  # nodes of the retrieval tree
-    "fallback_k": 4,  # strict draft-model first tokens added to a retrieval tree
-} | HOST_OPTIONS
+if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method respec` stays light
+    import torch
+
+PAPER = "ReSpec (arXiv 2511.01282)"
+REIMPLEMENTATION = "a public re-implementation of ReSpec's Algorithm 1"
+
+
+@dataclass
+class ReSpecOptions(SpsTreeOptions, RetrieverOptions):
+    """ReSpec's own options, plus the host tree's (sps-tree) and the retriever's under their own names."""
+
+    relaxed: bool = option(True, "relaxed verification of retrieved nodes (off: lossless)", PAPER)
+    relaxed_topk: int = option(
+        1,
+        "a retrieved token in the target's top-k is accepted",
+        "ours: the paper's rule was not found",
+        minimum=0,
+    )
+    relaxed_min_prob: float = option(
+        0.3, "a retrieved token with this target probability is accepted", "ours (ablated)", minimum=0.0
+    )
+    entropy_theta: float = option(1.5, "retrieve when the windowed entropy (nats) is at most this", PAPER)
+    lookback: int = option(3, "entropy window l (steps)", PAPER, minimum=1)
+    lambda_e: float = option(1.0, "window penalty: C_k = H_k + lambda_e / k", REIMPLEMENTATION)
+    alpha: float = option(0.3, "feedback score step: S <- (1 - alpha) S + alpha R", REIMPLEMENTATION)
+    score_init: float = option(0.5, "feedback score of a new candidate source", REIMPLEMENTATION)
+    score_cutoff: float = option(0.5, "candidates scoring below this are dropped", REIMPLEMENTATION)
+    num_candidates: int = option(4, "candidates verified together per retrieval step", "ours", minimum=1)
+    budget: int = option(64, "nodes of the retrieval tree", "REST num_draft=64", minimum=1)
+    fallback_k: int = option(
+        4, "strict draft-model first tokens added beside the retrieved ones", "ours (ablated)", minimum=0
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.alpha <= 1.0:
+            raise SpecbenchError(f"option alpha={self.alpha!r} must be in (0, 1]")
 
 
 def entropy_nats(logits: torch.Tensor, temperature: float = 0.0) -> float:
     """Entropy of the distribution the verifier draws from: softmax(logits / T), or softmax(logits) at T=0."""
+    import torch
+
     row = logits.float().reshape(-1)
     if temperature > 0:
         row = row / temperature
@@ -110,55 +133,30 @@ class ReSpec(Drafter):
     lossless = False  # the default (relaxed on); an instance with relaxed=off sets its own True
     lossless_options = {"relaxed": False}  # the options that make it lossless (for the lossless test)
 
+    options_class = ReSpecOptions
+    stat_names = {
+        "retrieval_seconds": "time in the retriever",
+        "triggered_steps": "steps the entropy trigger chose retrieval",
+        "retrieval_steps": "steps that verified retrieved candidates",
+        "retrieval_step_accepts": "tokens accepted in retrieval steps",
+        "relaxed_accepts": "nodes only the relaxed rule accepted",
+    }
+
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        opts = self.options(OPTIONS)
-        self.relaxed = _as_bool(opts["relaxed"], "relaxed")
-        self.relaxed_topk = int(opts["relaxed_topk"])
-        self.relaxed_min_prob = float(opts["relaxed_min_prob"])
-        self.theta, self.lookback, self.lambda_e = (
-            float(opts["entropy_theta"]),
-            int(opts["lookback"]),
-            float(opts["lambda_e"]),
-        )
-        self.alpha, self.score_init, self.score_cutoff = (
-            float(opts["alpha"]),
-            float(opts["score_init"]),
-            float(opts["score_cutoff"]),
-        )
-        self.num_candidates, self.budget = int(opts["num_candidates"]), int(opts["budget"])
-        self.fallback_k = int(opts["fallback_k"])
-        if (
-            self.fallback_k < 0
-            or self.relaxed_topk < 0
-            or self.lookback < 1
-            or self.num_candidates < 1
-            or self.budget < 1
-        ):
-            raise SpecbenchError(
-                "respec needs fallback_k >= 0, relaxed_topk >= 0, lookback >= 1, num_candidates >= 1 and budget >= 1; got "
-                f"{self.fallback_k}, {self.relaxed_topk}, {self.lookback}, {self.num_candidates}, {self.budget}"
-            )
-        if not 0.0 < self.alpha <= 1.0:
-            raise SpecbenchError(f"respec option alpha must be in (0, 1], got {self.alpha}")
+        o = self.opts
+        self.relaxed, self.relaxed_topk, self.relaxed_min_prob = o.relaxed, o.relaxed_topk, o.relaxed_min_prob
+        self.theta, self.lookback, self.lambda_e = o.entropy_theta, o.lookback, o.lambda_e
+        self.alpha, self.score_init, self.score_cutoff = o.alpha, o.score_init, o.score_cutoff
+        self.num_candidates, self.budget, self.fallback_k = o.num_candidates, o.budget, o.fallback_k
         # The report reads this to keep a relaxed run out of the lossless rankings.
         self.lossless = not self.relaxed
-        self.host = host_tree(setup, {k: opts[k] for k in HOST_OPTIONS})
-        self.retriever = Retriever(
-            str(opts["retriever"]),
-            setup,
-            "respec",
-            max_ngram=int(opts["max_ngram"]),
-            num_pred=int(opts["num_pred"]),
-            max_context_candidates=int(opts["max_context_candidates"]),
-        )
+        self.host = DraftModelTree(setup, subset(SpsTreeOptions, o))
+        self.retriever = Retriever(subset(RetrieverOptions, o), setup, "respec")
         self.needs_hidden_states = self.retriever.needs_hidden_states
         self.entropies: list[float] = []  # one per step of this turn
         self.scores: dict[tuple, float] = {}  # candidate key -> feedback score
         self.last_used: list[Candidate] = []  # candidates verified in the last step
-        self.stats = {
-            key: 0 for key in ("steps", "triggered", "retrieved_steps", "accepted", "accepted_retrieved")
-        }
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.host.reset(prompt_ids)
@@ -171,20 +169,21 @@ class ReSpec(Drafter):
 
     def propose(self, ctx: DraftContext) -> DraftTree:
         self.last_used = []
-        self.stats["steps"] += 1
         if ctx.logits is not None:
             self.entropies.append(entropy_nats(ctx.logits, ctx.temperature))
             del self.entropies[: -self.lookback]
         budget = min(self.budget, ctx.max_nodes)
         if budget > 0 and entropy_trigger(self.entropies, self.lookback, self.lambda_e, self.theta):
-            self.stats["triggered"] += 1
+            self.count("triggered_steps")
+            start = time.perf_counter()
             cands = self.retriever.candidates(ctx, budget)
+            self.count("retrieval_seconds", time.perf_counter() - start)
             chosen = rank_candidates(
                 cands, self.scores, self.score_init, self.score_cutoff, self.num_candidates
             )
             if chosen:
                 self.last_used = chosen
-                self.stats["retrieved_steps"] += 1
+                self.count("retrieval_steps")
                 return self.retrieval_tree(ctx, chosen, budget)
         return self.host.propose(ctx)
 
@@ -201,7 +200,7 @@ class ReSpec(Drafter):
         relaxed = [self.relaxed] * len(tokens)
         room = min(self.fallback_k, budget - len(tokens))
         if room > 0:
-            root_logits = self.host.catch_up(ctx.tokens, headroom=1)
+            root_logits = self.host.root_logits(ctx.tokens, headroom=1)
             firsts = {t for t, p in zip(tokens, parents) if p < 0}
             for tok in root_logits.topk(room + len(firsts)).indices.tolist():
                 if tok not in firsts and room > 0:
@@ -213,41 +212,18 @@ class ReSpec(Drafter):
 
     def update(self, feedback: StepFeedback) -> None:
         accepted = [feedback.tree.tokens[n] for n in feedback.accepted_nodes]
-        self.stats["accepted"] += len(accepted)
+        self.count("relaxed_accepts", feedback.relaxed_accepts)
         if not self.last_used:
             return
-        self.stats["accepted_retrieved"] += len(accepted)
+        self.count("retrieval_step_accepts", len(accepted))
         for cand in self.last_used:
             reward = common_prefix_len(cand.tokens, accepted) / max(len(cand.tokens), 1)
             old = self.scores.get(cand.key, self.score_init)
             self.scores[cand.key] = (1.0 - self.alpha) * old + self.alpha * reward
 
     def describe(self) -> dict:
-        return {
-            "relaxed": self.relaxed,
-            "relaxed_topk": self.relaxed_topk,
-            "relaxed_min_prob": self.relaxed_min_prob,
-            "entropy_theta": self.theta,
-            "lookback": self.lookback,
-            "lambda_e": self.lambda_e,
-            "alpha": self.alpha,
-            "score_init": self.score_init,
-            "score_cutoff": self.score_cutoff,
-            "num_candidates": self.num_candidates,
-            "budget": self.budget,
-            "fallback_k": self.fallback_k,
+        return super().describe() | {
             "lossless": self.lossless,
             "host": self.host.describe(),
             **self.retriever.describe(),
         }
-
-
-def _as_bool(value, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("on", "true", "1", "yes"):
-        return True
-    if text in ("off", "false", "0", "no"):
-        return False
-    raise SpecbenchError(f"respec option {name} must be on or off, got {value!r}")

@@ -13,15 +13,33 @@ is a closed tree: no pruning pass is needed, and any prefix of the node list is 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..datastores.rest import SENTINEL, RestDatastore, njit
+from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter
 
-DEFAULTS = {"max_span": 16, "min_span": 2, "max_matches": 5000, "length": 10, "num_draft": 64}
+REST_CODE = "REST official code (FasterDecoding/REST)"
+
+
+@dataclass
+class RestOptions:
+    max_span: int = option(
+        16, "longest context suffix looked up", f"{REST_CODE}, --max-token-span 16", minimum=1
+    )
+    min_span: int = option(2, "shortest context suffix looked up", f"{REST_CODE}, spans 16..2", minimum=1)
+    max_matches: int = option(5000, "datastore matches read per lookup", f"{REST_CODE}, k=5000", minimum=1)
+    length: int = option(10, "tokens per continuation", f"{REST_CODE}, long=10", minimum=1)
+    num_draft: int = option(
+        64, "most frequent prefixes kept in the trie", f"{REST_CODE}, --num-draft 64", minimum=1
+    )
+
+    def __post_init__(self) -> None:
+        if self.min_span > self.max_span:
+            raise SpecbenchError(f"option min_span ({self.min_span}) exceeds max_span ({self.max_span})")
 
 
 @njit(cache=True, nogil=True)
@@ -84,58 +102,36 @@ def top_prefix_tree(rows: np.ndarray, num_nodes: int) -> DraftTree:
 class Rest(Drafter):
     name = "rest"
     datastore_kind = "rest"
+    options_class = RestOptions
+    stat_names = {
+        "lookup_seconds": "time in the suffix-array lookup and the trie",
+        "matched_steps": "steps whose context suffix occurs in the datastore",
+        "matched_span": "matched suffix length, summed (divide by matched steps for the mean)",
+    }
 
-    def __init__(self, setup: MethodSetup):
-        super().__init__(setup)
-        path = setup.datastores.get("rest")
-        if path is None:
-            raise SpecbenchError(
-                "method 'rest' needs a datastore: build one with `specbench build-index --method rest "
-                "--model M --corpus SPEC --out DIR` and pass it with --datastore DIR"
-            )
-        params = self.options(DEFAULTS)
-        for key, value in params.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecbenchError(f"rest option {key} must be a positive integer, got {value!r}")
-        if params["min_span"] > params["max_span"]:
-            raise SpecbenchError(
-                f"rest option min_span ({params['min_span']}) exceeds max_span ({params['max_span']})"
-            )
-        self.params = params
-        self.store = RestDatastore(Path(path))
-        self.lookup_seconds: list[float] = []  # one per propose() call, read by bench/ and the report
-        self.match_spans: list[int] = []  # matched suffix length per call (0 = no hit)
+    def __init__(self, setup: MethodSetup, options: RestOptions | None = None):
+        super().__init__(setup, options)
+        self.store = RestDatastore(self.datastore_path())
+        self.last_match_span = 0  # matched suffix length of the last propose() (0 = no hit)
 
     def propose(self, ctx: DraftContext) -> DraftTree:
         t0 = time.perf_counter()
-        p = self.params
+        o = self.opts
         tree = DraftTree.empty()
-        budget = min(p["num_draft"], ctx.max_nodes)
-        match = self.store.longest_match(ctx.tokens[-p["max_span"] :], p["min_span"], p["max_span"])
+        budget = min(o.num_draft, ctx.max_nodes)
+        match = self.store.longest_match(ctx.tokens[-o.max_span :], o.min_span, o.max_span)
         if match.span and budget > 0:
-            rows = self.store.continuation_matrix(
-                match.lo, match.hi, match.span, p["max_matches"], p["length"]
-            )
+            rows = self.store.continuation_matrix(match.lo, match.hi, match.span, o.max_matches, o.length)
             tree = top_prefix_tree(rows, budget)
-        self.match_spans.append(match.span)
-        self.lookup_seconds.append(time.perf_counter() - t0)
+        self.last_match_span = match.span
+        self.count("matched_steps", int(match.span > 0))
+        self.count("matched_span", match.span)
+        self.count("lookup_seconds", time.perf_counter() - t0)
         return tree
-
-    def latency_percentiles(self) -> dict:
-        """p50 / p99 lookup time in milliseconds over every propose() so far."""
-        if not self.lookup_seconds:
-            return {"calls": 0}
-        ms = np.asarray(self.lookup_seconds) * 1e3
-        return {
-            "calls": int(ms.size),
-            "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)),
-            "hit_rate": float(np.mean(np.asarray(self.match_spans) > 0)),
-        }
 
     def describe(self) -> dict:
         manifest = self.store.manifest
-        return dict(self.params) | {
+        return super().describe() | {
             "datastore": str(self.store.path),
             "datastore_tokens": manifest.get("tokens"),
             "datastore_corpus": (manifest.get("corpus") or {}).get("description"),

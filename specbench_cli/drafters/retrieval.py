@@ -1,6 +1,6 @@
 """Retrieved draft candidates for the hybrid methods (`rasd`, `respec`), from the existing retrievers.
 
-    retriever = Retriever("pld+rest", setup, method="respec")
+    retriever = Retriever(RetrieverOptions(retriever="pld+rest"), setup, method="respec")
     cands = retriever.candidates(ctx, max_nodes=64)   # best first, each with a feedback key
 
 A retriever spec names one or more sources joined by "+":
@@ -26,9 +26,30 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..options import option
 from ..types import DraftContext, MethodSetup, SpecbenchError
 
 SOURCES = ("pld", "rest", "dresd")
+
+
+@dataclass
+class RetrieverOptions:
+    """The retrieval options a hybrid method (rasd, respec) takes, under these names."""
+
+    retriever: str = option("pld", "sources joined by '+': pld, rest, dresd", "RASD(PLD) / RASD(REST)")
+    num_pred: int = option(
+        10,
+        "tokens per retrieved continuation",
+        "PLD num_pred_tokens / REST length / DReSD len_drafts",
+        minimum=1,
+    )
+    max_ngram: int = option(3, "longest context n-gram matched (pld source)", "Spec-Bench PLD", minimum=1)
+    max_context_candidates: int = option(
+        8, "context match positions kept (pld source)", "ours: ReSpec's several match positions", minimum=1
+    )
+
+    def __post_init__(self) -> None:
+        parse_sources(self.retriever)
 
 
 @dataclass(frozen=True)
@@ -38,13 +59,13 @@ class Candidate:
     key: tuple  # feedback identity, stable across steps for the same copy source
 
 
-def parse_sources(spec: str, method: str) -> list[str]:
+def parse_sources(spec: str) -> list[str]:
     """`"pld+rest"` -> ["pld", "rest"]; unknown or repeated names are a user error."""
     names = [s.strip() for s in str(spec).split("+") if s.strip()]
     bad = [s for s in names if s not in SOURCES]
     if not names or bad or len(set(names)) != len(names):
         raise SpecbenchError(
-            f"{method} option retriever='{spec}' is not valid; choose one or more of "
+            f"option retriever='{spec}' is not valid; choose one or more of "
             f"{', '.join(SOURCES)} joined by '+', e.g. pld or pld+rest"
         )
     return names
@@ -94,31 +115,24 @@ def context_candidates(
 class Retriever:
     """One or more retrieval sources behind one call; built once per drafter."""
 
-    def __init__(
-        self,
-        spec: str,
-        setup: MethodSetup,
-        method: str,
-        max_ngram: int = 3,
-        num_pred: int = 10,
-        max_context_candidates: int = 8,
-    ):
-        self.sources = parse_sources(spec, method)
-        self.max_ngram, self.num_pred = max_ngram, num_pred
-        self.max_context_candidates = max_context_candidates
+    def __init__(self, options: RetrieverOptions, setup: MethodSetup, method: str):
+        self.sources = parse_sources(options.retriever)
+        self.max_ngram, self.num_pred = options.max_ngram, options.num_pred
+        self.max_context_candidates = options.max_context_candidates
         self.rest = self.dresd = None
         if "rest" in self.sources:
-            from .rest import Rest
+            from .rest import Rest, RestOptions
 
-            self.rest = Rest(self._sub_setup(setup, "rest", method, {"length": num_pred}))
+            self.rest = Rest(self._sub_setup(setup, "rest", method), RestOptions(length=self.num_pred))
         if "dresd" in self.sources:
-            from .dresd import DReSD
+            from .dresd import DReSD, DresdOptions
 
-            self.dresd = DReSD(self._sub_setup(setup, "dresd", method, {"draft_len": num_pred}))
+            sub = self._sub_setup(setup, "dresd", method)
+            self.dresd = DReSD(sub, DresdOptions(draft_len=self.num_pred))
         self.needs_hidden_states = self.dresd is not None
 
     @staticmethod
-    def _sub_setup(setup: MethodSetup, kind: str, method: str, options: dict) -> MethodSetup:
+    def _sub_setup(setup: MethodSetup, kind: str, method: str) -> MethodSetup:
         # The eval only hands out datastores by method name; a hybrid reads the one its retriever names.
         path = setup.datastores.get(kind)
         if path is None:
@@ -126,7 +140,7 @@ class Retriever:
                 f"method '{method}' with retriever {kind} needs a {kind} datastore: build one with "
                 f"`specbench build-index --method {kind}` and pass it with --datastore DIR"
             )
-        return MethodSetup(target=setup.target, datastores={kind: path}, options=options, seed=setup.seed)
+        return MethodSetup(target=setup.target, datastores={kind: path}, seed=setup.seed)
 
     def candidates(self, ctx: DraftContext, max_nodes: int = 64) -> list[Candidate]:
         """Candidates from every source, in source order, each source's best first."""

@@ -22,72 +22,83 @@ corpus's); the datastore is still required by `eval` so that runs stay comparabl
 
 from __future__ import annotations
 
-from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..datastores.automaton import SuffixAutomaton
 from ..datastores.sam import SamDatastore
+from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFeedback
 from .base import Drafter
 
-OPTIONS = {"n_predicts": 40, "len_threshold": 5, "len_bias": 5, "static": True, "fallback": None}
+SAM_CODE = "SAM-Decoding official code (hyx1999/SAM-Decoding, SamdConfig)"
 FALLBACKS = ("recycle", "pld", "sps-tree", "none")
 
 
-def as_bool(value, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "on", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "off", "0", "no"):
-        return False
-    raise SpecbenchError(f"sam option {name}={value!r} is not a boolean; use true or false")
+@dataclass
+class SamOptions:
+    n_predicts: int = option(
+        40, "positions verified per chain, root included", f"{SAM_CODE}, n_predicts=40", minimum=1
+    )
+    len_threshold: int = option(
+        5, "shortest match that drafts a chain", f"{SAM_CODE}, len_threshold=5", minimum=0
+    )
+    len_bias: int = option(5, "taken off the static match length", f"{SAM_CODE}, len_bias=5", minimum=0)
+    static: bool = option(
+        True, "use the corpus automaton (false: the dynamic one alone)", "SAM-Decoding README"
+    )
+    fallback: str = option(
+        "recycle",
+        "drafter when no match is long enough (none: draft nothing)",
+        f"{SAM_CODE}, tree_method='token_recycle'",
+        choices=FALLBACKS,
+    )
 
 
 class SamDecoding(Drafter):
     name = "sam"
     datastore_kind = "sam"
+    options_class = SamOptions
+    nested_options = ("fallback",)  # fallback.KEY=VALUE goes to the fallback drafter
+    stat_names = {
+        "dynamic_steps": "steps drafted from the dynamic automaton (the context)",
+        "static_steps": "steps drafted from the static automaton (the corpus)",
+        "fallback_steps": "steps handed to the fallback drafter",
+    }
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        mine = {k: v for k, v in setup.options.items() if not k.startswith("fallback.")}
-        unknown = sorted(set(mine) - set(OPTIONS))
-        if unknown:
-            raise SpecbenchError(
-                f"unknown sam option(s) {', '.join(unknown)}; choose from: {', '.join(OPTIONS)}, fallback.KEY"
-            )
-        opts = OPTIONS | mine
-        self.n_predicts = int(opts["n_predicts"])
-        self.len_threshold = int(opts["len_threshold"])
-        self.len_bias = int(opts["len_bias"])
-        self.use_static = as_bool(opts["static"], "static")
+        self.n_predicts = self.opts.n_predicts
+        self.len_threshold = self.opts.len_threshold
+        self.len_bias = self.opts.len_bias
         store = setup.datastores.get("sam")
         # Without a datastore (a drafter built in code) the method runs on the dynamic automaton alone.
-        self.static = SamDatastore(store).automaton if self.use_static and store is not None else None
+        self.static = SamDatastore(store).automaton if self.opts.static and store is not None else None
 
-        self.fallback_name = opts["fallback"] or "recycle"
-        if self.fallback_name not in FALLBACKS:
-            raise SpecbenchError(
-                f"sam option fallback={self.fallback_name!r}; choose from: {', '.join(FALLBACKS)}"
-            )
+        self.fallback_name = self.opts.fallback
         self.fallback: Drafter | None = None
         if self.fallback_name != "none":
             from ..registry import DRAFTERS
 
-            sub = {
-                k.removeprefix("fallback."): v for k, v in setup.options.items() if k.startswith("fallback.")
-            }
-            fb_setup = MethodSetup(
-                setup.target, setup.draft, setup.datastores, sub, setup.temperature, setup.seed
-            )
+            fb_setup = replace(setup, options=self.routed_options.get("fallback", {}))
             self.fallback = DRAFTERS.get(self.fallback_name)(fb_setup)
             self.needs_node_topk = self.fallback.needs_node_topk  # recycle learns from every step
 
         self.dynamic = SuffixAutomaton()
         self.fed = 0  # committed tokens already in the dynamic automaton and the static match
         self.state, self.length = 0, 0  # static match: automaton state and matched length
-        self.sources: Counter[str] = Counter()  # steps drafted by each source, for benchmarks and tests
+
+    @classmethod
+    def check_options(cls, raw: dict, has_draft_model: bool) -> None:
+        opts, routed = cls.parse_options(raw, nested=True)
+        fallback = opts.fallback
+        if fallback != "none":
+            from ..registry import DRAFTERS
+
+            DRAFTERS.get(fallback).check_options(routed.get("fallback", {}), has_draft_model)
+        elif routed:
+            raise SpecbenchError("sam options fallback.KEY need a fallback; fallback=none has no options")
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.dynamic = SuffixAutomaton(capacity=2 * len(prompt_ids) + 256)
@@ -140,16 +151,13 @@ class SamDecoding(Drafter):
             else:
                 source, chain = "static", self.static.continuation(self.static.first_end(self.state), n)
             if len(chain):
-                self.sources[source] += 1
+                self.count(f"{source}_steps")
                 return DraftTree.chain(chain.tolist())
-        self.sources["fallback"] += 1
+        self.count("fallback_steps")
         return self.fallback.propose(ctx) if self.fallback is not None else DraftTree.empty()
 
     def describe(self) -> dict:
-        return {
-            "n_predicts": self.n_predicts,
-            "len_threshold": self.len_threshold,
-            "len_bias": self.len_bias,
+        return super().describe() | {
             "static": self.static is not None,
             "static_states": self.static.n_states if self.static is not None else None,
             "fallback": self.fallback_name,

@@ -9,10 +9,25 @@ the draft model's most likely token maximises when it approximates the target.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
+
+if TYPE_CHECKING:  # torch is not imported at module level, so `ls --method sps` stays light
+    import torch
+
+
+@dataclass
+class SpsOptions:
+    k: int = option(
+        5,
+        "draft tokens per step (a chain)",
+        "transformers assisted generation, num_assistant_tokens=5 (Spec-Bench's sps)",
+        minimum=1,
+    )
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -27,9 +42,11 @@ class DraftModelChain(Drafter):
     name = "sps"
     needs_draft_model = True
 
+    options_class = SpsOptions
+
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)  # checks that --draft-model was given
-        self.k = int(setup.options.get("k", 5))
+        self.k = self.opts.k
         self.runner = setup.draft_runner()
         self.seen: list[int] = []  # tokens whose K/V sit in the draft cache, in order
 
@@ -68,4 +85,4 @@ class DraftModelChain(Drafter):
         return DraftTree.chain(draft)
 
     def describe(self) -> dict:
-        return {"k": self.k, "draft_model": self.setup.draft.name if self.setup.draft else None}
+        return super().describe() | {"draft_model": self.setup.draft.name if self.setup.draft else None}

@@ -13,6 +13,11 @@ monotone), so the best N nodes form a closed tree; ties go to the shallower, ear
 selection still skips any node whose parent is out, so the tree is closed whatever the numbers.
 Nodes come out best first, so every prefix of the node list is itself the best smaller tree.
 
+Methods built on this tree (rasd, respec) compose it through three public calls and nothing else:
+`grow(ctx)` (the tree with every node's draft log-probabilities), `root_logits(tokens, headroom)`
+(the draft cache brought up to the context, and the draft's logits after the root) and
+`score(tree, root_logprobs)` (any other tree hanging off the root, scored by the draft model).
+
 The draft model keeps its own slot cache in step with the committed tokens (as `sps` does). The
 frontier forwards write their K/V after the committed slots without committing them: each sees the
 committed prefix plus its ancestors in the tree, and the next catch-up overwrites them.
@@ -22,50 +27,62 @@ draw accepts a child with the target's probability of it, so the tree only decid
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
+from ..options import option
+from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
 from .sps import common_prefix
 
-OPTIONS = {"top_k": 10, "depth": 6, "total_nodes": 60}
+if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method sps-tree` stays light
+    import torch
+
+
+@dataclass
+class SpsTreeOptions:
+    top_k: int = option(
+        10,
+        "children expanded per node, and frontier width",
+        "EAGLE-2 top_k=10 (Spec-Bench eagle2)",
+        minimum=1,
+    )
+    depth: int = option(
+        6, "levels of the tree (EAGLE-2's depth=5 expansions after the first)", "EAGLE-2 depth=5", minimum=1
+    )
+    total_nodes: int = option(
+        60, "best nodes kept by cumulative draft log-probability", "EAGLE-2 total_token=60", minimum=0
+    )
+
+
+@dataclass
+class ScoredTree:
+    """A grown tree and what the draft model said about it, node by node."""
+
+    tree: DraftTree
+    node_logprobs: list[float] = field(default_factory=list)  # cumulative log-probability of the path
+    token_logprobs: list[float] = field(default_factory=list)  # log-probability of the token given its parent
+    root_logprobs: torch.Tensor | None = None  # (V,) draft log-probs after the root; None: no draft ran
+    expanded_logprobs: dict[int, torch.Tensor] = field(default_factory=dict)  # node -> (V,) of its children
 
 
 class DraftModelTree(Drafter):
     name = "sps-tree"
     needs_draft_model = True
+    options_class = SpsTreeOptions
 
-    def __init__(self, setup: MethodSetup):
-        super().__init__(setup)
-        opts = self.options(OPTIONS)
-        self.top_k, self.depth, self.total_nodes = (
-            int(opts["top_k"]),
-            int(opts["depth"]),
-            int(opts["total_nodes"]),
-        )
-        if self.top_k < 1 or self.depth < 1 or self.total_nodes < 0:
-            raise SpecbenchError(
-                f"sps-tree needs top_k >= 1, depth >= 1, total_nodes >= 0; got {self.top_k}, {self.depth}, {self.total_nodes}"
-            )
+    def __init__(self, setup: MethodSetup, options: SpsTreeOptions | None = None):
+        super().__init__(setup, options)
+        self.top_k, self.depth, self.total_nodes = self.opts.top_k, self.opts.depth, self.opts.total_nodes
         self.runner = setup.draft_runner()
         self.seen: list[int] = []  # tokens whose K/V sit in the draft cache, in order
-        # About the last tree returned, node by node (for methods built on this one, e.g. RASD's pruning):
-        self.last_node_logprobs: list[float] = []  # cumulative draft log-probability of the path to the node
-        self.last_token_logprobs: list[
-            float
-        ] = []  # draft log-probability of the node's token given its parent
-        self.last_root_logprobs: torch.Tensor | None = (
-            None  # (V,) draft log-probs of the token after the root
-        )
-        self.last_expanded_logprobs: dict[int, torch.Tensor] = {}  # node -> (V,) log-probs of its children
 
     def reset(self, prompt_ids: list[int]) -> None:
         self.runner.reset()
         self.seen = []
 
-    def catch_up(self, tokens: list[int], headroom: int) -> torch.Tensor:
+    def root_logits(self, tokens: list[int], headroom: int) -> torch.Tensor:
         """Bring the draft cache to `tokens` (leaving `headroom` free slots); return the logits after the last."""
         keep = min(common_prefix(self.seen, tokens), len(tokens) - 1)  # always rerun the last: its logits
         self.runner.rewind(keep)
@@ -80,13 +97,17 @@ class DraftModelTree(Drafter):
         return logits[-1]
 
     def propose(self, ctx: DraftContext) -> DraftTree:
+        return self.grow(ctx).tree
+
+    def grow(self, ctx: DraftContext) -> ScoredTree:
+        """The dynamic tree for `ctx`, best node first, with the draft model's scores of every node."""
+        import torch
+
         budget = min(self.total_nodes, ctx.max_nodes)
-        self.last_node_logprobs, self.last_token_logprobs, self.last_expanded_logprobs = [], [], {}
         if budget <= 0:
-            return DraftTree.empty()
+            return ScoredTree(DraftTree.empty())
         k = min(self.top_k, self.runner.model.get_output_embeddings().weight.shape[0])
-        root_logp = torch.log_softmax(self.catch_up(ctx.tokens, (self.depth - 1) * k + 1), dim=-1)
-        self.last_root_logprobs = root_logp
+        root_logp = torch.log_softmax(self.root_logits(ctx.tokens, (self.depth - 1) * k + 1), dim=-1)
         # Candidate pool, host-side lists indexed by candidate id; parents precede children.
         val, idx = root_logp.topk(k)
         tok, parent, score, own, depth = idx.tolist(), [-1] * k, val.tolist(), val.tolist(), [1] * k
@@ -126,6 +147,7 @@ class DraftModelTree(Drafter):
         order = sorted(range(len(tok)), key=lambda c: (-score[c], depth[c], c))
         node_of: dict[int, int] = {}
         tokens, parents = [], []
+        node_logprobs, token_logprobs = [], []
         for c in order:
             if len(tokens) >= budget:
                 break
@@ -134,20 +156,55 @@ class DraftModelTree(Drafter):
             node_of[c] = len(tokens)
             tokens.append(tok[c])
             parents.append(node_of[parent[c]] if parent[c] >= 0 else -1)
-            self.last_node_logprobs.append(score[c])
-            self.last_token_logprobs.append(own[c])
-        self.last_expanded_logprobs = {node_of[c]: row for c, row in expanded.items() if c in node_of}
-        return DraftTree(tuple(tokens), tuple(parents))
+            node_logprobs.append(score[c])
+            token_logprobs.append(own[c])
+        return ScoredTree(
+            DraftTree(tuple(tokens), tuple(parents)),
+            node_logprobs,
+            token_logprobs,
+            root_logp,
+            {node_of[c]: row for c, row in expanded.items() if c in node_of},
+        )
+
+    def score(self, tree: DraftTree, root_logprobs: torch.Tensor) -> list[float]:
+        """Cumulative draft log-probability of every node of `tree`, any tree hanging off the current root.
+
+        Call right after `grow` or `root_logits` for the same context. Depth-1 nodes read
+        `root_logprobs`; the others need their parent's output, so the tree's inner nodes go through
+        the draft model in one forward. It writes after the committed draft cache without committing
+        (the pending slots of `grow` are done with), and the next catch-up overwrites it.
+        """
+        import torch
+
+        n = len(tree)
+        if n == 0:
+            return []
+        inner = sorted({p for p in tree.parents if p >= 0})
+        row_of = {node: i for i, node in enumerate(inner)}
+        rows = None
+        with torch.inference_mode():
+            if inner and self.runner.length + len(inner) <= self.runner.max_len:
+                # An inner node's parent is itself inner, so the sub-tree is closed.
+                logits, _ = self.runner.forward(
+                    [tree.tokens[v] for v in inner], [row_of.get(tree.parents[v], -1) for v in inner]
+                )
+                rows = torch.log_softmax(logits, dim=-1)
+            roots = [v for v in range(n) if tree.parents[v] < 0]
+            root_index = torch.tensor([tree.tokens[v] for v in roots], device=root_logprobs.device)
+            root_val = dict(zip(roots, root_logprobs[root_index].tolist()))
+            deep = [v for v in range(n) if tree.parents[v] >= 0]
+            if rows is not None and deep:
+                r_idx = torch.tensor([row_of[tree.parents[v]] for v in deep], device=rows.device)
+                t_idx = torch.tensor([tree.tokens[v] for v in deep], device=rows.device)
+                deep_val = dict(zip(deep, rows[r_idx, t_idx].tolist()))
+            else:  # no room in the draft cache (rare): deeper nodes count as unlikely
+                deep_val = {}
+        cum: list[float] = []
+        for v in range(n):
+            p = tree.parents[v]
+            logp = root_val[v] if p < 0 else deep_val.get(v, -math.inf)
+            cum.append(logp + (cum[p] if p >= 0 else 0.0))
+        return cum
 
     def describe(self) -> dict:
-        return {
-            "top_k": self.top_k,
-            "depth": self.depth,
-            "total_nodes": self.total_nodes,
-            "draft_model": self.setup.draft.name if self.setup.draft else None,
-        }
-
-
-def host_tree(setup: MethodSetup, options: dict) -> DraftModelTree:
-    """The draft-model tree a hybrid method (rasd, respec) builds on, with the host's own options."""
-    return DraftModelTree(replace(setup, options=options))
+        return super().describe() | {"draft_model": self.setup.draft.name if self.setup.draft else None}

@@ -212,7 +212,6 @@ class SuffixDecoding(Drafter):
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
-        self.opts = self.typed_options()
         self.depth = self.opts.max_tree_depth
         self.max_spec = self.opts.max_spec_tokens or self.depth
         self.answers: deque[list[int]] = deque()  # finished answers in the cross-request tree, oldest first

@@ -99,7 +99,10 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    margins: bool = False,
 ) -> Generation:
+    """`margins`: also record, per output token, the top-1 logit and the top-1/top-2 margin of the row
+    that chose it (kept on the device, read once at the end: one small top-k per step)."""
     runner, clock = engine.runner, engine.clock
     want_hidden = drafter.needs_hidden_states
     want_logits = drafter.needs_logits
@@ -114,6 +117,7 @@ def generate(
     logits, hidden = runner.forward(list(prompt_ids), want_hidden=want_hidden, last_only=True)
     runner.commit(list(range(len(prompt_ids))))
     root = sample_tokens(logits[-1:], temperature, generator)[0]
+    top2 = [logits[-1:].float().topk(2, dim=-1).values] if margins else []
     prefill_done = clock.mark()
     out = [root]
     steps = [StepRecord(0, 0, 0, 1)]
@@ -139,14 +143,15 @@ def generate(
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
         t1 = clock.mark()
 
-        parents = [-1] + [p + 1 for p in tree.parents]
-        logits, hidden = runner.forward([root, *tree.tokens], parents, want_hidden=want_hidden)
+        logits, hidden = runner.forward([root, *tree.tokens], tree.input_parents(), want_hidden=want_hidden)
         # With node top-k, the verifier's choices come back in the same host copy as the top-k rows.
         picks, node_topk = choices_with_topk(logits, topk, temperature, generator) if topk else (None, None)
         verdict = verify(tree, logits, temperature, generator, picks=picks, **vopts)
         t2 = clock.mark()
 
-        kept = [0] + [n + 1 for n in verdict.accepted_nodes]
+        kept = [0] + [tree.input_of(n) for n in verdict.accepted_nodes]
+        if margins:  # row kept[j] chose committed token j
+            top2.append(logits[kept].float().topk(2, dim=-1).values)
         runner.commit(kept)
         last = kept[-1]
         last_logits = logits[last]
@@ -162,9 +167,11 @@ def generate(
             stop = stop or "length"
         out.extend(committed)
         root = committed[-1]
-        drafter.update(
-            StepFeedback(tree, verdict.accepted_nodes, committed, list(prompt_ids) + out, node_topk)
+        tokens = list(prompt_ids) + out
+        feedback = StepFeedback(
+            tree, verdict.accepted_nodes, committed, tokens, node_topk, verdict.relaxed_accepts
         )
+        drafter.update(feedback)
         t3 = clock.mark()
         steps.append(
             StepRecord(
@@ -184,4 +191,9 @@ def generate(
             clock.seconds(t1, t2),
             clock.seconds(t2, t3),
         )
-    return Generation(out, steps, wall, clock.seconds(start, prefill_done), stop or "length")
+    gen = Generation(out, steps, wall, clock.seconds(start, prefill_done), stop or "length")
+    if margins:
+        top = torch.cat(top2)[: len(out)].tolist()  # truncation at EOS / length cuts the tail rows
+        gen.top1_logits = [a for a, _ in top]
+        gen.top2_margins = [a - b for a, b in top]
+    return gen

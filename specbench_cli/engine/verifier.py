@@ -1,7 +1,7 @@
 """Acceptance: which draft nodes the target agrees with, and the bonus token after them.
 
-Inputs to the verification forward are [root] + tree nodes, so input i+1 is tree node i and the
-logits of input i predict the token after it. Walking down from the root:
+Inputs to the verification forward are [root] + tree nodes (`DraftTree.input_of` / `node_of` map
+between the two), and the logits of input i predict the token after it. Walking down from the root:
 - greedy: move to the child whose token is the target's argmax; stop when none is;
 - sampling: draw y ~ p at the current node ONCE, shared by all its children, and move to the child
   whose token is y (methods.md §0). Every emitted token is then a draw from the target's own
@@ -30,10 +30,10 @@ class Verdict:
 
 
 def children_by_input(tree: DraftTree) -> list[dict[int, int]]:
-    """For every input (0 = root, i+1 = node i): token -> input index of its first child with that token."""
+    """For every forward input: token -> input index of its first child with that token."""
     kids: list[dict[int, int]] = [{} for _ in range(len(tree) + 1)]
     for node, (tok, parent) in enumerate(zip(tree.tokens, tree.parents)):
-        kids[parent + 1].setdefault(tok, node + 1)
+        kids[tree.input_of(parent)].setdefault(tok, tree.input_of(node))
     return kids
 
 
@@ -94,7 +94,7 @@ def verify(
             relaxed_accepts += nxt is not None
         if nxt is None:
             return Verdict(accepted, picks[cur], relaxed_accepts)
-        accepted.append(nxt - 1)
+        accepted.append(tree.node_of(nxt))
         cur = nxt
 
 
@@ -103,7 +103,7 @@ def _relaxed_child(tree, kids, row, temperature, topk, min_prob) -> int | None:
     top = set(probs.topk(topk).indices.tolist()) if topk > 0 else set()
     best, best_p = None, -1.0
     for tok, inp in kids.items():
-        if not tree.relaxed[inp - 1]:
+        if not tree.relaxed[tree.node_of(inp)]:
             continue
         p = float(probs[tok])
         if (tok in top or p >= min_prob) and p > best_p:

@@ -11,52 +11,58 @@ from typing import Any
 
 from ..results import RunPaths, read_answer_lines
 from ..types import SpecbenchError
+from .method_stats import method_stats_rows, render_method_stats
 from .validate import BadRecord, record_problem
 
 
 def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
-    """Summarise every answer file of `run_dir`, write summary.{json,md,csv,tex} and plots/*.png
-    (when `write`), print the table on `console` (a rich Console on stdout when None) and return the
-    summary DataFrame (columns in `metrics.COLUMNS`).
+    """Summarise every answer file of `run_dir`, write summary.{json,md,csv,tex}, plots/*.png and
+    report.html (when `write`), print the table on `console` (a rich Console on stdout when None) and
+    return the summary DataFrame (columns in `metrics.COLUMNS`).
+
+    summary.json also gets the sections `acceptance` (per draft position, accepted-length histogram,
+    by task), `repeats` (spread over `eval --repeats`, identical ids) and `divergence` (the audit).
     """
     from rich.console import Console
 
+    from .acceptance import acceptance_rows
+    from .divergence import divergence_audit
+    from .html import write_html
     from .metrics import summarise
     from .plots import write_plots
+    from .spread import repeat_spread
     from .tables import render, write_tables
 
     console = console if console is not None else Console()
     paths = RunPaths(Path(run_dir))
-    if not paths.root.is_dir():
-        raise SpecbenchError(
-            f"run folder '{run_dir}' does not exist; pass a folder made by `specbench eval --out`"
-        )
-    files = list(paths.iter_answer_files())
-    if not files:
-        raise SpecbenchError(
-            f"'{run_dir}' is not a run folder with answers: no answers/<suite>/<method>.jsonl files in it"
-        )
-    records, excluded = read_valid_records(paths, files)
+    records, excluded = read_run_records(paths)
     for bad in excluded:
         console.print(f"warning: {bad.message()}", markup=False, highlight=False, soft_wrap=True)
-    if not records:
-        if excluded:
-            raise SpecbenchError(
-                f"all {len(excluded)} answer records in '{paths.answers_dir}' are malformed, "
-                f"e.g. {excluded[0].message()}"
-            )
-        raise SpecbenchError(f"the answer files in '{paths.answers_dir}' hold no answers yet")
     df = summarise(records)
+    config = _run_config(paths)
+    sections = {
+        "acceptance": acceptance_rows(records),
+        "repeats": repeat_spread(records),
+        "divergence": divergence_audit(records, config.get("dtype"), config.get("temperature") or 0.0),
+    }
     quality = lossy_quality_rows(records, paths, console)
     costs = method_costs(records, df, paths)
+    stats = method_stats_rows(records)
     if write:
-        write_tables(df, paths, excluded)
-        write_plots(df, paths.plots_dir)
+        write_tables(df, paths, excluded, sections)
+        write_plots(df, paths.plots_dir, sections["acceptance"], sections["divergence"])
+        write_html(paths, df, sections)
         if quality:
             write_quality(quality, paths)
         if costs:
             write_costs(costs, paths)
+        if stats:
+            write_rows(
+                paths, "method_stats", "# Method statistics: the drafters' own counters", "rows", stats
+            )
     render(df, console)
+    for line in repeat_and_divergence_lines(sections):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if excluded:
         console.print(
             f"{len(excluded)} malformed answer record(s) excluded (warnings above; listed in summary.json)",
@@ -67,7 +73,48 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
         render_quality(quality, console)
     if costs:
         render_costs(costs["methods"], console)
+    if stats:
+        render_method_stats(stats, console)
     return df
+
+
+def repeat_and_divergence_lines(sections: dict) -> list[str]:
+    """What the screen says about repeats (spread, identical ids) and the divergence audit."""
+    lines = []
+    repeats = sections["repeats"]
+    if repeats["repeats"] > 1:
+        same = [m for m in repeats["identical_ids"] if m["repeated_questions"]]
+        differ = [
+            f"{m['method']} ({m['repeated_questions'] - m['identical']})"
+            for m in same
+            if m["identical"] < m["repeated_questions"]
+        ]
+        lines.append(
+            f"{repeats['repeats']} repeats: token ids identical across repeats for every question of every method"
+            if not differ
+            else f"{repeats['repeats']} repeats: token ids DIFFER across repeats for: {', '.join(differ)} question(s)"
+        )
+        crossing = sorted({r["method"] for r in repeats["rows"] if r["speedup_crosses_1"]})
+        if crossing:
+            lines.append(
+                f"speedup within one std of 1.0 (not distinguishable from ar): {', '.join(crossing)}"
+            )
+    for m in sections["divergence"]["methods"]:
+        if m["diverged"]:
+            lines.append(
+                f"divergence audit, {m['method']}: {m['diverged']} of {m['compared']} answers differ from ar: "
+                f"{m['near-tie']} near-tie, {m['clear']} at a clear margin (bug), {m['unknown']} without margins"
+            )
+    return lines
+
+
+def _run_config(paths: RunPaths) -> dict:
+    import json
+
+    try:
+        return json.loads(paths.config.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def method_costs(records: list[dict], df: Any, paths: RunPaths) -> dict:
@@ -125,6 +172,29 @@ def render_costs(rows: list[dict], console: Any) -> None:
         for r in rows
     ]
     print_table(console, "step costs: c = draft/target step, and the speedup MAT predicts", columns, cells)
+
+
+def read_run_records(paths: RunPaths) -> tuple[list[dict], list[BadRecord]]:
+    """The valid answer records of a run folder (each with its `suite` and `method`) and the malformed
+    ones left out; SpecbenchError when the folder is no run or holds no valid answer."""
+    if not paths.root.is_dir():
+        raise SpecbenchError(
+            f"run folder '{paths.root}' does not exist; pass a folder made by `specbench eval --out`"
+        )
+    files = list(paths.iter_answer_files())
+    if not files:
+        raise SpecbenchError(
+            f"'{paths.root}' is not a run folder with answers: no answers/<suite>/<method>.jsonl files in it"
+        )
+    records, excluded = read_valid_records(paths, files)
+    if not records:
+        if excluded:
+            raise SpecbenchError(
+                f"all {len(excluded)} answer records in '{paths.answers_dir}' are malformed, "
+                f"e.g. {excluded[0].message()}"
+            )
+        raise SpecbenchError(f"the answer files in '{paths.answers_dir}' hold no answers yet")
+    return records, excluded
 
 
 def read_valid_records(paths: RunPaths, files) -> tuple[list[dict], list[BadRecord]]:

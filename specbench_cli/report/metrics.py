@@ -54,7 +54,7 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
                            field reads as true). Lossy methods are never ranked as "best lossless".
       baseline             transformers' own `generate` run by `eval --baselines` (answer field
                            `baseline`), shown beside `ar` with its speedup over `ar` but never ranked.
-      questions            answered questions in the row.
+      questions            answered questions in the row (each counted once, whatever its repeats).
       new_tokens           Σ generated tokens (the recorded `new_tokens` of every turn).
       steps                Σ decoding steps = target forwards, prefill included (`decoding_steps`).
       mean_accepted_length new_tokens / steps: tokens committed per target forward, bonus token
@@ -67,8 +67,10 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
       tokens_per_s         Σ new_tokens / Σ wall_time (ratio of totals over the row's questions).
       speedup              ratio of totals over the questions that both this method and `ar` answered
                            in the same suite: (Σnew / Σwall) of the method / (Σnew / Σwall) of `ar`.
-      speedup_mean         mean over those same questions of the per-question tok/s ratio (Spec-Bench's
-                           speed.py style; weighs short answers as much as long ones).
+      speedup_mean         Spec-Bench's speed.py arithmetic on those same questions: the mean of the
+                           method's per-question tok/s over the mean of `ar`'s per-question tok/s, taken
+                           per repeat and averaged over repeats (as its get_mean_speedup does over runs).
+                           Tokens are our recorded ids for both sides (speed.py re-tokenises ar's text).
       lossless             fraction of those questions whose output token ids, over all turns, equal
                            `ar`'s. Questions without recorded ids on either side are left out.
       t_draft_ms, t_verify_ms, t_other_ms
@@ -105,16 +107,18 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
 def per_question(records: Iterable[dict]) -> pd.DataFrame:
     """One row per answered question with its sums, paired with `ar`'s answer to the same question.
 
+    One row per (question, repeat) when the run has repeats; each pairs with ar's answer of the same repeat.
     Extra columns: `paired` (ar answered it too), `ar_new_tokens`, `ar_wall_time`, `speed_ratio`
     (this question's tok/s over ar's) and `same_output` (1.0 / 0.0, NaN when unpaired or ids are missing).
     """
     rows = [_question_row(record) for record in records]
     if not rows:
         raise SpecbenchError("no answer records to summarise")
-    baseline = {(row["suite"], row["question_id"]): row for row in rows if row["method"] == BASELINE}
+    key = ("suite", "question_id", "repeat")
+    baseline = {tuple(row[k] for k in key): row for row in rows if row["method"] == BASELINE}
     paired_rows = []
     for row in rows:
-        base = baseline.get((row["suite"], row["question_id"]))
+        base = baseline.get(tuple(row[k] for k in key))
         ids, base_ids = row["output_ids"], base["output_ids"] if base else None
         paired_rows.append(
             {
@@ -143,6 +147,7 @@ def _question_row(record: dict) -> dict[str, Any]:
             "suite": str(suite),
             "method": str(method),
             "question_id": qid,
+            "repeat": int(record.get("repeat") or 0),
             "category": str(record.get("category", "")),
             "lossless_method": bool(record.get("lossless_method", True)),
             "baseline": bool(record.get("baseline", False)),
@@ -176,7 +181,6 @@ def _rows_per_method(questions: pd.DataFrame, suite: str, category: str, methods
 
 def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
     paired = g[g["paired"]]
-    ratios = paired["speed_ratio"][paired["speed_ratio"].map(math.isfinite)]
     same = paired["same_output"].dropna()
     t_draft, t_verify, t_other = (float(g[key].sum()) for key in ("t_draft", "t_verify", "t_other"))
     timed_steps = int(g["timed_steps"].sum())
@@ -184,7 +188,7 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
     return {
         "lossless_method": bool(g["lossless_method"].all()),
         "baseline": bool(g["baseline"].any()),
-        "questions": len(g),
+        "questions": int(g[["suite", "question_id"]].drop_duplicates().shape[0]),
         "new_tokens": new_tokens,
         "steps": steps,
         "mean_accepted_length": _ratio(new_tokens, steps),
@@ -195,13 +199,26 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
             _ratio(paired["new_tokens"].sum(), paired["wall_time"].sum()),
             _ratio(paired["ar_new_tokens"].sum(), paired["ar_wall_time"].sum()),
         ),
-        "speedup_mean": float(ratios.mean()) if len(ratios) else NAN,
+        "speedup_mean": speed_py_speedup(paired),
         "lossless": float(same.mean()) if len(same) else NAN,
         "t_draft_ms": 1000 * _ratio(t_draft, timed_steps),
         "t_verify_ms": 1000 * _ratio(t_verify, timed_steps),
         "t_other_ms": 1000 * _ratio(t_other, timed_steps),
         "overhead_frac": _ratio(t_draft + t_other, t_draft + t_verify + t_other),
     }
+
+
+def speed_py_speedup(paired: pd.DataFrame) -> float:
+    """Spec-Bench's speed.py speedup over the paired answers: per repeat, mean(tok/s of the method's
+    answers) / mean(tok/s of ar's answers to the same questions); then the mean over repeats."""
+    per_repeat = []
+    for _, run in paired.groupby("repeat"):
+        mine = [_ratio(n, t) for n, t in zip(run["new_tokens"], run["wall_time"], strict=True)]
+        ar = [_ratio(n, t) for n, t in zip(run["ar_new_tokens"], run["ar_wall_time"], strict=True)]
+        speedup = _ratio(sum(mine) / len(mine), sum(ar) / len(ar)) if mine else NAN
+        if math.isfinite(speedup):
+            per_repeat.append(speedup)
+    return sum(per_repeat) / len(per_repeat) if per_repeat else NAN
 
 
 def _ratio(num: float, den: float) -> float:

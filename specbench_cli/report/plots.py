@@ -1,6 +1,9 @@
-"""Report plots: speedup and accepted length per category, and the per-step time breakdown.
+"""Report plots: speedup and accepted length per category, the per-step time breakdown, acceptance by
+draft position, task and accepted length, and the divergence audit's margins.
 
-Usage: `write_plots(df, RunPaths(run_dir).plots_dir)` with `df` from `metrics.summarise`.
+Usage: `write_plots(df, RunPaths(run_dir).plots_dir, acceptance, divergence)` with `df` from
+`metrics.summarise`, `acceptance` from `acceptance.acceptance_rows` and `divergence` from
+`divergence.divergence_audit` (both optional).
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, so no global figure state and no
 display needed) and written atomically.
 """
@@ -24,19 +27,102 @@ DRAFT_VERIFY_OTHER = (
 )
 
 
-def write_plots(df: pd.DataFrame, plots_dir: Path) -> list[Path]:
-    """Write speedup.png, accepted_length.png and time_breakdown.png; return their paths."""
+def write_plots(
+    df: pd.DataFrame, plots_dir: Path, acceptance: list[dict] | None = None, divergence: dict | None = None
+) -> list[Path]:
+    """Write speedup.png, accepted_length.png, time_breakdown.png and acceptance_by_task.png, plus
+    acceptance_by_depth.png and accepted_length_hist.png (with `acceptance` rows) and
+    divergence_margins.png (with a `divergence` audit that found any); return their paths."""
     plots_dir = Path(plots_dir)
     jobs = [
-        ("speedup.png", _speedup_figure),
-        ("accepted_length.png", _accepted_length_figure),
-        ("time_breakdown.png", _time_breakdown_figure),
+        ("speedup.png", lambda: _speedup_figure(df)),
+        ("accepted_length.png", lambda: _accepted_length_figure(df)),
+        ("time_breakdown.png", lambda: _time_breakdown_figure(df)),
+        ("acceptance_by_task.png", lambda: _acceptance_by_task_figure(df)),
     ]
+    if acceptance is not None:
+        pooled = [row for row in acceptance if row["suite"] == ALL]
+        jobs.append(("acceptance_by_depth.png", lambda: _acceptance_by_depth_figure(pooled)))
+        jobs.append(("accepted_length_hist.png", lambda: _accepted_histogram_figure(pooled)))
+    if divergence and divergence["divergences"]:
+        jobs.append(("divergence_margins.png", lambda: _divergence_figure(divergence)))
     written = []
     for name, draw in jobs:
-        write_bytes_atomic(plots_dir / name, _png(draw(df)))
+        write_bytes_atomic(plots_dir / name, _png(draw()))
         written.append(plots_dir / name)
     return written
+
+
+def _acceptance_by_task_figure(df: pd.DataFrame) -> Any:
+    return _grouped_bars(
+        df,
+        column="acceptance_rate",
+        ylabel="accepted / drafted nodes",
+        title="Acceptance rate per category (trees score low by construction)",
+        empty=f"only `{BASELINE}` in this run: nothing was drafted",
+        reference=False,
+    )
+
+
+def _acceptance_by_depth_figure(rows: list[dict]) -> Any:
+    """Per method, the share of drafting steps that accepted draft position d (all suites)."""
+    fig, ax = _figure(width=7.5)
+    if not rows:
+        ax.text(0.5, 0.5, "nothing was drafted", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    for i, row in enumerate(rows):
+        depths = [d["depth"] for d in row["per_depth"]]
+        ax.plot(
+            depths, [d["rate"] for d in row["per_depth"]], marker="o", color=_color(i), label=row["method"]
+        )
+    if rows:
+        ax.set_xlabel("draft position (depth)")
+        ax.set_ylabel("accepted when drafted")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.grid(alpha=0.3)
+    ax.set_title("Acceptance by draft position (all suites)")
+    return fig
+
+
+def _accepted_histogram_figure(rows: list[dict]) -> Any:
+    """Per method, the share of drafting steps that accepted exactly k draft tokens."""
+    fig, ax = _figure(width=7.5)
+    longest = max((len(row["histogram"]) for row in rows), default=0)
+    if not longest:
+        ax.text(0.5, 0.5, "nothing was drafted", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        width = 0.8 / len(rows)
+        for i, row in enumerate(rows):
+            total = max(sum(row["histogram"]), 1)
+            xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(row["histogram"]))]
+            ax.bar(xs, [n / total for n in row["histogram"]], width, color=_color(i), label=row["method"])
+        ax.set_xticks(range(longest))
+        ax.set_xlabel("draft tokens accepted in a step (bonus token not counted)")
+        ax.set_ylabel("share of drafting steps")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Accepted length per step (all suites)")
+    return fig
+
+
+def _divergence_figure(audit: dict) -> Any:
+    """ar's top-1/top-2 margin at each first divergence, in ulps of the run's dtype (log scale)."""
+    fig, ax = _figure(width=7.5)
+    known = [d for d in audit["divergences"] if d["margin_ulps"] is not None]
+    methods = list(dict.fromkeys(d["method"] for d in known))
+    for i, method in enumerate(methods):
+        ulps = [max(d["margin_ulps"], 1e-3) for d in known if d["method"] == method]
+        ax.scatter(ulps, [i] * len(ulps), color=_color(i), alpha=0.7)
+    ax.axvline(audit["near_tie_ulps"], color="black", linestyle="--", linewidth=1, label="near-tie bound")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(methods)))
+    ax.set_yticklabels(methods)
+    ax.set_xlabel(f"ar's top-1 minus top-2 logit at the first divergence, in {audit['dtype']} ulps")
+    ax.legend(loc="lower right", frameon=False)
+    ax.set_title("Divergences from ar: near-ties (left of the line) vs clear margins (right: bugs)")
+    return fig
 
 
 def _speedup_figure(df: pd.DataFrame) -> Any:
@@ -59,7 +145,9 @@ def _accepted_length_figure(df: pd.DataFrame) -> Any:
     )
 
 
-def _grouped_bars(df: pd.DataFrame, column: str, ylabel: str, title: str, empty: str) -> Any:
+def _grouped_bars(
+    df: pd.DataFrame, column: str, ylabel: str, title: str, empty: str, reference: bool = True
+) -> Any:
     """Bars per method (ar is the dashed line at 1.0) for every (suite, category) and suite overall."""
     rows = df[(df["suite"] != ALL) & (df["method"] != BASELINE)]
     groups = list(dict.fromkeys(zip(rows["suite"], rows["category"], strict=True)))
@@ -79,7 +167,8 @@ def _grouped_bars(df: pd.DataFrame, column: str, ylabel: str, title: str, empty:
             label = method if lossless[method] else f"{method} (lossy)"
             hatch = None if lossless[method] else "//"  # lossy methods stay visibly apart
             ax.bar(xs, heights, width, label=label, color=_color(i), hatch=hatch, edgecolor="white")
-        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label=f"{BASELINE} = 1")
+        if reference:  # ar's value of a ratio to ar, or of tokens per forward
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label=f"{BASELINE} = 1")
         ax.set_xticks(range(len(groups)))
         labels = [c if one_suite else f"{s}\n{c}" for s, c in groups]
         ax.set_xticklabels(

@@ -51,19 +51,25 @@ LOSSY_MARK = " (lossy)"
 BASELINE_MARK = " (baseline)"
 
 
-def write_tables(df: pd.DataFrame, paths: RunPaths, excluded: list | None = None) -> list:
+def write_tables(
+    df: pd.DataFrame, paths: RunPaths, excluded: list | None = None, sections: dict | None = None
+) -> list:
     """Write summary.json, summary.md, summary.csv and summary.tex atomically; return their paths.
 
-    `excluded`: the malformed answer records (`validate.BadRecord`) left out of `df`.
+    `excluded`: the malformed answer records (`validate.BadRecord`) left out of `df`. `sections`:
+    more summary.json keys (acceptance, repeats, divergence); its `repeats` gives the headline's spread.
     """
-    write_json_atomic(paths.summary_json, summary_json(df, paths, excluded or []))
-    write_text_atomic(paths.summary_md, summary_markdown(df, paths.root.name))
+    sections = sections or {}
+    write_json_atomic(paths.summary_json, summary_json(df, paths, excluded or [], sections))
+    write_text_atomic(paths.summary_md, summary_markdown(df, paths.root.name, sections.get("repeats")))
     write_text_atomic(paths.summary_csv, df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(paths.summary_tex, summary_latex(df, paths.root.name))
     return [paths.summary_json, paths.summary_md, paths.summary_csv, paths.summary_tex]
 
 
-def summary_json(df: pd.DataFrame, paths: RunPaths, excluded: list | None = None) -> dict[str, Any]:
+def summary_json(
+    df: pd.DataFrame, paths: RunPaths, excluded: list | None = None, sections: dict | None = None
+) -> dict[str, Any]:
     # The config's sha256 ties these numbers to the exact config.json they came from.
     config_sha = hashlib.sha256(paths.config.read_bytes()).hexdigest() if paths.config.is_file() else None
     return {
@@ -77,15 +83,22 @@ def summary_json(df: pd.DataFrame, paths: RunPaths, excluded: list | None = None
         # Malformed answer records left out of every row (file, line, question_id, field, problem).
         "excluded_records": len(excluded or []),
         "excluded": [bad.to_json() for bad in excluded or []],
+        **{key: _plain_tree(value) for key, value in (sections or {}).items()},
     }
 
 
-def summary_markdown(df: pd.DataFrame, run_name: str) -> str:
+def summary_markdown(df: pd.DataFrame, run_name: str, repeats: dict | None = None) -> str:
     table = format_frame(df, na="–")
     align = ["left" if col in _TEXT_COLUMNS else "right" for col in table.columns]
     body = table.to_markdown(index=False, disable_numparse=True, colalign=align)
+    head = pd.DataFrame(headline_rows(df, repeats))
+    short = head.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * 4)
     return (
         f"# specbench summary: {run_name}\n\n"
+        + short
+        + "\n\n"
+        + best_lossless_line(df)
+        + "\n\n## Every suite and category\n\n"
         f"Speedup and lossless are measured against `{BASELINE}` on the same questions of the same run; "
         "definitions in docs/results.md. Methods with `lossless_method` false are lossy and never ranked "
         "as lossless. Rows marked (baseline) are transformers' own `generate` (`eval --baselines`): their "
@@ -112,6 +125,41 @@ def summary_latex(df: pd.DataFrame, run_name: str) -> str:
         label=f"tab:specbench-{_latex_label(run_name)}",
         position_float="centering",
     )
+
+
+def headline_rows(df: pd.DataFrame, repeats: dict | None = None) -> list[dict[str, str]]:
+    """The short table every report opens with: per method over all suites, MAT, speedup and tok/s
+    (pooled over repeats, +- their standard deviation over repeats; a star when the speedup's interval
+    contains 1.0) and lossless."""
+    spread = {
+        row["method"]: row
+        for row in (repeats or {}).get("rows", [])
+        if row["suite"] == ALL and row["category"] == ALL
+    }
+    out = []
+    pooled = df[(df["suite"] == ALL) & (df["category"] == ALL)]
+    for label, (_, row) in zip(_method_labels(pooled), pooled.iterrows(), strict=True):
+        s = spread.get(row["method"], {})
+        speedup = with_spread(row["speedup"], s.get("speedup_std"), 2, "x")
+        speedup += " *" if s.get("speedup_crosses_1") else ""
+        out.append(
+            {
+                "method": label,
+                "MAT": f"{row['mean_accepted_length']:.2f}",
+                "speedup": speedup,
+                "tok/s": with_spread(row["tokens_per_s"], s.get("tokens_per_s_std"), 1),
+                "lossless": "–" if _missing(row["lossless"]) else f"{row['lossless']:.3f}",
+            }
+        )
+    return out
+
+
+def with_spread(value: Any, std: Any, digits: int, unit: str = "") -> str:
+    """`1.52x ± 0.03`: a value and its standard deviation over repeats ("–" when missing)."""
+    if not _finite(value):
+        return "–"
+    text = f"{value:.{digits}f}{unit}"
+    return f"{text} ± {std:.{digits}f}" if _finite(std) else text
 
 
 def format_frame(df: pd.DataFrame, na: str = "–") -> pd.DataFrame:
@@ -233,6 +281,15 @@ def _missing(value: Any) -> bool:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _plain_tree(value: Any) -> Any:
+    """`_plain` through nested dicts and lists (the extra summary.json sections)."""
+    if isinstance(value, dict):
+        return {key: _plain_tree(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_tree(v) for v in value]
+    return _plain(value)
 
 
 def _plain(value: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 # One value per turn of the question; the first three are required by the metrics.
 PER_TURN_REQUIRED = ("new_tokens", "wall_time", "decoding_steps")
-PER_TURN_OPTIONAL = ("turns", "prefill_time", "output_ids", "stop_reason")
+PER_TURN_OPTIONAL = ("turns", "prefill_time", "output_ids", "stop_reason", "top1_logit", "top2_margin")
 # One value per decoding step, flat over all turns (all optional: plain Spec-Bench files lack most).
 PER_STEP = ("accept_lengths", "draft_nodes", "draft_depth", "accepted", "t_draft", "t_verify", "t_other")
 COUNTS = frozenset(
