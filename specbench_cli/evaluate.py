@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import Baseline, check_baselines
+from .distributed import Ranks, launched_ranks
 from .drafters.base import Drafter
 from .inputs import check_eval_inputs, check_prompts_fit, model_context
 from .registry import DRAFTERS
@@ -321,13 +322,6 @@ def question_seed(seed: int, question_id, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def answered(path: Path) -> dict:
-    """(question_id, repeat) -> answer record already in `path` (none when it does not exist), for --resume."""
-    from .results import answer_key, read_answers
-
-    return {answer_key(r): r for r in read_answers(path)} if path.exists() else {}
-
-
 def run_turn(
     engine, drafter, prompt_ids, max_new_tokens, temperature=0.0, generator=None, margins=False
 ) -> Generation:
@@ -395,12 +389,14 @@ def _short(x: float) -> float:
 def run_eval(cfg: EvalConfig, console) -> Path:
     # The run-folder lock is taken part-way through (after the cheap checks) and held to the end.
     validate_cheap(cfg)  # before torch is imported: a typo answers at once
+    ranks = launched_ranks()  # under torchrun: this process's share of the questions (distributed.py)
     with ExitStack() as hold:
-        return _run_eval(cfg, console, hold)
+        return _run_eval(cfg, console, hold, ranks)
 
 
-def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
+def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = None) -> Path:
     import torch
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -410,6 +406,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
         TimeRemainingColumn,
     )
 
+    from . import distributed
     from .datastores.manifest import check_datastore
     from .engine.costs import probe_costs
     from .engine.decode import DEFAULT_MAX_NODES, Engine
@@ -421,7 +418,13 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     from .scoring.scores import scorable, score_answer, score_missing
     from .suites import load_suites
 
-    device, dtype = resolve_device(cfg.device, cfg.dtype)
+    config_device, dtype = resolve_device(cfg.device, cfg.dtype)
+    device = distributed.rank_device(ranks, config_device)  # cuda:LOCAL_RANK under torchrun
+    if ranks is not None:
+        distributed.start(ranks, device)
+        hold.callback(distributed.stop)
+        if not ranks.lead:
+            console = Console(quiet=True)  # one progress display: rank 0's
     if cfg.threads is not None:  # bounded by inputs.max_threads()
         torch.set_num_threads(cfg.threads)
     suites = load_suites(cfg.suites, cfg.limit, cfg.seed)  # labels unique: one answer folder each
@@ -453,12 +456,19 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
 
     # Cheap checks passed: claim the folder (created here if new, removed again if the run fails
     # before its first write) and hold it while the model loads, so no second eval can interleave.
-    hold.enter_context(run_folder_lock(cfg.out, cfg.resume))
+    # Under torchrun only rank 0 locks the folder and writes config.json and env.json.
+    lead = ranks is None or ranks.lead
     # The draft head is recorded like a datastore (path + manifest sha256: what --resume compares).
     head_store = {"draft-head": cfg.draft_head} if cfg.draft_head else {}
-    config = base_config(cfg, device, dtype, suites, stores | head_store)
-    if cfg.resume:
-        check_resume(cfg.out, config, final=False)  # before the slow model load
+    config = base_config(cfg, config_device, dtype, suites, stores | head_store)
+    config["world_size"] = ranks.world if ranks else 1
+
+    def claim() -> None:
+        hold.enter_context(run_folder_lock(cfg.out, cfg.resume))
+        if cfg.resume:
+            check_resume(cfg.out, config, final=False)  # before the slow model load
+
+    distributed.lead_step(ranks, claim)
 
     console.print(f"loading {cfg.model} ({dtype}, {device})")
     target = load_model(cfg.model, dtype=dtype, device=device)
@@ -515,17 +525,18 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
     }
     for kind, info in config["datastores_info"].items():
         info["check"] = {k: v for k, v in store_notes.items() if k.startswith(f"{kind}:")}
-    old = check_resume(cfg.out, config) if cfg.resume else None  # again, on resolved values
-    config = carry_forward(config, old)
-    write_json_atomic(paths.config, config)
-    env = collect_env(
-        [m for m in (target, draft) if m is not None],
-        [Path(s.source) for s in suites if Path(s.source).is_file()],
-        {"seed": cfg.seed},
-        dtype,
-        device,
-    )
-    write_json_atomic(paths.env, env)
+    if lead:
+        old = check_resume(cfg.out, config) if cfg.resume else None  # again, on resolved values
+        config = carry_forward(config, old)
+        write_json_atomic(paths.config, config)
+        env = collect_env(
+            [m for m in (target, draft) if m is not None],
+            [Path(s.source) for s in suites if Path(s.source).is_file()],
+            {"seed": cfg.seed},
+            dtype,
+            device,
+        )
+        write_json_atomic(paths.env, env)
 
     # Baselines run like methods from here on (same questions, interleaving and answer files).
     drafters |= {b: Baseline(b, target, static_len=max_len) for b in cfg.baselines}
@@ -540,27 +551,33 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 run_turn(engine, drafters[m], ids, min(cfg.max_new_tokens, 32))
                 if m in cfg.baselines:  # a second prompt length: transformers' recompile, off the clock
                     run_turn(engine, drafters[m], ids[: max(1, len(ids) - 7)], min(cfg.max_new_tokens, 32))
-        # What a target step, a verification and a draft step cost on this run's runners (report: c).
-        config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
-        write_json_atomic(paths.config, config)
+        if lead:  # what a target step, a verification and a draft step cost on its runners (report: c)
+            config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
+            write_json_atomic(paths.config, config)
 
     # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.
     # Drafters that learn across answers (Token Recycling's matrix, SuffixDecoding's cross-request tree)
     # start every pass from nothing, whatever the warm-up or an earlier pass taught them, so a repeat
     # never drafts from its own question's earlier answer. On --resume they relearn the answers already
     # written, in run order (Token Recycling's matrix cannot be rebuilt from them).
+    # Done answers are read from the merged files and every rank folder, so a run resumed with another
+    # number of processes answers nothing twice; under torchrun this process takes its share of the
+    # questions (distributed.py), the same share in every pass.
     plan = []  # (suite, question, repeat, method, answer already written or None), in run order
-    done = {(s.name, m): answered(paths.answers_file(s.name, m)) for s in suites for m in names}
+    done = {(s.name, m): distributed.done_answers(paths, s.name, m) for s in suites for m in names}
+    mine = distributed.my_share([(s, q) for s in suites for q in s.questions], ranks)
     for r in range(cfg.repeats):
-        for s in suites:
-            for q in s.questions:
-                plan += [(s, q, r, m, done[s.name, m].get((q.question_id, r))) for m in names]
+        for s, q in mine:
+            plan += [(s, q, r, m, done[s.name, m].get((q.question_id, r))) for m in names]
     total = len(plan)
     todo = [step for step in plan if step[4] is None]
+    if ranks is not None:
+        console.print(f"rank 0 of {ranks.world}: {len(mine)} questions; every rank writes answers/.rank<R>/")
     console.print(
         f"{total - len(todo)} of {total} answers already done" if cfg.resume else f"{total} answers to make"
     )
 
+    rank_files = distributed.rank_paths(paths, ranks)  # under torchrun: this rank's own files
     live = {m: [0, 0, 0.0] for m in names}  # tokens, steps, seconds
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -602,9 +619,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 "repeat": r,
                 "choices": [choice],
             }
-            append_answer(paths.answers_file(s.name, m), record)
+            append_answer(rank_files.answers_file(s.name, m), record)
             if scorable(q):  # HumanEval: pass/fail in the sandbox now, so the report runs nothing
-                append_answer(paths.scores_file(s.name, m), score_answer(q, record))
+                append_answer(rank_files.scores_file(s.name, m), score_answer(q, record))
             if m in cfg.methods:  # only now, written, may an answer teach a cross-request drafter
                 for g in gens:
                     drafters[m].finish_answer(g.output_ids)
@@ -618,6 +635,12 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack) -> Path:
                 if v[1]
             )
             progress.update(task, advance=1, stats=stats)
+    if ranks is not None:
+        distributed.wait_all()  # every rank's share written
+        if not ranks.lead:
+            return paths.root
+    # Rank files (this run's, or an earlier torchrun run's that this one resumed) join the answer files.
+    distributed.merge_rank_files(paths, {s.name: [q.question_id for q in s.questions] for s in suites})
     score_missing(paths, {s.name: s.questions for s in suites})  # answers of an interrupted run
     make_report(paths.root, console=console)
     return paths.root
