@@ -153,7 +153,9 @@ def validate_cheap(cfg: EvalConfig) -> None:
         if m not in cfg.methods:
             raise SpecbenchError(f"--method-opt names method '{m}', which is not in --methods")
     for m in cfg.methods:  # typed options: a misspelt key or a bad value stops here, before any load
-        DRAFTERS.get(method_name(m)).check_options(cfg.method_options.get(m, {}), bool(cfg.draft_model))
+        DRAFTERS.get(method_name(m)).check_options(
+            cfg.method_options.get(m, {}), bool(cfg.draft_model), bool(cfg.draft_head)
+        )
     check_baselines(cfg.baselines)
     if cfg.baselines and cfg.temperature > 0:
         raise SpecbenchError("--baselines run greedy transformers generate; use them with --temperature 0")

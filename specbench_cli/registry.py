@@ -93,7 +93,8 @@ DRAFTERS = Registry(
         ),
         "sam": (
             "specbench_cli.drafters.sam:SamDecoding",
-            "SAM-decoding: static + dynamic suffix automata (40-token chains), recycle fallback",
+            "SAM-decoding: static + dynamic suffix automata (40-token chains), recycle fallback "
+            "(fallback=eagle2 with --draft-head: SAMD[EAGLE2])",
         ),
         "rasd": (
             "specbench_cli.drafters.rasd:Rasd",

@@ -240,3 +240,42 @@ def test_train_head_cli_resumes_an_interrupted_folder(tmp_path):
     result = run(*args, "--device", "cpu", "--max-new-tokens", "8", "--epochs", "1", "--batch-size", "4")
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file() and (out / "head.safetensors").is_file()
+
+
+def test_sam_with_the_head_as_fallback_keeps_its_cache_in_step(tiny, head_dir):
+    """SAMD[EAGLE2]: steps drafted by the automata skip the head; when it drafts again it has caught up
+    on every token committed meanwhile (its level-1 log-probs equal the head run from scratch)."""
+    from specbench_cli.drafters.sam import SamDecoding
+
+    drafter = SamDecoding(MethodSetup(target=tiny, draft_head=head_dir, options={"fallback": "eagle2"}))
+    assert isinstance(drafter.fallback, Eagle2) and drafter.needs_features
+    log = []
+    grow = drafter.fallback.grow
+
+    def recording_grow(ctx):
+        grown = grow(ctx)
+        log.append((list(ctx.tokens), grown.root_logprobs.clone()))
+        return grown
+
+    drafter.fallback.grow = recording_grow
+    engine = Engine(tiny, max_len=256)
+    ar = Autoregressive(MethodSetup(target=tiny))
+    rep = [11, 42, 250, 7, 93, 180]
+    for prompt in (rep * 3 + [5, 17], [5, 17, 99, 4, 230, 8, 61]):
+        gen = generate(engine, drafter, prompt, 40)
+        assert gen.output_ids == generate(engine, ar, prompt, 40).output_ids
+    stats = drafter.stats()
+    assert stats["dynamic_steps"] > 0 and stats["fallback_steps"] > 0
+    for tokens, logp in log:
+        torch.testing.assert_close(
+            logp, head_from_scratch(tiny, drafter.fallback.head, tokens, []), atol=1e-4, rtol=0
+        )
+
+
+def test_sam_eagle2_fallback_without_a_head_is_one_line(tmp_path):
+    from test_cli import assert_one_line_error, eval_args, run
+
+    out = tmp_path / "run"
+    args = eval_args(out, "--methods", "ar,sam", "--method-opt", "sam.fallback=eagle2")
+    assert_one_line_error(run(*args), "fallback=eagle2", "--draft-head")
+    assert not out.exists()

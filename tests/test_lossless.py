@@ -91,16 +91,46 @@ def test_ar_matches_transformers_generate(tiny, reference):
         assert ref == hf
 
 
+# Configurations that draft through another network than the method's default, checked beside it:
+# label -> (method, options, needs an EAGLE head).
+CONFIGURATIONS = {
+    "sam[eagle2]": ("sam", {"fallback": "eagle2"}, True),  # SAMD[EAGLE2]: the head drafts on short matches
+}
+
+
 @pytest.mark.parametrize("method", DRAFTERS.names())
 def test_every_method_is_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp_path_factory):
     assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp_path_factory.mktemp(method))
 
 
-def assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp_dir) -> None:
-    """The registered `method`, built as `eval` builds it, reproduces `ar` on every prompt and drafts."""
+@pytest.mark.parametrize("label", list(CONFIGURATIONS))
+def test_every_configuration_is_lossless(
+    label, tiny, tiny_draft, engine, reference, store_docs, tmp_path_factory
+):
+    method, options, with_head = CONFIGURATIONS[label]
+    tmp = tmp_path_factory.mktemp("config")
+    stats = assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp, options, with_head)
+    if method == "sam":  # the fallback drafted too, not only the automata
+        assert stats["fallback_steps"] > 0
+
+
+def assert_lossless(
+    method,
+    tiny,
+    tiny_draft,
+    engine,
+    reference,
+    store_docs,
+    tmp_dir,
+    options: dict | None = None,
+    with_head: bool = False,
+) -> dict:
+    """The registered `method`, built as `eval` builds it (with `options`, else the defaults), reproduces
+    `ar` on every prompt and drafts; returns its statistics."""
     cls = DRAFTERS.get(method)
     # A lossy method (ReSpec's relaxed verification) is checked in the mode its options make lossless.
-    options = {} if cls.lossless else dict(cls.lossless_options)
+    if options is None:
+        options = {} if cls.lossless else dict(cls.lossless_options)
     assert cls.lossless or options, f"lossy method {method} must declare lossless_options"
     stores = {}
     if cls.datastore_kind:
@@ -109,7 +139,7 @@ def assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp
         )
         stores[cls.datastore_kind] = TEST_DATASTORES[cls.datastore_kind](tmp_dir, tiny, store_docs)
     # A method drafting with an EAGLE head gets one trained here, in a few steps, on tiny-random's answers.
-    head = build_tiny_head(tmp_dir / "head", tiny) if cls.needs_draft_head else None
+    head = build_tiny_head(tmp_dir / "head", tiny) if cls.needs_draft_head or with_head else None
     setup = MethodSetup(
         target=tiny,
         draft=tiny_draft if cls.needs_draft_model else None,
@@ -131,6 +161,7 @@ def assert_lossless(method, tiny, tiny_draft, engine, reference, store_docs, tmp
     assert set(stats) == set(cls.stat_names)
     assert all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in stats.values()), stats
     json.dumps(drafter.describe())  # config.json must be able to hold it
+    return stats
 
 
 class RandomTrees(Drafter):

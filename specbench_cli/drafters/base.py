@@ -92,7 +92,7 @@ class Drafter:
         return self.parse_options(self.setup.options, nested)
 
     @classmethod
-    def check_options(cls, raw: dict[str, Any], has_draft_model: bool) -> None:
+    def check_options(cls, raw: dict[str, Any], has_draft_model: bool, has_draft_head: bool = False) -> None:
         """Validate `--method-opt` values before any model loads; a method that routes nested options
         to another method checks those too (override)."""
         cls.parse_options(raw, nested=True)

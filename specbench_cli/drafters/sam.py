@@ -12,10 +12,12 @@ generated, extended by the committed tokens after every step (amortised O(1) per
   verifies n_predicts (40) positions, as in the official code. A dynamic match climbs suffix links
   (the official `to_anc`) until a whole chain follows it; a static chain stops at its document's end;
 - otherwise ask the auxiliary drafter (option `fallback`): Token Recycling (`recycle`), the official
-  code's default `tree_method="token_recycle"`; or `pld`, or `sps-tree` (needs --draft-model; EAGLE-2 is
-  what Spec-Bench runs), or `none` (draft nothing). Options `fallback.KEY=VALUE` go to it. The
+  code's default `tree_method="token_recycle"`; or `eagle2`, EAGLE-2's tree from an EAGLE head
+  (needs --draft-head: the paper's SAMD[EAGLE2], what Spec-Bench runs); or `pld`, or `sps-tree` (the
+  same tree from --draft-model), or `none` (draft nothing). Options `fallback.KEY=VALUE` go to it. The
   fallback sees every step's feedback, so Token Recycling's matrix also learns from the steps that
-  drafted a SAM chain, as in the official code.
+  drafted a SAM chain, as in the official code. An EAGLE head skips the steps SAM drafts and catches
+  up on the next step it drafts (its cache takes the target's features of every committed token).
 Option `static=false` ignores the corpus automaton (the README's advice for models far from the
 corpus's); the datastore is still required by `eval` so that runs stay comparable.
 """
@@ -33,7 +35,7 @@ from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError, StepFe
 from .base import Drafter
 
 SAM_CODE = "SAM-Decoding official code (hyx1999/SAM-Decoding, SamdConfig)"
-FALLBACKS = ("recycle", "pld", "sps-tree", "none")
+FALLBACKS = ("recycle", "eagle2", "pld", "sps-tree", "none")
 
 
 @dataclass
@@ -83,20 +85,32 @@ class SamDecoding(Drafter):
 
             fb_setup = replace(setup, options=self.routed_options.get("fallback", {}))
             self.fallback = DRAFTERS.get(self.fallback_name)(fb_setup)
-            self.needs_node_topk = self.fallback.needs_node_topk  # recycle learns from every step
+            # The engine reads these flags per instance: recycle learns the top-k of every step,
+            # an EAGLE head reads the target's features.
+            self.needs_node_topk = self.fallback.needs_node_topk
+            self.needs_features = self.fallback.needs_features
 
         self.dynamic = SuffixAutomaton()
         self.fed = 0  # committed tokens already in the dynamic automaton and the static match
         self.state, self.length = 0, 0  # static match: automaton state and matched length
 
     @classmethod
-    def check_options(cls, raw: dict, has_draft_model: bool) -> None:
+    def check_options(cls, raw: dict, has_draft_model: bool, has_draft_head: bool = False) -> None:
         opts, routed = cls.parse_options(raw, nested=True)
         fallback = opts.fallback
         if fallback != "none":
             from ..registry import DRAFTERS
 
-            DRAFTERS.get(fallback).check_options(routed.get("fallback", {}), has_draft_model)
+            fb = DRAFTERS.get(fallback)
+            # Before any model loads: the fallback's network must be on the command line.
+            if fb.needs_draft_head and not has_draft_head:
+                raise SpecbenchError(
+                    f"sam option fallback={fallback} needs --draft-head DIR (an EAGLE head from "
+                    "`specbench train-head`)"
+                )
+            if fb.needs_draft_model and not has_draft_model:
+                raise SpecbenchError(f"sam option fallback={fallback} needs --draft-model")
+            fb.check_options(routed.get("fallback", {}), has_draft_model, has_draft_head)
         elif routed:
             raise SpecbenchError("sam options fallback.KEY need a fallback; fallback=none has no options")
 
