@@ -171,7 +171,9 @@ def test_eval_runs_eagle2_and_rasd_on_the_head(tmp_path, head_dir):
 
     out = tmp_path / "run"
     result = run(
-        *eval_args(out, "--methods", "ar,eagle2,rasd", "--draft-head", str(head_dir), "--limit", "2")
+        *eval_args(
+            out, "--methods", "ar,eagle2,rasd", "--draft-head", str(head_dir), "--limit", "2", "--warmup", "1"
+        )
     )
     assert result.exit_code == 0, result.output
     answers = {
@@ -184,6 +186,13 @@ def test_eval_runs_eagle2_and_rasd_on_the_head(tmp_path, head_dir):
     config = json.loads((out / "config.json").read_text())
     assert config["datastores_info"]["draft-head"]["path"] == str(head_dir)
     assert config["methods_params"]["rasd"]["host"]["draft_head"] == str(head_dir)
+    # The report prices the head's draft forwards with the head's own measured cost (c and prediction).
+    assert set(config["forward_costs"]["head"]) == {"1", "16"}
+    rows = {r["method"]: r for r in json.loads((out / "costs.json").read_text())["methods"]}
+    for method in ("eagle2", "rasd"):
+        assert rows[method]["draft_network"] == "head" and rows[method]["c"] > 0
+        assert rows[method]["predicted_speedup"] > 0
+    assert rows["ar"]["draft_network"] == ""
 
 
 def test_eval_refuses_a_bad_head_in_one_line_and_writes_nothing(tmp_path, head_dir):

@@ -129,3 +129,26 @@ def test_cost_model_matches_the_documented_formula():
     assert math.isclose(row["draft_time_ratio"], 18.0 / (4 * 1.5 + 6 * 1.5))
     assert math.isclose(row["measured_over_predicted"], 1.1 / (mat * 2.0 / step))
     assert cost_rows([record], None, {}) == []
+
+
+def test_a_method_on_the_head_is_priced_with_the_heads_costs():
+    from specbench_cli.report.costs import drafts_with_head
+
+    costs = {"target": {"1": 2.0, "64": 4.0}, "draft": {"1": 1.0, "16": 1.5}, "head": {"1": 0.2, "16": 0.25}}
+    choice = {"decoding_steps": [2], "draft_nodes": [0, 30], "draft_depth": [0, 6], "draft_forwards": [0, 6],
+              "accept_lengths": [1, 4], "t_draft": [0.0, 0.002]}  # fmt: skip
+    records = [{"method": m, "choices": [choice]} for m in ("sps-tree", "eagle2")]
+    params = {
+        "sps-tree": {"draft_model": "tiny-random-draft"},
+        "eagle2": {"draft_head": "/heads/h"},
+        "sam": {"fallback": "eagle2", "fallback_params": {"draft_head": "/heads/h"}},
+        "rasd": {"host": {"draft_head": None, "draft_model": "d"}},
+    }
+    on_head = {m for m, p in params.items() if drafts_with_head(p)}
+    assert on_head == {"eagle2", "sam"}
+    rows = {r["method"]: r for r in cost_rows(records, costs, {}, on_head)}
+    assert rows["eagle2"]["draft_network"] == "head" and rows["sps-tree"]["draft_network"] == "draft model"
+    assert math.isclose(rows["eagle2"]["c"], 0.1) and math.isclose(rows["sps-tree"]["c"], 0.5)
+    # Same steps, cheaper drafts: the head's prediction is MAT * t_T(1) / (6 * t_H(16) + t_T(64)).
+    assert math.isclose(rows["eagle2"]["predicted_speedup"], 4 * 2.0 / (6 * 0.25 + 4.0))
+    assert math.isclose(rows["sps-tree"]["predicted_speedup"], 4 * 2.0 / (6 * 1.5 + 4.0))

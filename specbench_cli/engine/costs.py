@@ -3,8 +3,9 @@
 Speculative decoding pays for a step with the draft's forwards plus one verification, and gets MAT
 tokens for it. With c = t_draft(1) / t_target(1) and v(N) = t_target(N) / t_target(1), a method that runs
 F draft forwards per step can at best reach MAT / (F * c + v(N)) times `ar`'s speed. `eval` measures
-these costs on the run's own runners after warm-up (config.json `forward_costs`) and the report prints
-the draft/target ratio and that prediction beside the measured speedup, so what is left over is overhead.
+these costs on the run's own runners after warm-up (config.json `forward_costs`: `target`, `draft` for a
+draft model, `head` for an EAGLE head) and the report prints the draft/target ratio and that prediction
+beside the measured speedup, so what is left over is overhead.
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ def probe_costs(engine, prompt_ids: list[int], context: int = 512, reps: int = 1
         "reps": reps,
         "target": time_forwards(engine.runner, target_sizes, ids, reps),
     }
-    drafts = [r for role, r in engine.runners.made if role == "draft"]
-    if drafts:
-        costs["draft"] = time_forwards(drafts[0], [1, 16], ids, reps)
+    # Draft networks: the first draft model's runner ("draft") and the first EAGLE head's ("head"); the
+    # report prices each method's draft forwards with the network it drafts with.
+    from ..head.model import EagleHead
+
+    for role, runner in engine.runners.made:
+        key = "head" if isinstance(runner.model, EagleHead) else "draft"
+        if role == "draft" and key not in costs:
+            costs[key] = time_forwards(runner, [1, 16], ids, reps)
     return costs

@@ -122,15 +122,18 @@ def method_costs(records: list[dict], df: Any, paths: RunPaths) -> dict:
     {"forward_costs": ..., "methods": rows}, or {} for a run without a probe."""
     import json
 
-    from .costs import cost_rows
+    from .costs import cost_rows, drafts_with_head
     from .metrics import ALL
 
     try:
-        probe = json.loads(paths.config.read_text()).get("forward_costs")
+        config = json.loads(paths.config.read_text())
     except (OSError, ValueError):
         return {}
+    probe = config.get("forward_costs")
+    params = config.get("methods_params") or {}
+    on_head = {m for m, p in params.items() if drafts_with_head(p)}
     pooled = df[(df["suite"] == ALL) & (df["category"] == ALL)]
-    rows = cost_rows(records, probe, dict(zip(pooled["method"], pooled["speedup"])))
+    rows = cost_rows(records, probe, dict(zip(pooled["method"], pooled["speedup"])), on_head)
     return {"forward_costs": probe, "methods": rows} if rows else {}
 
 
@@ -150,6 +153,7 @@ def write_costs(costs: dict, paths: RunPaths) -> None:
 def render_costs(rows: list[dict], console: Any) -> None:
     columns = (
         "method",
+        "drafts with",
         "MAT",
         "draft fwd/step",
         "c",
@@ -161,6 +165,7 @@ def render_costs(rows: list[dict], console: Any) -> None:
     cells = [
         (
             r["method"],
+            r.get("draft_network", ""),
             f"{r['decode_mat']:.2f}",
             f"{r['draft_forwards_per_step']:.2f}",
             f"{r['c']:.3f}",

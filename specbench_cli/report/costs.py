@@ -10,6 +10,10 @@ runs F draft forwards (recorded per step as `draft_forwards`) and one verificati
 
 with MAT over decode steps (the prefill left out). The measured speedup falls short of the prediction
 by the step's overhead: Python, retrieval, tree building, host syncs. `c = t_D(1) / t_T(1)`.
+
+t_D is the network the method drafts with: the EAGLE head's costs (`forward_costs.head`) for a method
+whose recorded parameters name a --draft-head (eagle2, rasd/respec hosted on the head, sam with the
+eagle2 fallback), else the draft model's (`forward_costs.draft`).
 """
 
 from __future__ import annotations
@@ -27,19 +31,35 @@ def _cost(table: dict[str, float], size: int) -> float:
     return float(table[str(fit)]) if fit is not None else NAN
 
 
-def cost_rows(records: list[dict], forward_costs: dict | None, speedups: dict[str, float]) -> list[dict]:
-    """One row per method, pooled over every suite of the run; [] when the run has no cost probe."""
+def drafts_with_head(params: Any) -> bool:
+    """Whether a method's recorded parameters (config.json `methods_params`) name an EAGLE head,
+    directly (eagle2) or through a host or fallback (rasd, respec, sam)."""
+    if isinstance(params, dict):
+        return bool(params.get("draft_head")) or any(drafts_with_head(v) for v in params.values())
+    return False
+
+
+def cost_rows(
+    records: list[dict],
+    forward_costs: dict | None,
+    speedups: dict[str, float],
+    head_methods: frozenset[str] | set[str] = frozenset(),
+) -> list[dict]:
+    """One row per method, pooled over every suite of the run; [] when the run has no cost probe.
+    Methods in `head_methods` draft with the EAGLE head (priced by `forward_costs.head`)."""
     if not forward_costs or "target" not in forward_costs:
         return []
-    target, draft = forward_costs["target"], forward_costs.get("draft")
+    target = forward_costs["target"]
     t1 = _cost(target, 1)
-    c = _cost(draft, 1) / t1 if draft else NAN
     by_method: dict[str, dict[str, Any]] = {}
     for record in records:
         choice = record["choices"][0]
+        net = "head" if record["method"] in head_methods else "draft"
+        draft = forward_costs.get(net)
         acc = by_method.setdefault(
             record["method"],
             {
+                "net": net,
                 "steps": 0,
                 "committed": 0,
                 "forwards": 0,
@@ -75,12 +95,15 @@ def cost_rows(records: list[dict], forward_costs: dict | None, speedups: dict[st
         predicted_step = (acc["pred_draft"] + acc["pred_verify"]) / steps
         predicted = mat * t1 / predicted_step if predicted_step > 0 else NAN
         measured = speedups.get(method, NAN)
+        draft = forward_costs.get(acc["net"])
+        drafts = bool(acc["forwards"])
         rows.append(
             {
                 "method": method,
+                "draft_network": ("head" if acc["net"] == "head" else "draft model") if drafts else "",
                 "decode_mat": mat,
                 "draft_forwards_per_step": acc["forwards"] / steps,
-                "c": c if acc["forwards"] else NAN,
+                "c": _cost(draft, 1) / t1 if drafts and draft else NAN,
                 "verify_cost": acc["pred_verify"] / steps / t1,  # v: verification / one target step
                 "draft_ms_per_step": acc["draft_ms"] / steps,
                 "predicted_draft_ms": acc["pred_draft"] / steps,
