@@ -240,6 +240,35 @@ def test_train_head_bad_input_is_one_line(tmp_path):
     assert not out.exists()
 
 
+def test_train_head_refuses_an_evaluation_suite(tmp_path, monkeypatch):
+    from test_cli import QUESTIONS, assert_one_line_error, run
+
+    from specbench_cli import suite_files
+    from specbench_cli.files import sha256_file
+
+    out = tmp_path / "head"
+    base = ["train-head", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]
+    for spec in ("spec-bench", "humaneval", "code-alpaca#x"):  # by name: refused before any download
+        assert_one_line_error(run(*base, "--prompts", spec), "evaluation suite")
+    # by file: a copy of a pinned question file under any name (here the test file stands in for it)
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_SHA256", sha256_file(QUESTIONS))
+    assert_one_line_error(run(*base, "--prompts", str(QUESTIONS)), "evaluation suite 'spec-bench'")
+    assert not out.exists()
+
+
+def test_train_head_refuses_a_folder_of_another_target(tmp_path, head_dir):
+    import shutil
+
+    from test_cli import QUESTIONS, assert_one_line_error, run
+
+    out = tmp_path / "head"
+    shutil.copytree(head_dir, out)
+    before = sorted(p.name for p in out.rglob("*"))
+    args = ["train-head", "--model", "tiny-random-draft", "--prompts", str(QUESTIONS), "--out", str(out)]
+    assert_one_line_error(run(*args, "--device", "cpu"), "trained for 'tiny-random'")
+    assert sorted(p.name for p in out.rglob("*")) == before  # no answers generated into it
+
+
 def test_train_head_cli_resumes_an_interrupted_folder(tmp_path):
     from test_cli import QUESTIONS, run
 

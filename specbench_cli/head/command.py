@@ -1,7 +1,8 @@
 """`specbench train-head --model TARGET --prompts SOURCE --out DIR`: answers, features, head, in one go.
 
 1. every check that needs no model (numbers, the output folder), then the target loads (frozen);
-2. the prompts (JSON/JSONL files such as gsm8k/train.jsonl and CodeAlpaca, or suite specs;
+2. the prompts (JSON/JSONL files such as gsm8k/train.jsonl and new_codealpaca.json, or `jsonl:PATH`;
+   a built-in evaluation suite, by name or by its pinned file, is refused;
    `--prompts` repeats, `--max-prompts` caps each source) are answered greedily in batches of `--batch-size`, features taken in the same pass; the shards go to
    `DIR/data/<key>/`, keyed by target and generation settings, so a rerun reuses them;
 3. the head trains (`train.py`) and DIR gets its weights, manifest and training curve.
@@ -35,8 +36,8 @@ def run_train_head(
     from ..evaluate import resolve_device
     from ..models import load_model
     from ..options import parse_options
-    from .data import load_prompt_set, make_sequences
-    from .model import MANIFEST_FILE, WEIGHTS_FILE
+    from .data import check_prompt_sources, load_prompt_set, make_sequences
+    from .model import MANIFEST_FILE, WEIGHTS_FILE, check_target
     from .train import CURVE_FILE, STATE_FILE, train_head
 
     parse_options(
@@ -49,6 +50,7 @@ def run_train_head(
         raise SpecbenchError(f"--max-prompts must be at least 2 (one for validation), got {max_prompts}")
     if not prompts:
         raise SpecbenchError("--prompts is empty; give a prompt file (.jsonl/.json) or a suite spec")
+    check_prompt_sources(prompts)  # never an evaluation suite
     if max_new_tokens >= MAX_LEN:
         raise SpecbenchError(f"--max-new-tokens must be below {MAX_LEN}, got {max_new_tokens}")
     # An existing --out must be a head folder, possibly an interrupted one (answers only): it resumes.
@@ -57,10 +59,20 @@ def run_train_head(
         not out.is_dir() or any(p.name not in ours and p.suffix != ".tmp" for p in out.iterdir())
     ):
         raise SpecbenchError(f"--out {out} exists and is not a head folder; choose another --out")
+    # A folder that holds another target's head is refused before any answer is generated into it:
+    # by name before the load, by fingerprint (weights, tokenizer, shapes) right after it.
+    previous = json.loads((out / MANIFEST_FILE).read_text()) if (out / MANIFEST_FILE).is_file() else None
+    if previous is not None and (previous.get("target") or {}).get("name") not in (None, model):
+        raise SpecbenchError(
+            f"--out {out} holds a head trained for '{previous['target']['name']}', not for '{model}'; "
+            "choose another --out"
+        )
     dev, dt = resolve_device(device, dtype)
     log = console.print if console is not None else print
     log(f"loading {model} ({dt}, {dev})")
     loaded = load_model(model, dtype=dt, device=dev)
+    if previous is not None:
+        check_target(out, previous, loaded)
     prompt_set = load_prompt_set(prompts, loaded, max_prompts)
     generation = {
         "target_weights": loaded.sha256,

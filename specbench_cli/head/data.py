@@ -42,16 +42,57 @@ class PromptSet:
     corpus: dict
 
 
+def evaluation_suite_of(source: str, sha256: str | None = None) -> str | None:
+    """The built-in evaluation suite that `source` names (`spec-bench`, `humaneval#...`, ...) or whose
+    pinned question file it is (by sha256), else None. A head trained on one would be evaluated on its
+    own training prompts wherever that suite runs."""
+    from .. import suite_files
+    from ..registry import SUITES
+
+    name = source.rpartition("#")[0] if "#" in source else source
+    name = name.partition(":")[0]
+    if not Path(source).expanduser().is_file() and name in SUITES.names() and name != "jsonl":
+        return name
+    pinned = {
+        suite_files.SPEC_BENCH_SHA256: "spec-bench",
+        suite_files.CODE_ALPACA_SHA256: "code-alpaca",
+        suite_files.MT_BENCH_FILE.sha256: "mt-bench",
+        suite_files.HUMANEVAL_FILE.sha256: "humaneval",
+    }
+    return pinned.get(sha256) if sha256 else None
+
+
+def refuse_evaluation_suite(source: str, sha256: str | None = None) -> None:
+    suite = evaluation_suite_of(source, sha256)
+    if suite:
+        raise SpecbenchError(
+            f"--prompts {source} is the evaluation suite '{suite}'; train the head on other prompts "
+            "(e.g. ../shared/data/gsm8k/train.jsonl, code_alpaca/new_codealpaca.json)"
+        )
+
+
+def check_prompt_sources(sources: list[str]) -> None:
+    """Refuse a built-in evaluation suite among `sources`, by name or by file, before any model loads."""
+    from ..files import sha256_file
+
+    for source in sources:
+        path = Path(source).expanduser()
+        refuse_evaluation_suite(source, sha256_file(path) if path.is_file() else None)
+
+
 def load_prompt_set(sources: list[str], loaded: LoadedModel, max_prompts: int | None) -> PromptSet:
-    """First turns of each prompt file (JSON/JSONL) or suite spec, at most `max_prompts` from each,
-    as chat-template prompt ids. Every source's sha256 goes into the manifest (eval's overlap check)."""
+    """First turns of each prompt file (JSON/JSONL) or `jsonl:PATH` suite, at most `max_prompts` from
+    each, as chat-template prompt ids. A built-in evaluation suite (by name or by its pinned file) is
+    refused; every source's sha256 goes into the manifest (eval's overlap check for any other file)."""
     from ..datastores.generate import load_prompts
     from ..prompts import build_prompt_ids
 
+    check_prompt_sources(sources)
     ids: list[list[int]] = []
     files, names = [], []
     for source in sources:
         suite, description, sha, prompts = load_prompts(source, [], max_prompts)
+        refuse_evaluation_suite(source, sha)
         if not prompts:
             raise SpecbenchError(f"--prompts {source} gave no prompts")
         ids += [build_prompt_ids(loaded.tokenizer, turns[:1], []) for _, turns in prompts]

@@ -71,25 +71,29 @@ class Batch:
 
 
 def make_batch(seqs: list[Sequence], device: torch.device) -> Batch:
-    """Right-padded pairs (f_i, t_{i+1}) -> f_{i+1}, i = 0 .. L-3, of each sequence."""
+    """Right-padded pairs (f_i, t_{i+1}) -> f_{i+1}, i = 0 .. L-3, of each sequence.
+
+    The features travel in the dtype they were stored in (bf16 from a GPU target: half the bytes of
+    float32, on the host and over the bus) and become float32 on `device`."""
     n = max(len(s.tokens) - 2 for s in seqs)
     hidden = seqs[0].features.shape[-1]
     tokens = torch.zeros((len(seqs), n), dtype=torch.long)
-    features = torch.zeros((len(seqs), n, hidden))
-    targets = torch.zeros((len(seqs), n, hidden))
+    # Row i of `padded` is f_i, i = 0 .. n: inputs are rows 0 .. n-1, regression targets rows 1 .. n.
+    padded = torch.zeros((len(seqs), n + 1, hidden), dtype=seqs[0].features.dtype)
     loss_mask = torch.zeros((len(seqs), n), dtype=torch.bool)
     valid = torch.zeros((len(seqs), n), dtype=torch.bool)
     for b, s in enumerate(seqs):
         m = len(s.tokens) - 2
         tokens[b, :m] = torch.tensor(s.tokens[1 : m + 1])
-        features[b, :m] = s.features[:m].float()
-        targets[b, :m] = s.features[1 : m + 1].float()
+        padded[b, : m + 1] = s.features[: m + 1]
         valid[b, :m] = True
         # f_{i+1} predicts t_{i+2}, an answer token when i + 2 >= prompt_len.
         loss_mask[b, max(0, s.prompt_len - 2) : m] = True
     # A boolean mask works in any dtype (SDPA; autocast changes the query's dtype, not the mask's).
     attention = (torch.tril(torch.ones((n, n), dtype=torch.bool))[None] & valid[:, None, :])[:, None]
-    return Batch(*(t.to(device) for t in (tokens, features, targets, loss_mask, attention)))
+    padded = padded.to(device, non_blocking=True).float()
+    features, targets = padded[:, :n], padded[:, 1:]
+    return Batch(tokens.to(device), features, targets, loss_mask.to(device), attention.to(device))
 
 
 def head_losses(
