@@ -150,7 +150,8 @@ class CompiledRunner(Runner):
             # Every runner (target, draft model) and graph variant recompiles this one method.
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
             self._step = torch.compile(self._static_forward, mode=self.compile_mode, dynamic=True)
-        # GPU time of every graph forward, read with take_forward_times() (benchmarks only).
+        # GPU time of every graph forward, read with take_forward_times() (benchmarks, and the decode
+        # loop for draft runners: t_draft_forward).
         self.profile = False
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         # Allocate every layer's K/V now, outside any graph pool: one token into a spare slot.
