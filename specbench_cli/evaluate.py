@@ -20,6 +20,7 @@ from .baselines import Baseline, check_baselines
 from .distributed import Ranks, launched_ranks
 from .drafters.base import Drafter
 from .inputs import check_eval_inputs, check_prompts_fit, model_context
+from .progress import progress_bar
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
@@ -397,14 +398,6 @@ def run_eval(cfg: EvalConfig, console) -> Path:
 def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = None) -> Path:
     import torch
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from . import distributed
     from .datastores.manifest import check_datastore
@@ -579,16 +572,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
 
     rank_files = distributed.rank_paths(paths, ranks)  # under torchrun: this rank's own files
     live = {m: [0, 0, 0.0] for m in names}  # tokens, steps, seconds
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    progress = progress_bar("[bold]{task.description}", "{task.fields[stats]}", console, transient=False)
     with progress:
         task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
         started = None
