@@ -36,16 +36,7 @@ def tiny_draft():
 REPO = Path(__file__).resolve().parents[1]
 SPEC_BENCH_RELATIVE = Path("spec_bench") / "question.jsonl"
 CODE_ALPACA_RELATIVE = Path("code_alpaca") / "code_alpaca_2k.json"
-MT_BENCH_CATEGORIES = (
-    "writing",
-    "roleplay",
-    "reasoning",
-    "math",
-    "coding",
-    "extraction",
-    "stem",
-    "humanities",
-)
+# Spec-Bench's five single-turn tasks; its MT-Bench part uses suites.MT_BENCH_CATEGORIES.
 SINGLE_TURN_CATEGORIES = ("translation", "summarization", "qa", "math_reasoning", "rag")
 
 
@@ -77,11 +68,10 @@ class DataRoot:
 
 def _real_data_root() -> Path | None:
     # The same places the loader looks (suite_files._data_roots), seen from the repository root.
-    for root in (os.environ.get("SPECBENCH_DATA"), REPO.parent / "shared" / "data"):
-        if root and all(
-            (Path(root).expanduser() / f).is_file() for f in (SPEC_BENCH_RELATIVE, CODE_ALPACA_RELATIVE)
-        ):
-            return Path(root).expanduser()
+    candidates = [os.environ.get("SPECBENCH_DATA"), REPO.parent / "shared" / "data"]
+    for root in (Path(c).expanduser() for c in candidates if c):
+        if (root / SPEC_BENCH_RELATIVE).is_file() and (root / CODE_ALPACA_RELATIVE).is_file():
+            return root
     return None
 
 
@@ -96,10 +86,13 @@ ARTICLE = (
 )
 
 
-def _write_stand_in_data(root: Path) -> None:
+def write_stand_in_data(root: Path) -> None:
     """Small files in the real formats: Spec-Bench's 13 categories (MT-Bench's eight with two turns,
-    five single-turn tasks, RAG with a list reference), and CodeAlpaca's instruction/input/output
+    five single-turn tasks, references as the real file has them: one string per turn, or for RAG a list
+    of acceptable answers per turn), and CodeAlpaca's instruction/input/output
     rows, more of them than the default subset."""
+    from specbench_cli.suites import MT_BENCH_CATEGORIES
+
     rows, qid = [], 1
     for category in MT_BENCH_CATEGORIES:
         for i in range(2):
@@ -115,8 +108,10 @@ def _write_stand_in_data(root: Path) -> None:
                 else f"{category} question {i}?"
             )
             row = {"question_id": qid, "category": category, "turns": [turn]}
-            if category == "rag":
-                row["reference"] = [f"answer {i}", f"another answer {i}"]
+            if category == "rag":  # per turn, a list of acceptable answers
+                row["reference"] = [[f"answer {i}", f"another answer {i}"]]
+            elif category != "qa":  # per turn, one reference answer
+                row["reference"] = [f"reference answer {i}"]
             rows.append(row)
             qid += 1
     (root / SPEC_BENCH_RELATIVE).parent.mkdir(parents=True)
@@ -139,5 +134,5 @@ def data_root(tmp_path_factory) -> DataRoot:
     if real is not None:
         return DataRoot(real, real=True)
     root = tmp_path_factory.mktemp("data-root") / "shared" / "data"
-    _write_stand_in_data(root)
+    write_stand_in_data(root)
     return DataRoot(root, real=False)

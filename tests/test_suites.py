@@ -276,6 +276,21 @@ def test_spec_bench_category_filter(data_root):
     assert [q.category for q in suite.questions] == ["summarization"] * 5
 
 
+def test_stand_in_data_has_the_real_formats(tmp_path):
+    # A clone away from the shared data runs the suite tests on these: they must load as the real
+    # files do (13 categories in Spec-Bench's six tasks, more CodeAlpaca rows than the default subset).
+    from conftest import write_stand_in_data
+
+    write_stand_in_data(tmp_path / "data")
+    spec = load_suite(f"spec-bench:{tmp_path / 'data' / 'spec_bench' / 'question.jsonl'}")
+    assert len(spec.categories) == 13 and len({spec_bench_task(c) for c in spec.categories}) == 6
+    assert any(len(q.turns) == 2 for q in spec.questions) and any(
+        "reference" in q.extra for q in spec.questions
+    )
+    alpaca = load_suite(f"code-alpaca:{tmp_path / 'data' / 'code_alpaca' / 'code_alpaca_2k.json'}")
+    assert len(alpaca.questions) == suites.CODE_ALPACA_SUBSET
+
+
 def beside_shared_data(tmp_path: Path, root: Path) -> Path:
     """A working directory whose ../shared/data is `root` (a link, so the real data is not copied)."""
     (tmp_path / "shared").mkdir()
