@@ -284,9 +284,8 @@ def test_stand_in_data_has_the_real_formats(tmp_path):
     write_stand_in_data(tmp_path / "data")
     spec = load_suite(f"spec-bench:{tmp_path / 'data' / 'spec_bench' / 'question.jsonl'}")
     assert len(spec.categories) == 13 and len({spec_bench_task(c) for c in spec.categories}) == 6
-    assert any(len(q.turns) == 2 for q in spec.questions) and any(
-        "reference" in q.extra for q in spec.questions
-    )
+    assert any(len(q.turns) == 2 for q in spec.questions)
+    assert any(q.reference for q in spec.questions) and any("reference" in q.extra for q in spec.questions)
     alpaca = load_suite(f"code-alpaca:{tmp_path / 'data' / 'code_alpaca' / 'code_alpaca_2k.json'}")
     assert len(alpaca.questions) == suites.CODE_ALPACA_SUBSET
 
