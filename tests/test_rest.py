@@ -206,3 +206,59 @@ def test_generate_with_rest_equals_autoregressive(tiny, tmp_path):
     assert rest.output_ids == ar.output_ids
     assert sum(s.accepted for s in rest.steps) > 0
     assert len(rest.steps) < len(ar.steps)
+
+
+def stdlib_byte_docs(first: int, count: int) -> list[list[int]]:
+    """Real code: standard-library sources as bytes (a tokenizer-free token stream)."""
+    from specbench_cli.datastores.corpus import stdlib_files
+
+    _, paths = stdlib_files()
+    return [list(p.read_bytes()) for p in paths[first : first + count]]
+
+
+def test_chunked_store_gives_the_drafts_of_one_array_on_real_text(tmp_path):
+    docs = stdlib_byte_docs(0, 40)
+    total = sum(len(d) + 1 for d in docs)
+    build_from_token_docs("rest", docs, tmp_path / "one", "bytes", "fp")
+    build_from_token_docs("rest", docs, tmp_path / "many", "bytes", "fp", chunk_tokens=total // 9)
+    one, many = RestDatastore(tmp_path / "one"), RestDatastore(tmp_path / "many")
+    assert len(one.chunks) == 1 and len(many.chunks) >= 9 and len(one) == len(many)
+    assert all(isinstance(c.sa, np.memmap) and isinstance(c.tokens, np.memmap) for c in many.chunks)
+    assert read_manifest(tmp_path / "many")["layout"]["chunks"] == len(many.chunks)
+    drafters = [Rest(rest_setup(tmp_path / name)) for name in ("one", "many")]
+    # Contexts from other stdlib files: real queries, with common and rare continuations.
+    rng = np.random.default_rng(1)
+    held_out = [d for d in stdlib_byte_docs(40, 20) if len(d) > 64]
+    hits = 0
+    for _ in range(300):
+        doc = held_out[rng.integers(len(held_out))]
+        cut = int(rng.integers(16, len(doc)))
+        context = doc[cut - 16 : cut]
+        a, b = one.longest_match(context), many.longest_match(context)
+        assert (a.span, a.count) == (b.span, b.count)
+        if a.span:
+            hits += 1
+            for max_matches in (7, 5000):
+                want = one.continuation_matrix(a.ranges, a.span, max_matches, 10)
+                assert np.array_equal(many.continuation_matrix(b.ranges, b.span, max_matches, 10), want)
+        trees = [d.propose(DraftContext(tokens=context, max_nodes=64)) for d in drafters]
+        assert trees[0] == trees[1]
+    assert hits > 200  # the comparison ran on real matches, most of them with many continuations
+
+
+def test_chunks_are_read_one_at_a_time(tmp_path):
+    from specbench_cli.datastores.rest import document_groups
+
+    pulled = []
+
+    def docs():
+        for i in range(100):
+            pulled.append(i)
+            yield [i % 7 + 1] * 9  # 10 tokens with its separator
+
+    groups = document_groups(docs(), 35)
+    first = next(groups)
+    assert [len(d) for d in first] == [9, 9, 9] and len(pulled) == 4  # one look-ahead document only
+    assert sum(len(g) for g in groups) == 97
+    # A document longer than a chunk gets a chunk of its own instead of being split.
+    assert [len(g) for g in document_groups([[1] * 50, [2], [3] * 60], 10)] == [1, 1, 1]
