@@ -222,9 +222,7 @@ class RestDatastore(Datastore):
             self.expect_array(tokens_file, chunk.tokens, (np.uint32,), 1)
             self.expect_array(sa_file, chunk.sa, (np.int32, np.int64), 1)
             if len(chunk.sa) != len(chunk.tokens):
-                raise self.refuse(
-                    f"{sa_file} has {len(chunk.sa):,} entries for {len(chunk.tokens):,} tokens"
-                )
+                raise self.refuse(f"{sa_file} has {len(chunk.sa):,} entries for {len(chunk.tokens):,} tokens")
             if chunk.tokens[-1] != SENTINEL:
                 raise self.refuse(f"{tokens_file} does not end with the document separator")
             self.expect_range(sa_file, chunk.sa, 0, len(chunk.tokens))
@@ -389,7 +387,9 @@ def document_groups(docs: Iterable[np.ndarray | list[int]], chunk_tokens: int) -
         yield group
 
 
-def write_chunks(docs: Iterable[np.ndarray | list[int]], folder: Path, chunk_tokens: int, console=None) -> dict:
+def write_chunks(
+    docs: Iterable[np.ndarray | list[int]], folder: Path, chunk_tokens: int, console=None
+) -> dict:
     """Stream the documents into chunks, each sorted and saved before the next is read; the manifest fields."""
     n_tokens, n_docs, sort_seconds, sizes = 0, 0, 0.0, []
     for i, group in enumerate(document_groups(docs, chunk_tokens)):
