@@ -13,6 +13,9 @@ per state, several hundred bytes each):
   It is the dynamic automaton over prompt + output, and the builder of the static one.
 - `FrozenAutomaton` is the static corpus automaton as stored: out-edges sorted by token per state
   (CSR), loaded memory-mapped; following a transition is a binary search among a state's edges.
+  Its states are renumbered so that only clones store a length and a first end position (the
+  state created at text position p has id p + 1, length p + 1 and first end p), and it keeps no
+  hash table: about 36 bytes per token on real code, against about 85-91 for the live automaton.
 
 The separator is -1, an id no query ever contains, so a match never spans two documents (the official
 code ends documents with EOS, which a generated text can contain); drafts are cut where it appears.

@@ -232,6 +232,11 @@ class RestDatastore(Datastore):
         """Chunks of at most `chunk_tokens` tokens (whole documents), each tokens + suffix array."""
         return write_chunks(build.docs, folder, build.options.chunk_tokens, build.console)
 
+    @classmethod
+    def summary(cls, manifest: dict) -> str:
+        chunks = (manifest.get("layout") or {}).get("chunks", 1)
+        return f"{super().summary(manifest)}; {chunks} chunk{'s' if chunks > 1 else ''}"
+
     def __len__(self) -> int:
         return sum(len(c.tokens) for c in self.chunks)
 
