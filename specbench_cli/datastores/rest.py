@@ -33,9 +33,10 @@ SENTINEL = np.uint32(0xFFFF_FFFF)
 TOKENS_FILE = "tokens.npy"
 SA_FILE = "sa.npy"
 SLICE = 1 << 24  # tokens per slice when a pass over a whole stream needs temporaries
-# 2**28 tokens per chunk: sorting one takes about 18 bytes a token (stream, ranks, 64-bit then 32-bit
-# suffix array), so about 5 GB at most, whatever the corpus size.
-DEFAULT_CHUNK_TOKENS = 1 << 28
+# 2**27 tokens per chunk: a chunk build peaks at about 44 bytes per chunk token (measured on
+# site-packages with the tokenizer running: stream, dense ranks, libdivsufsort's byte-level suffix
+# array and the int32 result), so about 6 GB whatever the corpus size.
+DEFAULT_CHUNK_TOKENS = 1 << 27
 
 try:  # numba turns the binary searches into ~microsecond calls; without it the same code runs in Python
     from numba import njit
@@ -182,7 +183,7 @@ class RestOptions:
     chunk_tokens: int = option(
         DEFAULT_CHUNK_TOKENS,
         "tokens per sub-index; build memory grows with this, not with the corpus",
-        "REST official code: 512M-token sub-indexes (halved here: a 2**28 sort stays near 5 GB)",
+        "REST official code: 512M-token sub-indexes (a quarter here: a 2**27 chunk peaks near 6 GB)",
         minimum=2,
     )
 
@@ -399,7 +400,7 @@ def write_chunks(
     n_tokens, n_docs, sort_seconds, sizes = 0, 0, 0.0, []
     for i, group in enumerate(document_groups(docs, chunk_tokens)):
         tokens, docs_in = concatenate_documents(group)
-        del group
+        group.clear()  # in place: the generator still holds the list while this chunk sorts
         label = f"sorting the suffixes of chunk {i + 1} ({tokens.size:,} tokens, libdivsufsort)"
         if console is not None:
             with console.status(label):
