@@ -9,7 +9,8 @@ Builds, each in a fresh child process so its peak RSS (ru_maxrss) is its own:
    build's memory follows the chunk size while the whole corpus passes through it;
 2. `rest` as one array over the same tokens (read back from the chunked store), to show what the
    chunks save, and that both give the same drafts;
-3. `sam`, the static automaton over the first `--sam-tokens` tokens of the same stream.
+3. `sam`, the static automaton over the first `--sam-tokens` tokens of the same stream, in shards
+   of `--shard-tokens`, and `sam-one`, the same as one automaton (same matches, more build memory).
 
 Lookups: `--queries` contexts cut from the standard library's sources (Python code that is not in
 site-packages, so not in the stores), each the 64 tokens before a random point, with the 10 tokens
@@ -140,7 +141,8 @@ def build_child(kind: str, out: Path, a: argparse.Namespace) -> dict:
         if kind == "rest-one":
             store_class, opts, limit = RestDatastore, RestOptions(chunk_tokens=2**40), a.tokens_limit
         else:
-            store_class, opts, limit = SamDatastore, SamOptions(), a.sam_tokens
+            shard = a.shard_tokens if kind == "sam" else 2**40
+            store_class, opts, limit = SamDatastore, SamOptions(shard_tokens=shard), a.sam_tokens
     manifest = new_manifest(store_class.kind, tok_record, corpus, {})
     t0 = time.perf_counter()
     built = publish(store_class, BuildInput(limited(docs, limit, counter), opts), out, manifest, force=True)
@@ -166,6 +168,10 @@ def build_child(kind: str, out: Path, a: argparse.Namespace) -> dict:
     else:
         keep = ("construct_seconds", "freeze_seconds", "states", "edges", "automaton_mb")
         row |= {k: b[k] for k in keep} | {
+            "shards": built["layout"]["shards"],
+            "shard_tokens": b["shard_tokens"],
+        }
+        row |= {
             "live_bytes_per_token": b["live_bytes_per_token"],
             "stored_bytes_per_token": b["stored_bytes_per_token"],
         }
@@ -180,7 +186,11 @@ def lookup_child(kind: str, path: Path, a: argparse.Namespace) -> dict:
     if kind == "sam":
         from sam_vs_rest import sam_lookups
 
-        return sam_lookups(path, queries)
+        from specbench_cli.datastores.sam import SamDatastore
+
+        auto = SamDatastore(path).automaton
+        matches = [[m.length, m.end] for m in (auto.match(ctx) for ctx, _ in queries)]
+        return sam_lookups(path, queries) | {"matches": matches}
     from sam_vs_rest import rest_lookups
 
     row = rest_lookups(path, queries)
@@ -193,6 +203,7 @@ def run_child(what: str, kind: str, path: Path, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, what, kind, str(path), "--work", str(a.work), "--corpus", str(a.corpus)]
     cmd += ["--glob", a.glob, "--model", a.model, "--chunk-tokens", str(a.chunk_tokens)]
     cmd += ["--tokens-limit", str(a.tokens_limit), "--sam-tokens", str(a.sam_tokens)]
+    cmd += ["--shard-tokens", str(a.shard_tokens)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"child {what} {kind} failed (exit {done.returncode})")
@@ -218,6 +229,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tokens-limit", type=number, default=10**12, help="stop reading the corpus here")
     ap.add_argument("--sam-tokens", type=number, default=50_000_000, help="tokens in the automaton")
     ap.add_argument("--chunk-tokens", type=number, default=1 << 25, help="rest --opt chunk_tokens")
+    ap.add_argument("--shard-tokens", type=number, default=1 << 24, help="sam --opt shard_tokens")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--work", type=Path, default=REPO / ".stores" / "datastores-at-scale")
     ap.add_argument("--out", type=Path, help="the JSON to write")
@@ -235,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     queries = make_queries(a.model, a.queries)
     (a.work / "queries.json").write_text(json.dumps(queries))
     rows = {}
-    for kind in ("rest-chunked", "rest-one", "sam"):
+    for kind in ("rest-chunked", "rest-one", "sam", "sam-one"):
         print(f"building {kind}", file=sys.stderr, flush=True)
         rows[kind] = run_child("build", kind, a.work / kind, a)
         rows[kind]["lookups"] = run_child("lookup", kind.split("-")[0], a.work / kind, a)
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             json.dumps({k: v for k, v in rows[kind].items() if k != "lookups"}), file=sys.stderr, flush=True
         )
     trees = [rows[k]["lookups"].pop("trees") for k in ("rest-chunked", "rest-one")]
+    matches = [rows[k]["lookups"].pop("matches") for k in ("sam", "sam-one")]
     result = {
         "machine": f"{os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, shared with other jobs",
@@ -252,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         "standard-library sources, which are not in the stores",
         "chunked_equals_one_array": {
             "same_trees": sum(x == y for x, y in zip(*trees, strict=True)),
+            "queries": len(queries),
+        },
+        "sharded_equals_one_automaton": {
+            "same_matches": sum(x == y for x, y in zip(*matches, strict=True)),
             "queries": len(queries),
         },
         "builds": rows,

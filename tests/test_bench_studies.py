@@ -84,7 +84,7 @@ def test_datastores_at_scale_on_a_small_folder(tmp_path):
     out = tmp_path / "scale.json"
     folder = Path(sysconfig.get_paths()["stdlib"]) / "json"  # a handful of real .py files, by path
     args = ["--corpus", str(folder), "--model", "tiny-random", "--chunk-tokens", "20000"]
-    args += ["--tokens-limit", "60000", "--sam-tokens", "30000", "--queries", "30"]
+    args += ["--tokens-limit", "60000", "--sam-tokens", "30000", "--shard-tokens", "12000", "--queries", "30"]
     datastores_at_scale.main(args + ["--work", str(tmp_path / "work"), "--out", str(out)])
     data = json.loads(out.read_text())
     builds = data["builds"]
@@ -94,6 +94,12 @@ def test_datastores_at_scale_on_a_small_folder(tmp_path):
     assert one["tokens"] == chunked["tokens"] and one["documents"] == chunked["documents"]
     assert data["chunked_equals_one_array"] == {"same_trees": 30, "queries": 30}
     assert 30000 <= sam["tokens"] <= chunked["tokens"]
+    assert (
+        sam["shards"] >= 2
+        and builds["sam-one"]["shards"] == 1
+        and builds["sam-one"]["tokens"] == sam["tokens"]
+    )
+    assert data["sharded_equals_one_automaton"] == {"same_matches": 30, "queries": 30}
     assert sam["stored_bytes_per_token"] < sam["live_bytes_per_token"]
     assert sam["states"] > sam["tokens"] and sam["edges"] > 0
     for row in (chunked, one):

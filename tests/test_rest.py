@@ -247,7 +247,7 @@ def test_chunked_store_gives_the_drafts_of_one_array_on_real_text(tmp_path):
 
 
 def test_chunks_are_read_one_at_a_time(tmp_path):
-    from specbench_cli.datastores.rest import document_groups
+    from specbench_cli.datastores.base import document_groups
 
     pulled = []
 

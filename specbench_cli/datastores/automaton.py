@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -498,6 +499,58 @@ class FrozenAutomaton:
         after = np.asarray(self.tokens[end + 1 : end + 1 + n])
         stop = np.flatnonzero(after == SEPARATOR)
         return after[: stop[0]] if stop.size else after
+
+
+@dataclass
+class ShardedAutomaton:
+    """The static automaton of a corpus built in shards of whole documents, walked as one.
+
+    A match never spans two documents, so the longest match over the corpus is the longest of the
+    shards' matches, and its first occurrence is in the first shard that has one that long (shards
+    follow the stream's order). A state is a tuple of one (state, length) pair per shard; positions
+    are global (the shards' streams laid end to end). Same methods as FrozenAutomaton.
+    """
+
+    shards: list[FrozenAutomaton]
+
+    def __post_init__(self) -> None:
+        self.offsets = np.cumsum([0] + [len(s.tokens) for s in self.shards])
+
+    @property
+    def n_states(self) -> int:
+        return sum(s.n_states for s in self.shards)
+
+    @property
+    def n_edges(self) -> int:
+        return sum(s.n_edges for s in self.shards)
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.shards)
+
+    def walk(self, query: Iterable[int] | np.ndarray, state: Any = 0, length: int = 0) -> tuple[tuple, int]:
+        q = as_query(query)
+        pairs = state if isinstance(state, tuple) else ((0, 0),) * len(self.shards)
+        walked = tuple(shard.walk(q, s, n) for shard, (s, n) in zip(self.shards, pairs, strict=True))
+        return walked, max(n for _, n in walked)
+
+    def match(self, query: Iterable[int] | np.ndarray) -> Match:
+        state, length = self.walk(query)
+        return Match(length, state, self.first_end(state) if length else -1)
+
+    def first_end(self, state: Any) -> int:
+        if not isinstance(state, tuple):
+            return -1  # the start state: nothing matched
+        longest = max(n for _, n in state)
+        if longest == 0:
+            return -1
+        j = next(i for i, (_, n) in enumerate(state) if n == longest)
+        return int(self.offsets[j]) + self.shards[j].first_end(state[j][0])
+
+    def continuation(self, end: int, n: int) -> np.ndarray:
+        if end < 0:
+            return self.shards[0].tokens[:0]
+        j = int(np.searchsorted(self.offsets, end, side="right")) - 1
+        return self.shards[j].continuation(end - int(self.offsets[j]), n)
 
 
 # ----------------------------------------------------------------------------------------------------

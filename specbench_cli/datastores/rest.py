@@ -19,7 +19,7 @@ every suffix that goes on: inside the range of a query, matches with a continuat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..options import option
 from ..types import SpecbenchError
-from .base import BuildInput, Datastore, join_documents
+from .base import BuildInput, Datastore, document_groups, join_documents
 
 SENTINEL = np.uint32(0xFFFF_FFFF)
 TOKENS_FILE = "tokens.npy"
@@ -370,27 +370,6 @@ def write_store(tokens: np.ndarray, folder: Path, chunk: int = 0) -> float:
     sort_seconds = time.perf_counter() - t0
     np.save(folder / sa_file, sa)
     return sort_seconds
-
-
-def document_groups(docs: Iterable[np.ndarray | list[int]], chunk_tokens: int) -> Iterator[list[np.ndarray]]:
-    """Consecutive non-empty documents in groups of at most `chunk_tokens` tokens (separators counted).
-
-    A document never spans two chunks (a match must not cross a chunk boundary unseen), so one longer
-    than `chunk_tokens` makes a chunk of its own. Only one group is held at a time.
-    """
-    group: list[np.ndarray] = []
-    size = 0
-    for doc in docs:
-        arr = np.asarray(doc)
-        if arr.size == 0:
-            continue
-        if group and size + arr.size + 1 > chunk_tokens:
-            yield group
-            group, size = [], 0
-        group.append(arr)
-        size += arr.size + 1
-    if group:
-        yield group
 
 
 def write_chunks(
