@@ -10,7 +10,9 @@ Builds, each in a fresh child process so its peak RSS (ru_maxrss) is its own:
 2. `rest` as one array over the same tokens (read back from the chunked store), to show what the
    chunks save, and that both give the same drafts;
 3. `sam`, the static automaton over the first `--sam-tokens` tokens of the same stream, in shards
-   of `--shard-tokens`, and `sam-one`, the same as one automaton (same matches, more build memory).
+   of `--shard-tokens`, and `sam-one`, the same as one automaton (same matches, more build memory);
+4. on request (`--kinds rest-chunked,rest-big`), `rest` at the product's default chunk size over
+   the corpus repeated to `--big-rest-tokens` (500M), for memory and lookups at that size.
 
 Lookups: `--queries` contexts cut from the standard library's sources (Python code that is not in
 site-packages, so not in the stores), each the 64 tokens before a random point, with the 10 tokens
@@ -140,6 +142,9 @@ def build_child(kind: str, out: Path, a: argparse.Namespace) -> dict:
         docs = store_docs(a.work / "rest-chunked")
         if kind == "rest-one":
             store_class, opts, limit = RestDatastore, RestOptions(chunk_tokens=2**40), a.tokens_limit
+        elif kind == "rest-big":  # the corpus repeated to --big-rest-tokens, default chunks
+            docs = (d for _ in range(10**6) for d in store_docs(a.work / "rest-chunked"))
+            store_class, opts, limit = RestDatastore, RestOptions(), a.big_rest_tokens
         else:
             shard = a.shard_tokens if kind == "sam" else 2**40
             store_class, opts, limit = SamDatastore, SamOptions(shard_tokens=shard), a.sam_tokens
@@ -203,7 +208,7 @@ def run_child(what: str, kind: str, path: Path, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, what, kind, str(path), "--work", str(a.work), "--corpus", str(a.corpus)]
     cmd += ["--glob", a.glob, "--model", a.model, "--chunk-tokens", str(a.chunk_tokens)]
     cmd += ["--tokens-limit", str(a.tokens_limit), "--sam-tokens", str(a.sam_tokens)]
-    cmd += ["--shard-tokens", str(a.shard_tokens)]
+    cmd += ["--shard-tokens", str(a.shard_tokens), "--big-rest-tokens", str(a.big_rest_tokens)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"child {what} {kind} failed (exit {done.returncode})")
@@ -212,6 +217,13 @@ def run_child(what: str, kind: str, path: Path, a: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------------------------------
 # The study
+
+
+def same(pair: list[list], n: int, key: str) -> dict | None:
+    """How many of n answers two stores agree on (None when one of the two was not built)."""
+    if len(pair) != 2:
+        return None
+    return {key: sum(x == y for x, y in zip(*pair, strict=True)), "queries": n}
 
 
 def number(text: str) -> int:
@@ -230,6 +242,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sam-tokens", type=number, default=50_000_000, help="tokens in the automaton")
     ap.add_argument("--chunk-tokens", type=number, default=1 << 25, help="rest --opt chunk_tokens")
     ap.add_argument("--shard-tokens", type=number, default=1 << 24, help="sam --opt shard_tokens")
+    ap.add_argument("--big-rest-tokens", type=number, default=500_000_000, help="rest-big: repeat to this")
+    ap.add_argument("--kinds", default="rest-chunked,rest-one,sam,sam-one", help="builds to run, in order")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--work", type=Path, default=REPO / ".stores" / "datastores-at-scale")
     ap.add_argument("--out", type=Path, help="the JSON to write")
@@ -247,15 +261,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     queries = make_queries(a.model, a.queries)
     (a.work / "queries.json").write_text(json.dumps(queries))
     rows = {}
-    for kind in ("rest-chunked", "rest-one", "sam", "sam-one"):
+    for kind in a.kinds.split(","):
         print(f"building {kind}", file=sys.stderr, flush=True)
         rows[kind] = run_child("build", kind, a.work / kind, a)
         rows[kind]["lookups"] = run_child("lookup", kind.split("-")[0], a.work / kind, a)
         print(
             json.dumps({k: v for k, v in rows[kind].items() if k != "lookups"}), file=sys.stderr, flush=True
         )
-    trees = [rows[k]["lookups"].pop("trees") for k in ("rest-chunked", "rest-one")]
-    matches = [rows[k]["lookups"].pop("matches") for k in ("sam", "sam-one")]
+    trees = [rows[k]["lookups"].pop("trees") for k in ("rest-chunked", "rest-one") if k in rows]
+    matches = [rows[k]["lookups"].pop("matches") for k in ("sam", "sam-one") if k in rows]
+    rows.get("rest-big", {}).get("lookups", {}).pop("trees", None)
     result = {
         "machine": f"{os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, shared with other jobs",
@@ -263,14 +278,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         "tokenizer": a.model,
         "queries": f"{len(queries)} contexts of {CONTEXT} tokens (reference: the next {REFERENCE}) cut from "
         "standard-library sources, which are not in the stores",
-        "chunked_equals_one_array": {
-            "same_trees": sum(x == y for x, y in zip(*trees, strict=True)),
-            "queries": len(queries),
-        },
-        "sharded_equals_one_automaton": {
-            "same_matches": sum(x == y for x, y in zip(*matches, strict=True)),
-            "queries": len(queries),
-        },
+        "chunked_equals_one_array": same(trees, len(queries), "same_trees"),
+        "sharded_equals_one_automaton": same(matches, len(queries), "same_matches"),
         "builds": rows,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
