@@ -156,6 +156,30 @@ def _gather_rows(tokens, sa, lo, hi, span, length, sentinel):
     return rows
 
 
+@njit(cache=True, nogil=True)
+def _row_less(a, i, b, j):
+    for k in range(a.shape[1]):
+        if a[i, k] != b[j, k]:
+            return a[i, k] < b[j, k]
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _merge_rows(a, b, limit):
+    """The first `limit` rows of two lexicographically sorted row matrices, merged (still sorted)."""
+    n = min(limit, a.shape[0] + b.shape[0])
+    out = np.empty((n, a.shape[1]), dtype=a.dtype)
+    i = j = 0
+    for r in range(n):
+        if j >= b.shape[0] or (i < a.shape[0] and not _row_less(b, j, a, i)):
+            out[r] = a[i]
+            i += 1
+        else:
+            out[r] = b[j]
+            j += 1
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reading
 
@@ -298,11 +322,10 @@ class RestDatastore(Datastore):
         ]
         if not parts:
             return np.empty((0, length), dtype=np.uint32)
-        if len(parts) == 1:
-            return parts[0]
-        rows = np.concatenate(parts)
-        order = np.lexsort(rows.T[::-1])  # last key first: column 0 is the primary key
-        return rows[order[:max_matches]]
+        rows = parts[0]
+        for part in parts[1:]:  # each part is sorted: merge, keeping the first max_matches
+            rows = _merge_rows(rows, part, max_matches)
+        return rows
 
     def continuations(
         self, query: Iterable[int] | np.ndarray, max_matches: int = 5000, length: int = 10
