@@ -33,9 +33,9 @@ SENTINEL = np.uint32(0xFFFF_FFFF)
 TOKENS_FILE = "tokens.npy"
 SA_FILE = "sa.npy"
 SLICE = 1 << 24  # tokens per slice when a pass over a whole stream needs temporaries
-# 2**27 tokens per chunk: a chunk build peaks at about 44 bytes per chunk token (measured on
-# site-packages with the tokenizer running: stream, dense ranks, libdivsufsort's byte-level suffix
-# array and the int32 result), so about 6 GB whatever the corpus size.
+# 2**27 tokens per chunk: sorting a chunk adds about 24 bytes per chunk token (stream, dense ranks,
+# libdivsufsort's byte-level suffix array and the int32 result; 3.2 GB measured at 500M tokens in
+# 4 chunks), plus the tokenizer's own memory, whatever the corpus size.
 DEFAULT_CHUNK_TOKENS = 1 << 27
 
 try:  # numba turns the binary searches into ~microsecond calls; without it the same code runs in Python
@@ -207,7 +207,7 @@ class RestOptions:
     chunk_tokens: int = option(
         DEFAULT_CHUNK_TOKENS,
         "tokens per sub-index; build memory grows with this, not with the corpus",
-        "REST official code: 512M-token sub-indexes (a quarter here: a 2**27 chunk peaks near 6 GB)",
+        "REST official code: 512M-token sub-indexes (a quarter here: a 2**27 chunk adds about 3.2 GB)",
         minimum=2,
     )
 
