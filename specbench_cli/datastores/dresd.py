@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..options import option
+from ..progress import progress_bar
 from ..types import LoadedModel, SpecbenchError
 from .base import BuildInput, Datastore
 from .faiss_index import auto_index_string, index_quality, make_index, ordered, set_search_params
@@ -284,14 +285,6 @@ def hidden_batches(
     """Teacher-forced forwards: yields (doc ids, [hidden states (len - 1, H) of the chosen layer]) per batch,
     with a progress bar in tokens/s."""
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     model = loaded.model
     device = next(model.parameters()).device
@@ -300,15 +293,7 @@ def hidden_batches(
     kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     batches = batch_order([len(d) for d in docs], batch_size, opts.seed)
     total = sum(len(d) for d in docs)
-    progress = Progress(
-        TextColumn("dresd keys"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tokens  {task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
+    progress = progress_bar("dresd keys", "tokens  {task.fields[rate]}", console)
     with progress, torch.inference_mode():
         task = progress.add_task("keys", total=total, rate="")
         t0, done = time.perf_counter(), 0

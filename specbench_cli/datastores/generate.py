@@ -113,8 +113,7 @@ def generate_answers(
     generated again, so an interrupted run resumes. Multi-turn prompts are answered turn by turn (turn
     t sees the model's own answers to turns < t), every turn batched across prompts.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from ..progress import progress_bar
     from ..prompts import build_prompt_ids
 
     done: dict[tuple[str, int], dict] = {}
@@ -125,14 +124,7 @@ def generate_answers(
                 done[(rec["id"], rec["turn"])] = rec
     path.parent.mkdir(parents=True, exist_ok=True)
     todo_total = sum(len(t) for _, t in prompts) - len(done)
-    progress = Progress(
-        TextColumn("generating answers"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar("generating answers", "{task.fields[rate]}", console, remaining=False)
     with progress, open(path, "a") as out:
         task = progress.add_task("gen", total=todo_total, rate="")
         t0, new_tokens = time.perf_counter(), 0
