@@ -315,7 +315,7 @@ def peer(work: Path, n_queries: int) -> dict:
         builds[impl] = run_child(impl, n, out, work, 0)
 
     store = RestDatastore(work / "peer-ours")
-    tokens = np.asarray(store.tokens)
+    tokens = np.asarray(store.chunks[0].tokens)
     drafter, ours = ours_lookup(work / "peer-ours")
     import draftretriever
 
@@ -334,7 +334,7 @@ def peer(work: Path, n_queries: int) -> dict:
         stats["hits"] += span > 0
         if span:
             m = store.longest_match(ctx)
-            rows = store.continuation_matrix(m.lo, m.hi, m.span)
+            rows = store.continuation_matrix(m.ranges, m.span)
             ours_conts = [tuple(int(t) for t in r if t != SENTINEL) for r in rows]
             stats["continuations_equal"] += ours_conts == o_conts
             # Top-64 up to ties: every prefix counted above the 64th count must be in our tree, and

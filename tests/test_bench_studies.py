@@ -74,3 +74,37 @@ def test_profile_kernel_table_per_size(tmp_path, source, capsys):
     # The same run compared with itself: every kernel lines up by name.
     profile_forward.main(argv[:1] + [str(tmp_path / "again.json")] + argv[2:] + ["--compare", str(out)])
     assert "size 16: forward" in capsys.readouterr().out
+
+
+def test_datastores_at_scale_on_a_small_folder(tmp_path):
+    import sysconfig
+
+    import datastores_at_scale
+
+    out = tmp_path / "scale.json"
+    folder = Path(sysconfig.get_paths()["stdlib"]) / "json"  # a handful of real .py files, by path
+    args = ["--corpus", str(folder), "--model", "tiny-random", "--chunk-tokens", "20000"]
+    args += ["--tokens-limit", "60000", "--sam-tokens", "30000", "--shard-tokens", "12000", "--queries", "30"]
+    datastores_at_scale.main(args + ["--work", str(tmp_path / "work"), "--out", str(out)])
+    data = json.loads(out.read_text())
+    builds = data["builds"]
+    chunked, one, sam = builds["rest-chunked"], builds["rest-one"], builds["sam"]
+    assert chunked["corpus"]["file_count"] >= 3 and chunked["tokens"] >= 60000 - 20000
+    assert chunked["chunks"] >= 3 and max(chunked["chunk_tokens"]) <= 20000 and one["chunks"] == 1
+    assert one["tokens"] == chunked["tokens"] and one["documents"] == chunked["documents"]
+    assert data["chunked_equals_one_array"] == {"same_trees": 30, "queries": 30}
+    assert 30000 <= sam["tokens"] <= chunked["tokens"]
+    assert (
+        sam["shards"] >= 2
+        and builds["sam-one"]["shards"] == 1
+        and builds["sam-one"]["tokens"] == sam["tokens"]
+    )
+    assert data["sharded_equals_one_automaton"] == {"same_matches": 30, "queries": 30}
+    assert sam["stored_bytes_per_token"] < sam["live_bytes_per_token"]
+    assert sam["states"] > sam["tokens"] and sam["edges"] > 0
+    for row in (chunked, one):
+        p = row["lookups"]["propose"]
+        assert 0 < p["p50_ms"] <= p["p99_ms"] and 0 < row["lookups"]["drafted_fraction"] <= 1
+        assert row["bytes_on_disk"] > 8 * row["tokens"]  # uint32 tokens + int32 suffix array + separators
+    assert sam["lookups"]["walk_per_token"]["p50_ms"] > 0
+    assert not (tmp_path / "work" / "rest-chunked").exists()  # stores are not kept by default

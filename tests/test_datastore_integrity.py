@@ -88,8 +88,15 @@ def test_shuffled_array_is_refused(tmp_path, tiny):
 
 def test_missing_file_is_refused(tmp_path, tiny):
     path = _store("sam", tmp_path, tiny)
-    (path / "states.npy").unlink()
-    _one_line_refusal(lambda: SamDatastore(path), "states.npy", "missing")
+    (path / "link.npy").unlink()
+    _one_line_refusal(lambda: SamDatastore(path), "link.npy", "missing")
+
+
+def test_sam_store_of_the_older_layout_is_refused(tmp_path, tiny):
+    path = _store("sam", tmp_path, tiny)
+    manifest = read_manifest(path)
+    write_manifest(path, manifest | {"layout": {"dtype": "int32"}})  # no "automaton": the [S, 3] layout
+    _one_line_refusal(lambda: SamDatastore(path), "older automaton layout")
 
 
 def test_hash_is_checked_once_then_cached(tmp_path, tiny, monkeypatch):
@@ -159,9 +166,9 @@ def test_out_of_range_index_is_refused(kind, name, corrupt, tmp_path, tiny):
 
 def test_sam_suffix_link_cycle_is_refused(tmp_path, tiny):
     path = _store("sam", tmp_path, tiny)
-    states = np.load(path / "states.npy")
-    states[5, 0] = 5  # a link to itself: falling back along links would never end
-    np.save(path / "states.npy", states)
+    link = np.load(path / "link.npy")
+    link[5] = 5  # a link to itself: falling back along links would never end
+    np.save(path / "link.npy", link)
     _reseal(path)
     _one_line_refusal(lambda: SamDatastore(path), "suffix link")
 
@@ -174,7 +181,7 @@ def test_float_array_is_refused(kind, name, tmp_path, tiny):
     _one_line_refusal(lambda: OPENERS[kind](path), name, "float32")
 
 
-@pytest.mark.parametrize(("kind", "name"), [("rest", "sa.npy"), ("sam", "states.npy")])
+@pytest.mark.parametrize(("kind", "name"), [("rest", "sa.npy"), ("sam", "link.npy")])
 def test_empty_array_is_refused(kind, name, tmp_path, tiny):
     path = _store(kind, tmp_path, tiny)
     arr = np.load(path / name)

@@ -25,9 +25,13 @@ documents = st.lists(st.lists(alphabet, min_size=0, max_size=30), min_size=1, ma
 )
 
 
-def build(docs: list[list[int]], folder: Path) -> RestDatastore:
-    build_from_token_docs("rest", docs, folder / "store", "test-tokenizer", "fp-test")
+def build(docs: list[list[int]], folder: Path, chunk_tokens: int | None = None) -> RestDatastore:
+    opts = {} if chunk_tokens is None else {"chunk_tokens": chunk_tokens}
+    build_from_token_docs("rest", docs, folder / "store", "test-tokenizer", "fp-test", **opts)
     return RestDatastore(folder / "store")
+
+
+chunk_sizes = st.sampled_from([None, 2, 9, 40])  # one array, or chunks down to one document each
 
 
 def occurrences(docs: list[list[int]], query: list[int]) -> list[tuple[int, int]]:
@@ -64,10 +68,10 @@ def tree_prefixes(tree) -> list[tuple[int, ...]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(docs=documents, data=st.data())
-def test_search_matches_brute_force(docs, data):
+@given(docs=documents, chunk_tokens=chunk_sizes, data=st.data())
+def test_search_matches_brute_force(docs, chunk_tokens, data):
     with tempfile.TemporaryDirectory() as tmp:
-        store = build(docs, Path(tmp))
+        store = build(docs, Path(tmp), chunk_tokens)
         flat = [t for d in docs for t in d]
         # Queries taken from the stream (hits) and random ones (mostly misses).
         if flat:
@@ -76,21 +80,22 @@ def test_search_matches_brute_force(docs, data):
         else:
             from_stream = [0]
         for query in (from_stream, data.draw(st.lists(alphabet, min_size=1, max_size=4))):
-            lo, hi = store.search(query)
-            assert hi - lo == len(occurrences(docs, query))
-            # Every suffix in the range starts with the query.
-            for p in np.asarray(store.sa[lo:hi]):
-                assert store.tokens[p : p + len(query)].tolist() == query
+            ranges = store.search(query)
+            assert sum(hi - lo for lo, hi in ranges) == len(occurrences(docs, query))
+            # Every suffix in each chunk's range starts with the query.
+            for chunk, (lo, hi) in zip(store.chunks, ranges, strict=True):
+                for p in np.asarray(chunk.sa[lo:hi]):
+                    assert chunk.tokens[p : p + len(query)].tolist() == query
             want = brute_continuations(docs, query, 7, 3)
             got = [tuple(c.tolist()) for c in store.continuations(query, max_matches=7, length=3)]
             assert got == want
 
 
 @settings(max_examples=40, deadline=None)
-@given(docs=documents, data=st.data())
-def test_longest_match_and_tree_match_reference(docs, data):
+@given(docs=documents, chunk_tokens=chunk_sizes, data=st.data())
+def test_longest_match_and_tree_match_reference(docs, chunk_tokens, data):
     with tempfile.TemporaryDirectory() as tmp:
-        store = build(docs, Path(tmp))
+        store = build(docs, Path(tmp), chunk_tokens)
         doc = data.draw(st.sampled_from([d for d in docs if d]))
         cut = data.draw(st.integers(1, len(doc)))
         context = data.draw(st.lists(alphabet, max_size=3)) + doc[:cut]
@@ -102,7 +107,7 @@ def test_longest_match_and_tree_match_reference(docs, data):
         )
         assert match.span == want_span
         if want_span:
-            rows = store.continuation_matrix(match.lo, match.hi, match.span, max_matches=50, length=4)
+            rows = store.continuation_matrix(match.ranges, match.span, max_matches=50, length=4)
             num = data.draw(st.integers(1, 12))
             tree = top_prefix_tree(rows, num)
             conts = brute_continuations(docs, context[-want_span:], 50, 4)
@@ -115,7 +120,7 @@ def test_continuations_never_cross_documents(tmp_path):
     conts = sorted(tuple(c.tolist()) for c in store.continuations([1, 2], length=10))
     # Doc 0 and doc 3 end right after [1, 2]: no continuation may run into doc 1's [3, 4, ...].
     assert conts == [(9, 9)]
-    rows = store.continuation_matrix(*store.search([4]), 1, length=10)
+    rows = store.continuation_matrix(store.search([4]), 1, length=10)
     for row in rows:
         assert all(t in (4, 0xFFFF_FFFF) for t in row.tolist())
 
@@ -123,11 +128,11 @@ def test_continuations_never_cross_documents(tmp_path):
 def test_large_vocabulary_ids_round_trip(tmp_path):
     docs = [[151_935, 65_536, 65_535, 100_000, 7], [65_536, 65_535, 123_456]]
     store = build(docs, tmp_path)
-    assert store.tokens.dtype == np.uint32
+    assert store.chunks[0].tokens.dtype == np.uint32
     got = sorted(tuple(c.tolist()) for c in store.continuations([65_536, 65_535]))
     assert got == [(100_000, 7), (123_456,)]
-    lo, hi = store.search([0])  # 65,536 must not alias 0, as it would in a u16 store
-    assert hi == lo
+    # 65,536 must not alias 0, as it would in a u16 store
+    assert all(hi == lo for lo, hi in store.search([0]))
 
 
 def rest_setup(store: Path, **options) -> MethodSetup:
@@ -182,7 +187,7 @@ def test_rebuild_needs_force_and_leaves_no_temp_folder(tmp_path):
     with pytest.raises(SpecbenchError, match="--force"):
         build_from_token_docs("rest", [[4, 5]], tmp_path / "s", "t", "fp")
     build_from_token_docs("rest", [[4, 5]], tmp_path / "s", "t", "fp", force=True)
-    assert RestDatastore(tmp_path / "s").tokens.tolist()[:2] == [4, 5]
+    assert RestDatastore(tmp_path / "s").chunks[0].tokens.tolist()[:2] == [4, 5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
     m = read_manifest(tmp_path / "s")
     assert m["tokens"] == 2 and m["documents"] == 1 and m["build"]["peak_rss_mb"] > 0
@@ -201,3 +206,59 @@ def test_generate_with_rest_equals_autoregressive(tiny, tmp_path):
     assert rest.output_ids == ar.output_ids
     assert sum(s.accepted for s in rest.steps) > 0
     assert len(rest.steps) < len(ar.steps)
+
+
+def stdlib_byte_docs(first: int, count: int) -> list[list[int]]:
+    """Real code: standard-library sources as bytes (a tokenizer-free token stream)."""
+    from specbench_cli.datastores.corpus import stdlib_files
+
+    _, paths = stdlib_files()
+    return [list(p.read_bytes()) for p in paths[first : first + count]]
+
+
+def test_chunked_store_gives_the_drafts_of_one_array_on_real_text(tmp_path):
+    docs = stdlib_byte_docs(0, 40)
+    total = sum(len(d) + 1 for d in docs)
+    build_from_token_docs("rest", docs, tmp_path / "one", "bytes", "fp")
+    build_from_token_docs("rest", docs, tmp_path / "many", "bytes", "fp", chunk_tokens=total // 9)
+    one, many = RestDatastore(tmp_path / "one"), RestDatastore(tmp_path / "many")
+    assert len(one.chunks) == 1 and len(many.chunks) >= 9 and len(one) == len(many)
+    assert all(isinstance(c.sa, np.memmap) and isinstance(c.tokens, np.memmap) for c in many.chunks)
+    assert read_manifest(tmp_path / "many")["layout"]["chunks"] == len(many.chunks)
+    drafters = [Rest(rest_setup(tmp_path / name)) for name in ("one", "many")]
+    # Contexts from other stdlib files: real queries, with common and rare continuations.
+    rng = np.random.default_rng(1)
+    held_out = [d for d in stdlib_byte_docs(40, 20) if len(d) > 64]
+    hits = 0
+    for _ in range(300):
+        doc = held_out[rng.integers(len(held_out))]
+        cut = int(rng.integers(16, len(doc)))
+        context = doc[cut - 16 : cut]
+        a, b = one.longest_match(context), many.longest_match(context)
+        assert (a.span, a.count) == (b.span, b.count)
+        if a.span:
+            hits += 1
+            for max_matches in (7, 5000):
+                want = one.continuation_matrix(a.ranges, a.span, max_matches, 10)
+                assert np.array_equal(many.continuation_matrix(b.ranges, b.span, max_matches, 10), want)
+        trees = [d.propose(DraftContext(tokens=context, max_nodes=64)) for d in drafters]
+        assert trees[0] == trees[1]
+    assert hits > 200  # the comparison ran on real matches, most of them with many continuations
+
+
+def test_chunks_are_read_one_at_a_time(tmp_path):
+    from specbench_cli.datastores.base import document_groups
+
+    pulled = []
+
+    def docs():
+        for i in range(100):
+            pulled.append(i)
+            yield [i % 7 + 1] * 9  # 10 tokens with its separator
+
+    groups = document_groups(docs(), 35)
+    first = next(groups)
+    assert [len(d) for d in first] == [9, 9, 9] and len(pulled) == 4  # one look-ahead document only
+    assert sum(len(g) for g in groups) == 97
+    # A document longer than a chunk gets a chunk of its own instead of being split.
+    assert [len(g) for g in document_groups([[1] * 50, [2], [3] * 60], 10)] == [1, 1, 1]

@@ -151,6 +151,27 @@ def join_documents(
     return np.concatenate(parts), n_docs
 
 
+def document_groups(docs: Iterable[np.ndarray | list[int]], chunk_tokens: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive non-empty documents in groups of at most `chunk_tokens` tokens (separators counted).
+
+    A document never spans two groups (a match must not cross a chunk or shard boundary unseen), so
+    one longer than `chunk_tokens` makes a group of its own. Only one group is held at a time.
+    """
+    group: list[np.ndarray] = []
+    size = 0
+    for doc in docs:
+        arr = np.asarray(doc)
+        if arr.size == 0:
+            continue
+        if group and size + arr.size + 1 > chunk_tokens:
+            yield group
+            group, size = [], 0
+        group.append(arr)
+        size += arr.size + 1
+    if group:
+        yield group
+
+
 # ----------------------------------------------------------------------------------------------------
 # The base class
 

@@ -1,10 +1,15 @@
-"""REST's sparse datastore: one token stream and its suffix array, both memory-mapped `.npy` files.
+"""REST's sparse datastore: token streams and their suffix arrays, memory-mapped `.npy` files.
 
 Layout of a datastore folder:
     tokens.npy     uint32, every document followed by SENTINEL (so a match never spans two documents
                    and a continuation stops where its document ends)
     sa.npy         int32 (int64 past 2**31 tokens), the suffix array of tokens.npy
-    manifest.json  see manifest.py (sizes and sha256 of both files)
+    tokens.I.npy, sa.I.npy   chunk I >= 1, when the corpus is larger than `--opt chunk_tokens`
+    manifest.json  see manifest.py (sizes and sha256 of every file; "layout.chunks" counts the chunks)
+
+Like the official code's 512M-token sub-indexes, a large corpus is built in chunks of whole documents,
+each sorted and written before the next is read, so build memory follows the chunk size, not the
+corpus. A query searches every chunk and merges, giving exactly the drafts of one suffix array.
 
 Token ids are uint32 because Qwen has 151,936 ids and REST's u16 storage silently wraps them. The
 sentinel is 2**32 - 1, larger than any real id, so suffixes that stop at a document end sort after
@@ -20,12 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BuildInput, Datastore, join_documents
+from ..options import option
+from ..types import SpecbenchError
+from .base import BuildInput, Datastore, document_groups, join_documents
 
 SENTINEL = np.uint32(0xFFFF_FFFF)
 TOKENS_FILE = "tokens.npy"
 SA_FILE = "sa.npy"
-CHUNK = 1 << 24  # tokens per slice when a pass over the whole stream needs temporaries
+SLICE = 1 << 24  # tokens per slice when a pass over a whole stream needs temporaries
+# 2**27 tokens per chunk: sorting a chunk adds about 24 bytes per chunk token (stream, dense ranks,
+# libdivsufsort's byte-level suffix array and the int32 result; 3.2 GB measured at 500M tokens in
+# 4 chunks), plus the tokenizer's own memory, whatever the corpus size.
+DEFAULT_CHUNK_TOKENS = 1 << 27
 
 try:  # numba turns the binary searches into ~microsecond calls; without it the same code runs in Python
     from numba import njit
@@ -145,65 +156,114 @@ def _gather_rows(tokens, sa, lo, hi, span, length, sentinel):
     return rows
 
 
+@njit(cache=True, nogil=True)
+def _row_less(a, i, b, j):
+    for k in range(a.shape[1]):
+        if a[i, k] != b[j, k]:
+            return a[i, k] < b[j, k]
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _merge_rows(a, b, limit):
+    """The first `limit` rows of two lexicographically sorted row matrices, merged (still sorted)."""
+    n = min(limit, a.shape[0] + b.shape[0])
+    out = np.empty((n, a.shape[1]), dtype=a.dtype)
+    i = j = 0
+    for r in range(n):
+        if j >= b.shape[0] or (i < a.shape[0] and not _row_less(b, j, a, i)):
+            out[r] = a[i]
+            i += 1
+        else:
+            out[r] = b[j]
+            j += 1
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reading
 
 
 @dataclass
+class Chunk:
+    """One sub-index: a SENTINEL-terminated stream of whole documents and its suffix array."""
+
+    tokens: np.ndarray
+    sa: np.ndarray
+
+
+@dataclass
 class Match:
     span: int  # query length that matched (0 = no match)
-    lo: int  # suffix-array range of the matches that have a continuation
-    hi: int
+    ranges: list[tuple[int, int]]  # per chunk: suffix-array range of the matches that have a continuation
 
     @property
     def count(self) -> int:
-        return self.hi - self.lo
+        return sum(hi - lo for lo, hi in self.ranges)
 
 
 @dataclass
 class RestOptions:
-    """REST's datastore has no build options: the stream and its suffix array are fully determined."""
+    chunk_tokens: int = option(
+        DEFAULT_CHUNK_TOKENS,
+        "tokens per sub-index; build memory grows with this, not with the corpus",
+        "REST official code: 512M-token sub-indexes (a quarter here: a 2**27 chunk adds about 3.2 GB)",
+        minimum=2,
+    )
+
+
+def chunk_files(i: int) -> tuple[str, str]:
+    """File names of chunk i; chunk 0 keeps the one-array names, so every older store still opens."""
+    return (TOKENS_FILE, SA_FILE) if i == 0 else (f"tokens.{i}.npy", f"sa.{i}.npy")
 
 
 class RestDatastore(Datastore):
-    """A built REST datastore, memory-mapped: opening it reads the manifest and checks the files."""
+    """A built REST datastore, memory-mapped: opening it reads the manifest and checks the files.
+
+    A store holds one or more chunks; every query searches them all and merges the results, so the
+    drafts are the ones a single suffix array over the whole stream would give.
+    """
 
     kind = "rest"
     options_class = RestOptions
 
     def load(self) -> None:
-        self.tokens = np.load(self.path / TOKENS_FILE, mmap_mode="r")
-        self.sa = np.load(self.path / SA_FILE, mmap_mode="r")
+        n_chunks = int((self.manifest.get("layout") or {}).get("chunks", 1))
+        self.chunks = []
+        for i in range(n_chunks):
+            tokens_file, sa_file = chunk_files(i)
+            self.chunks.append(
+                Chunk(
+                    np.load(self.path / tokens_file, mmap_mode="r"),
+                    np.load(self.path / sa_file, mmap_mode="r"),
+                )
+            )
 
     def validate(self) -> None:
         # The search kernels read tokens[sa[i] + j] until a mismatch, which the final sentinel
-        # guarantees, so every suffix-array entry must point into the stream.
-        self.expect_array(TOKENS_FILE, self.tokens, (np.uint32,), 1)
-        self.expect_array(SA_FILE, self.sa, (np.int32, np.int64), 1)
-        if len(self.sa) != len(self.tokens):
-            raise self.refuse(f"{SA_FILE} has {len(self.sa):,} entries for {len(self.tokens):,} tokens")
-        if self.tokens[-1] != SENTINEL:
-            raise self.refuse(f"{TOKENS_FILE} does not end with the document separator")
-        self.expect_range(SA_FILE, self.sa, 0, len(self.tokens))
+        # guarantees, so every suffix-array entry must point into its chunk's stream.
+        for i, chunk in enumerate(self.chunks):
+            tokens_file, sa_file = chunk_files(i)
+            self.expect_array(tokens_file, chunk.tokens, (np.uint32,), 1)
+            self.expect_array(sa_file, chunk.sa, (np.int32, np.int64), 1)
+            if len(chunk.sa) != len(chunk.tokens):
+                raise self.refuse(f"{sa_file} has {len(chunk.sa):,} entries for {len(chunk.tokens):,} tokens")
+            if chunk.tokens[-1] != SENTINEL:
+                raise self.refuse(f"{tokens_file} does not end with the document separator")
+            self.expect_range(sa_file, chunk.sa, 0, len(chunk.tokens))
 
     @classmethod
     def write(cls, build: BuildInput, folder: Path) -> dict:
-        """tokens.npy (documents joined by the sentinel) and sa.npy, its suffix array."""
-        tokens, n_docs = concatenate_documents(build.docs)
-        if build.console is not None:
-            with build.console.status(f"sorting the suffixes of {tokens.size:,} tokens (libdivsufsort)"):
-                sort_seconds = write_store(tokens, folder)
-        else:
-            sort_seconds = write_store(tokens, folder)
-        return {
-            "tokens": int(tokens.size) - n_docs,  # corpus tokens, separators not counted
-            "documents": n_docs,
-            "layout": {"dtype": "uint32", "separator": int(SENTINEL), "after": "every document"},
-            "build": {"sort_seconds": round(sort_seconds, 3)},
-        }
+        """Chunks of at most `chunk_tokens` tokens (whole documents), each tokens + suffix array."""
+        return write_chunks(build.docs, folder, build.options.chunk_tokens, build.console)
+
+    @classmethod
+    def summary(cls, manifest: dict) -> str:
+        chunks = (manifest.get("layout") or {}).get("chunks", 1)
+        return f"{super().summary(manifest)}; {chunks} chunk{'s' if chunks > 1 else ''}"
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return sum(len(c.tokens) for c in self.chunks)
 
     def _as_query(self, tokens: Iterable[int] | np.ndarray) -> np.ndarray | None:
         q = np.asarray(tokens, dtype=np.int64)
@@ -212,13 +272,14 @@ class RestDatastore(Datastore):
             return None
         return q.astype(np.uint32)
 
-    def search(self, query: Iterable[int] | np.ndarray) -> tuple[int, int]:
-        """Suffix-array range [lo, hi) of every occurrence of `query` (including ones at a document end)."""
+    def search(self, query: Iterable[int] | np.ndarray) -> list[tuple[int, int]]:
+        """Per chunk, the suffix-array range [lo, hi) of every occurrence of `query` (document ends included)."""
         q = self._as_query(query)
-        if q is None or q.size == 0:
-            return (0, len(self.sa)) if q is not None else (0, 0)
-        lo, hi = _search(self.tokens, self.sa, q, q.size)
-        return int(lo), int(hi)
+        if q is None:
+            return [(0, 0) for _ in self.chunks]
+        if q.size == 0:
+            return [(0, len(c.sa)) for c in self.chunks]
+        return [tuple(int(x) for x in _search(c.tokens, c.sa, q, q.size)) for c in self.chunks]
 
     def longest_match(
         self, context: Iterable[int] | np.ndarray, min_span: int = 2, max_span: int = 16
@@ -229,21 +290,42 @@ class RestDatastore(Datastore):
         bad = np.flatnonzero((c < 0) | (c >= int(SENTINEL)))
         if bad.size:
             c = c[bad[-1] + 1 :]
-        span, lo, hi = _longest_suffix_match(
-            self.tokens, self.sa, c.astype(np.uint32), min_span, max_span, SENTINEL
-        )
-        return Match(int(span), int(lo), int(hi))
+        c = c.astype(np.uint32)
+        # Each chunk only looks for spans at least as long as the best so far; a chunk whose own
+        # longest span falls short of the final one holds no match of that span.
+        best, found = 0, []
+        for chunk in self.chunks:
+            span, lo, hi = _longest_suffix_match(
+                chunk.tokens, chunk.sa, c, max(min_span, best), max_span, SENTINEL
+            )
+            found.append((int(span), int(lo), int(hi)))
+            best = max(best, int(span))
+        ranges = [(lo, hi) if span == best and best else (0, 0) for span, lo, hi in found]
+        return Match(best, ranges)
 
     def continuation_matrix(
-        self, lo: int, hi: int, span: int, max_matches: int = 5000, length: int = 10
+        self, ranges: list[tuple[int, int]], span: int, max_matches: int = 5000, length: int = 10
     ) -> np.ndarray:
-        """The `length` tokens after each match in sa[lo:lo+max_matches], one row each, SENTINEL-padded.
+        """The `length` tokens after each of the first `max_matches` matches, one row each, SENTINEL-padded.
 
-        Like the official retriever, the first `max_matches` matches in suffix-array order are used.
-        Rows come out in lexicographic order (they are suffixes in sorted order), which the trie
-        builder relies on.
+        Like the official retriever, the first `max_matches` matches in suffix-array order are used,
+        and rows come out in lexicographic order, which the trie builder relies on. A row is the
+        start of its suffix (cut at the document end, where the suffix has the sentinel too), so
+        suffix order sorts rows: the first max_matches rows of the whole stream are the smallest
+        max_matches rows of the union of each chunk's first max_matches. Chunked and one-array
+        stores therefore give the same matrix.
         """
-        return _gather_rows(self.tokens, self.sa, lo, min(hi, lo + max_matches), span, length, SENTINEL)
+        parts = [
+            _gather_rows(c.tokens, c.sa, lo, min(hi, lo + max_matches), span, length, SENTINEL)
+            for c, (lo, hi) in zip(self.chunks, ranges, strict=True)
+            if hi > lo
+        ]
+        if not parts:
+            return np.empty((0, length), dtype=np.uint32)
+        rows = parts[0]
+        for part in parts[1:]:  # each part is sorted: merge, keeping the first max_matches
+            rows = _merge_rows(rows, part, max_matches)
+        return rows
 
     def continuations(
         self, query: Iterable[int] | np.ndarray, max_matches: int = 5000, length: int = 10
@@ -253,8 +335,11 @@ class RestDatastore(Datastore):
         if q is None:
             return []
         buf = np.append(q, np.uint32(0))  # one spare slot for the sentinel probe
-        lo, hi = _search_with_continuation(self.tokens, self.sa, buf, q.size, SENTINEL)
-        rows = self.continuation_matrix(int(lo), int(hi), q.size, max_matches, length)
+        ranges = [
+            tuple(int(x) for x in _search_with_continuation(c.tokens, c.sa, buf, q.size, SENTINEL))
+            for c in self.chunks
+        ]
+        rows = self.continuation_matrix(ranges, q.size, max_matches, length)
         return [row[row != SENTINEL] for row in rows]
 
 
@@ -268,23 +353,23 @@ def suffix_array(tokens: np.ndarray) -> np.ndarray:
     pydivsufsort sorts the big-endian bytes of the array and keeps the aligned positions, so fewer bytes
     per token means less work. Ranking the ids that actually occur (an order-preserving map, sentinel
     last) lets most real corpora, even with a 150k vocabulary, sort as 2 bytes per token instead of 4.
-    Work goes in chunks so the temporaries stay small next to the stream itself.
+    Work goes in slices so the temporaries stay small next to the stream itself.
     """
     from pydivsufsort import divsufsort
 
-    chunks = [slice(i, i + CHUNK) for i in range(0, len(tokens), CHUNK)]
+    slices = [slice(i, i + SLICE) for i in range(0, len(tokens), SLICE)]
     top = 0
-    for c in chunks:
+    for c in slices:
         part = tokens[c]
         top = max(top, int(part.max(where=part != SENTINEL, initial=0)))
     present = np.zeros(top + 1, dtype=bool)
-    for c in chunks:
+    for c in slices:
         part = tokens[c]
         present[part[part != SENTINEL]] = True
     n_symbols = int(present.sum()) + 1  # + the sentinel, ranked last
     ranks = np.cumsum(present, dtype=np.uint32) - 1  # id -> rank among the ids present
     dense = np.empty(tokens.shape, dtype=np.uint16 if n_symbols <= 1 << 16 else np.uint32)
-    for c in chunks:
+    for c in slices:
         part = tokens[c]
         is_end = part == SENTINEL
         dense[c] = np.where(is_end, n_symbols - 1, ranks[np.where(is_end, 0, part)])
@@ -299,11 +384,45 @@ def concatenate_documents(docs: Iterable[np.ndarray | list[int]]) -> tuple[np.nd
     return join_documents(docs, np.uint32, int(SENTINEL), int(SENTINEL) - 1)
 
 
-def write_store(tokens: np.ndarray, folder: Path) -> float:
-    """Sort and save tokens.npy + sa.npy into `folder`; returns the sort's seconds."""
-    np.save(folder / TOKENS_FILE, tokens)
+def write_store(tokens: np.ndarray, folder: Path, chunk: int = 0) -> float:
+    """Sort and save chunk `chunk`'s tokens + suffix array into `folder`; returns the sort's seconds."""
+    tokens_file, sa_file = chunk_files(chunk)
+    np.save(folder / tokens_file, tokens)
     t0 = time.perf_counter()
     sa = suffix_array(tokens)
     sort_seconds = time.perf_counter() - t0
-    np.save(folder / SA_FILE, sa)
+    np.save(folder / sa_file, sa)
     return sort_seconds
+
+
+def write_chunks(
+    docs: Iterable[np.ndarray | list[int]], folder: Path, chunk_tokens: int, console=None
+) -> dict:
+    """Stream the documents into chunks, each sorted and saved before the next is read; the manifest fields."""
+    n_tokens, n_docs, sort_seconds, sizes = 0, 0, 0.0, []
+    for i, group in enumerate(document_groups(docs, chunk_tokens)):
+        tokens, docs_in = concatenate_documents(group)
+        group.clear()  # in place: the generator still holds the list while this chunk sorts
+        label = f"sorting the suffixes of chunk {i + 1} ({tokens.size:,} tokens, libdivsufsort)"
+        if console is not None:
+            with console.status(label):
+                sort_seconds += write_store(tokens, folder, i)
+        else:
+            sort_seconds += write_store(tokens, folder, i)
+        n_tokens += int(tokens.size) - docs_in
+        n_docs += docs_in
+        sizes.append(int(tokens.size))
+        del tokens
+    if not sizes:
+        raise SpecbenchError("the corpus gave no tokens: nothing to index")
+    return {
+        "tokens": n_tokens,  # corpus tokens, separators not counted
+        "documents": n_docs,
+        "layout": {
+            "dtype": "uint32",
+            "separator": int(SENTINEL),
+            "after": "every document",
+            "chunks": len(sizes),
+        },
+        "build": {"sort_seconds": round(sort_seconds, 3), "chunk_tokens": sizes},
+    }

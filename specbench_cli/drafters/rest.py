@@ -121,7 +121,7 @@ class Rest(Drafter):
         budget = min(o.num_draft, ctx.max_nodes)
         match = self.store.longest_match(ctx.tokens[-o.max_span :], o.min_span, o.max_span)
         if match.span and budget > 0:
-            rows = self.store.continuation_matrix(match.lo, match.hi, match.span, o.max_matches, o.length)
+            rows = self.store.continuation_matrix(match.ranges, match.span, o.max_matches, o.length)
             tree = top_prefix_tree(rows, budget)
         self.last_match_span = match.span
         self.count("matched_steps", int(match.span > 0))
