@@ -25,7 +25,7 @@ import numpy as np
 
 from ..types import SpecbenchError
 from .faiss_index import index_quality, make_index, ordered, set_search_params
-from .torch_index import TorchIndex, ivf_from_faiss, train_ivf, write_ivf
+from .torch_index import CENTROIDS_FILE, TorchIndex, ivf_from_faiss, train_ivf, write_ivf
 
 INDEX_FILE = "index.faiss"
 QUERIES_FILE = "recall_queries.npy"
@@ -137,7 +137,11 @@ class DenseSearch:
             self.index = TorchIndex(keys, device, self.folder, nprobe, mmap=mmap)
             self.params = self.index.params | {"mmap": self.index.mmap}
             return
-        flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+        # faiss maps an IVF's lists with IO_FLAG_MMAP, a flat index's codes with IO_FLAG_MMAP_IFC (not both).
+        ivf = (self.folder / CENTROIDS_FILE).is_file()
+        flags = (
+            ((faiss.IO_FLAG_MMAP if ivf else faiss.IO_FLAG_MMAP_IFC) | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+        )
         index = faiss.read_index(str(self.folder / INDEX_FILE), flags)
         if index.ntotal != len(keys) or index.d != keys.shape[1]:
             raise SpecbenchError(

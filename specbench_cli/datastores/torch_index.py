@@ -132,9 +132,8 @@ class TorchIndex:
         self.n, self.chunk = len(keys), chunk
         self.ivf = folder is not None and (Path(folder) / CENTROIDS_FILE).is_file()
         if self.ivf:
-            load = np.load if not self.mmap else lambda p: np.load(p, mmap_mode="r")
             self.centroids = torch.from_numpy(np.load(folder / CENTROIDS_FILE)).to(self.device)
-            self.ids = torch.from_numpy(np.asarray(load(folder / IDS_FILE))).to(self.device)
+            self.ids = torch.from_numpy(np.load(folder / IDS_FILE)).to(self.device)  # 8 bytes a key: read
             self.offsets = torch.from_numpy(np.load(folder / OFFSETS_FILE)).to(self.device)
             self.nprobe = int(min(max(nprobe, 1), len(self.centroids)))
 
