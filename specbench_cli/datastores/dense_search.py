@@ -98,7 +98,7 @@ def build_search(
             s, i = torch_index.search(torch.from_numpy(q), k)
             return s.cpu().numpy(), i.cpu().numpy()
 
-    quality = index_quality(search, keys, held, exact, seed, backend)
+    quality = index_quality(search, keys, held, exact, seed, backend, device)
     return {"index": factory, "nprobe": params.get("nprobe"), "index_seconds": round(seconds, 3), **quality}
 
 

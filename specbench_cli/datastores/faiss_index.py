@@ -88,18 +88,28 @@ def ordered(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return scores[order], ids[order]
 
 
-def exact_search(keys: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 18) -> np.ndarray:
-    """Brute-force top-k ids by inner product, a chunk of keys at a time (torch on the CPU, no faiss)."""
+def exact_search(
+    keys: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 18, device: Any = "cpu"
+) -> np.ndarray:
+    """Brute-force top-k ids by inner product, a chunk of keys at a time (torch, no faiss): streamed
+    from the array on the CPU, or with the keys copied to `device` once (a GPU)."""
     import torch
 
     from .torch_index import TorchIndex
 
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    return TorchIndex(keys, "cpu", mmap=True, chunk=chunk).search(q, k)[1].numpy()
+    on_cpu = torch.device(device).type == "cpu"
+    return TorchIndex(keys, device, mmap=on_cpu, chunk=chunk).search(q, k)[1].cpu().numpy()
 
 
 def index_quality(
-    search: Callable, keys: np.ndarray, held_keys: np.ndarray, exact: bool, seed: int, backend: str
+    search: Callable,
+    keys: np.ndarray,
+    held_keys: np.ndarray,
+    exact: bool,
+    seed: int,
+    backend: str,
+    device: Any = "cpu",
 ) -> dict:
     """recall@k of the index (`search(queries, k) -> (scores, ids)`, numpy) against brute force on
     held-out keys, and the self-retrieval rate."""
@@ -115,7 +125,7 @@ def index_quality(
         k = min(50, len(keys))
         q = np.ascontiguousarray(held_keys, dtype=np.float32)
         got_scores, _ = search(q, k)
-        truth = exact_search(keys, q, k)
+        truth = exact_search(keys, q, k, device=device)
         truth_scores = np.einsum(
             "qd,qkd->qk", q, np.asarray(keys[truth.ravel()], dtype=np.float32).reshape(*truth.shape, -1)
         )

@@ -24,6 +24,7 @@ IDS_FILE = "ivf_ids.npy"
 OFFSETS_FILE = "ivf_offsets.npy"
 KMEANS_ITERATIONS = 10
 CHUNK = 1 << 18  # keys scored at once (bounds the (queries x keys) score block)
+SCORE_BLOCK = 1 << 27  # scores of (keys x centroids) computed at once while assigning
 
 
 def normalise(x: Any) -> Any:
@@ -32,10 +33,12 @@ def normalise(x: Any) -> Any:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
-def assign(x: Any, centroids: Any, chunk: int = CHUNK) -> Any:
-    """Index of the highest-scoring centroid of every row of x (a chunk at a time)."""
+def assign(x: Any, centroids: Any) -> Any:
+    """Index of the highest-scoring centroid of every row of x, rows a chunk at a time (the score block
+    stays ~512 MB however many lists there are)."""
     import torch
 
+    chunk = max(1024, SCORE_BLOCK // len(centroids))
     return torch.cat([(x[s : s + chunk] @ centroids.T).argmax(1) for s in range(0, len(x), chunk)])
 
 
