@@ -38,7 +38,7 @@ from shapes import device_info, random_loaded, resolve_device, sync, write_json 
 
 DEFAULTS = {  # device type -> (model shape, dtype, extraction tokens, search sizes)
     "cuda": ("qwen2.5-coder-1.5b", "bfloat16", 1_000_000, "1000000,10000000"),
-    "cpu": ("smollm2-135m", "float32", 8_000, "100000,1000000"),
+    "cpu": ("smollm2-135m", "float32", 8_000, "100000,2000000"),
 }
 
 
@@ -83,7 +83,8 @@ def extraction(args, device: str) -> dict[str, Any]:
     loaded = random_loaded(args.shape, args.dtype, device)
     hidden = loaded.model.config.hidden_size
     docs = random_documents(args.extract_tokens, args.row_tokens, loaded.model.config.vocab_size)
-    warm = random_documents(args.rows_per_batch * args.row_tokens // 4, args.row_tokens, 100, seed=1)
+    warm_tokens = min(args.rows_per_batch * args.row_tokens, max(args.extract_tokens // 4, 2))
+    warm = random_documents(warm_tokens, args.row_tokens, 100, seed=1)
     for _ in hidden_batches(loaded, warm, -1, args.rows_per_batch, 0):  # kernels, allocator
         pass
     sync(device)

@@ -47,6 +47,7 @@ from .dense_search import BACKENDS, DenseSearch, build_search, is_exact
 from .faiss_index import auto_index_string
 from .key_extraction import check_layer, hidden_batches
 from .pca import KeyTransform, MomentAccumulator
+from .torch_index import ivf_problem
 
 KEYS_FILE = "keys.npy"
 VALUES_FILE = "values.npy"
@@ -130,6 +131,9 @@ class DresdDatastore(Datastore):
             raise self.refuse(f"{TRANSFORM_FILE} does not fit hidden size {hidden}")
         if not all(np.isfinite(a).all() for a in (t.mean, t.std, t.components)) or (t.std <= 0).any():
             raise self.refuse(f"{TRANSFORM_FILE} holds non-finite values or a zero scale")
+        problem = ivf_problem(self.path, len(self.keys), self.keys.shape[1])
+        if problem:
+            raise self.refuse(problem)
         for start in range(0, len(self.keys), 1 << 20):
             if not np.isfinite(np.asarray(self.keys[start : start + (1 << 20)])).all():
                 raise self.refuse(f"{KEYS_FILE} holds non-finite values")

@@ -91,6 +91,32 @@ def train_ivf(keys: np.ndarray, nlist: int, n_train: int, seed: int, device: Any
     write_ivf(folder, centroids.cpu().numpy(), owner)
 
 
+def ivf_problem(folder: Path, n: int, dim: int) -> str | None:
+    """Why the IVF files in `folder` cannot index n keys of dim `dim` (a search would read out of bounds
+    or miss keys), or None when they are sound or absent."""
+    if not (folder / CENTROIDS_FILE).is_file():
+        return None
+    centroids = np.load(folder / CENTROIDS_FILE, mmap_mode="r")
+    ids = np.load(folder / IDS_FILE, mmap_mode="r")
+    offsets = np.load(folder / OFFSETS_FILE)
+    if centroids.ndim != 2 or centroids.shape[1] != dim or centroids.dtype != np.float32:
+        return f"{CENTROIDS_FILE} is not float32 (nlist, {dim})"
+    if (
+        offsets.shape != (len(centroids) + 1,)
+        or offsets[0] != 0
+        or offsets[-1] != n
+        or (np.diff(offsets) < 0).any()
+    ):
+        return f"{OFFSETS_FILE} does not split {n:,} keys into {len(centroids):,} lists"
+    if ids.shape != (n,) or ids.dtype != np.int64:
+        return f"{IDS_FILE} is not int64 ({n:,},)"
+    seen = np.zeros(n, dtype=bool)
+    seen[np.asarray(ids[(ids >= 0) & (ids < n)])] = True
+    if not seen.all() or ((ids < 0) | (ids >= n)).any():
+        return f"{IDS_FILE} does not list every key exactly once"
+    return None
+
+
 def ivf_from_faiss(index: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(centroids, owner list of every key row) of a faiss IVF index, or None when it is not IVF."""
     import faiss
