@@ -287,7 +287,10 @@ def write_store(build: BuildInput, folder: Path) -> dict:
     row = n_sampled = n_values = 0  # next global position, keys in the PCA sample, value rows written
 
     t_forward = time.perf_counter()
-    for batch, states in hidden_batches(loaded, docs, opts.layer, build.batch_size, opts.seed, console):
+    # Rows as wide as DReSD's documents may be (short documents share a row), or the whole corpus if shorter.
+    row_tokens = max(max(len(d) for d in docs), min(opts.max_length, sum(len(d) for d in docs)))
+    batches = hidden_batches(loaded, docs, opts.layer, build.batch_size, opts.seed, console, row_tokens)
+    for batch, states in batches:
         for d, h in zip(batch, states, strict=True):
             rows = np.arange(row, row + len(h))
             row += len(h)
@@ -344,7 +347,7 @@ def write_store(build: BuildInput, folder: Path) -> dict:
             "forward_seconds": round(t_forward, 3),
             "index_seconds": index["index_seconds"],
             "rows_per_batch": build.batch_size,
-            "row_tokens": max(len(d) for d in docs),
+            "row_tokens": row_tokens,
             "tokens_per_s": round(n_tokens / max(t_forward, 1e-9), 1),
             "truncated_documents": truncated,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

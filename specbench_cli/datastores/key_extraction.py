@@ -95,10 +95,12 @@ def hidden_batches(
     rows_per_batch: int,
     seed: int,
     console: Any = None,
+    width: int | None = None,
     window: int = PACK_WINDOW,
 ) -> Iterator[tuple[list[int], list[Any]]]:
-    """Teacher-forced forwards over packed rows: yields (doc ids, [hidden states (len - 1, H) of `layer`])
-    per batch, with a progress bar in tokens/s when a console is given."""
+    """Teacher-forced forwards over packed rows of `width` tokens (default: the longest document):
+    yields (doc ids, [hidden states (len - 1, H) of `layer`]) per batch, with a progress bar in tokens/s
+    when a console is given."""
     import torch
     from rich.progress import (
         BarColumn,
@@ -115,7 +117,7 @@ def hidden_batches(
     final = layer in (-1, n_layers)
     decoder = base_model(model)
     param = next(model.parameters())
-    width = max(len(d) for d in docs)
+    width = max(width or 0, max(len(d) for d in docs))
     rows = pack_rows([len(d) for d in docs], width, seed, window)
     total = sum(len(d) for d in docs)
     progress = Progress(
