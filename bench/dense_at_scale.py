@@ -25,6 +25,7 @@ Peak memory: the process's peak RSS and, on a GPU, peak allocated GPU memory.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -223,9 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     result: dict[str, Any] = {
         "study": "dense_at_scale",
-        "machine": device_info(),
+        "machine": device_info() | {"cpus": os.cpu_count()},
         "device": device,
         "faiss": dense_search_faiss(),
         "extraction": extraction(args, device),
@@ -238,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    # A shared CPU's timings depend on what else runs: the 1-minute load average before and after.
+    result["load_average_1min"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if device.startswith("cuda"):
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
