@@ -375,6 +375,8 @@ def answer_question(
         "stop_reason": [g.stop_reason for g in gens],
         "method_stats": method.stats() if method is not None else {},  # the method's own counters
     }
+    if any(s.t_draft_forward is not None for s in steps):  # draft runners on CUDA graphs
+        choice["t_draft_forward"] = [s.t_draft_forward or 0.0 for s in steps]
     if margins:  # `ar` only: where another method's ids differ, how close ar's own choice was
         choice["top1_logit"] = [[_short(x) for x in g.top1_logits or []] for g in gens]
         choice["top2_margin"] = [[_short(x) for x in g.top2_margins or []] for g in gens]

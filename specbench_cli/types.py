@@ -165,6 +165,9 @@ class StepRecord:
     t_draft: float = 0.0
     t_verify: float = 0.0
     t_other: float = 0.0
+    # GPU time of the draft runners' graph forwards during this step (None: not measured, e.g. on the
+    # CPU). t_draft / t_draft_forward is what drafting pays on top of its forwards (host work, syncs).
+    t_draft_forward: float | None = None
 
 
 @dataclass

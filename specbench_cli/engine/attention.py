@@ -18,6 +18,7 @@ tree grown level by level puts the earlier levels' pending slots in front of the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -111,9 +112,8 @@ def _build_tree_kernels() -> Any:
     def split_kernel(
         Q, K, V, Mask, Opart, Mpart, Lpart,
         stride_qh, stride_qr, stride_kh, stride_kn, stride_vh, stride_vn,
-        R, R_PAD, HEADS, scale,
-        SIZE: tl.constexpr, WIDTH: tl.constexpr, SPLITS: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+        R, R_PAD, HEADS, SIZE, WIDTH, SPLITS, scale,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         split, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         start = tl.load(Mask + WIDTH).to(tl.int32)
@@ -171,9 +171,8 @@ def _build_tree_kernels() -> Any:
 
     @triton.jit
     def merge_kernel(
-        Opart, Mpart, Lpart, Out, Mask, stride_oh, stride_or, R_PAD, HEADS,
-        WIDTH: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_N: tl.constexpr,
-        D: tl.constexpr,
+        Opart, Mpart, Lpart, Out, Mask, stride_oh, stride_or, R_PAD, HEADS, WIDTH, SPLITS,
+        SPLITS_P2: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     ):  # fmt: skip
         head, row = tl.program_id(0), tl.program_id(1)
         live = tl.load(Mask + WIDTH).to(tl.int32) + WIDTH  # the split kernel's chunks, recomputed
@@ -194,6 +193,44 @@ def _build_tree_kernels() -> Any:
     return split_kernel, merge_kernel
 
 
+@dataclass(frozen=True)
+class KernelConfig:
+    """How the split kernel cuts the work: query rows per program, keys per inner step, key-range
+    chunks per (head, row block), and warps per program."""
+
+    block_m: int
+    block_n: int
+    splits: int
+    warps: int = 4
+
+
+# Per head dim and query-row count (rows = query heads per K/V head x inputs), the configuration that
+# `bench/attention_sweep.py` found fastest on an H200 over contexts of 300-2,000 live slots
+# (bench/results/2026-12-03-h200-attention-sweep/). A row count between two entries takes the next
+# larger entry's; more rows than the last entry, the last; a head dim without entries, the old rule.
+KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {}
+_OVERRIDE: KernelConfig | None = None  # set by the sweep, one configuration at a time
+
+
+def default_config(rows: int, length: int, heads: int) -> KernelConfig:
+    """The rule used before the sweep (and where no table entry applies): enough (chunk, head, row
+    block) programs to fill the GPU when the live range is long; fewer chunks when there are many row
+    blocks (each chunk's partials are written and merged per row)."""
+    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    blocks = cdiv(rows, block_m)
+    return KernelConfig(block_m, 64, max(1, min(cdiv(length, 64), cdiv(256, heads * blocks))))
+
+
+def kernel_config(rows: int, length: int, heads: int, dim: int) -> KernelConfig:
+    if _OVERRIDE is not None:
+        return _OVERRIDE
+    table = KERNEL_CONFIGS.get(dim)
+    if not table:
+        return default_config(rows, length, heads)
+    fits = [r for r in sorted(table) if r >= rows]
+    return table[fits[0] if fits else max(table)]
+
+
 def triton_tree_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -204,28 +241,29 @@ def triton_tree_attention(
     split_kernel, merge_kernel = _TREE_KERNELS
     heads, rows, dim = q.shape
     size, width, length = mask.shape[-2], mask.shape[-1] - 1, k.shape[1]
-    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    ieee = q.dtype == torch.float32
+    # The table was tuned in bf16; float32 tiles are twice the bytes, so float32 (the exactness
+    # checks) keeps the rule it was verified with.
+    config = kernel_config(rows, length, heads, dim)
+    if ieee and _OVERRIDE is None:
+        config = default_config(rows, length, heads)
+    block_m, block_n, splits = config.block_m, config.block_n, max(1, min(config.splits, cdiv(length, 16)))
     blocks = cdiv(rows, block_m)
-    block_n = 64
-    # Enough (chunk, head, row block) programs to fill the GPU when the live range is long; fewer
-    # chunks when there are many row blocks (each chunk's partials are written and merged per row).
-    splits = max(1, min(cdiv(length, block_n), cdiv(256, heads * blocks)))
     r_pad = blocks * block_m
     opart = torch.empty(splits * heads * r_pad, dim, dtype=torch.float32, device=q.device)
     mpart = torch.empty(splits * heads * r_pad, dtype=torch.float32, device=q.device)
     lpart = torch.empty_like(mpart)
     out = torch.empty_like(q)
     mask = mask.contiguous()
-    ieee = q.dtype == torch.float32
     split_kernel[(splits, heads, blocks)](
         q, k, v, mask, opart, mpart, lpart,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        rows, r_pad, heads, scale,
-        SIZE=size, WIDTH=width, SPLITS=splits, BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee,
+        rows, r_pad, heads, size, width, splits, scale,
+        BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee, num_warps=config.warps,
     )  # fmt: skip
     merge_kernel[(heads, rows)](
-        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), r_pad, heads,
-        WIDTH=width, SPLITS=splits, SPLITS_P2=triton_next_pow2(splits), BLOCK_N=block_n, D=dim,
+        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), r_pad, heads, width, splits,
+        SPLITS_P2=triton_next_pow2(splits), BLOCK_N=block_n, D=dim,
     )  # fmt: skip
     return out
 

@@ -9,7 +9,7 @@ the levels of a dynamic draft tree and its catch-up forwards all replay graphs t
 - one `SlotCache` of `cache_len` slots with `slots.visible = None`: attention always spans all of it
   (masked slots cost bandwidth, not correctness). `cache_len` is `max_len` plus one bucket of spare
   slots, so padded writes and warm-up writes never touch live entries;
-- the number of inputs is padded up to a bucket B (1, 16, 32, 64, max_nodes + 1). A forward after m
+- the number of inputs is padded up to a bucket B (1, 16, 32, 48, 64, 80, 96, max_nodes + 1). A forward after m
   pending slots (a tree level) also gets a window of W >= m + B slots, a bucket too; a plain forward has
   W = B. Pad inputs sit at depth 0, write to free slots after the live ones, see the committed prefix and
   themselves only (no NaN), and no live input sees them;
@@ -44,7 +44,15 @@ from .attention import PACKED_ATTENTION, TREE_ATTENTION, register_attention, tre
 from .fusion import build_fusions, fused
 from .runner import Runner
 
-BUCKETS = (1, 16, 32, 64)  # input counts, root included; max_nodes + 1 is always added as the largest
+BUCKETS = (
+    1,
+    16,
+    32,
+    48,
+    64,
+    80,
+    96,
+)  # input counts, root included; max_nodes + 1 is always added as the largest
 SDPA_BACKENDS = ("efficient", "math", "cudnn", "flash")
 ATTENTIONS = ("tree", "packed", "sdpa")  # graph forwards: our kernel, packed-GQA SDPA, transformers' SDPA
 
@@ -142,7 +150,8 @@ class CompiledRunner(Runner):
             # Every runner (target, draft model) and graph variant recompiles this one method.
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
             self._step = torch.compile(self._static_forward, mode=self.compile_mode, dynamic=True)
-        # GPU time of every graph forward, read with take_forward_times() (benchmarks only).
+        # GPU time of every graph forward, read with take_forward_times() (benchmarks, and the decode
+        # loop for draft runners: t_draft_forward).
         self.profile = False
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         # Allocate every layer's K/V now, outside any graph pool: one token into a spare slot.

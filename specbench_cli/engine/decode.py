@@ -134,6 +134,11 @@ def generate(
     last_logits, last_hidden = logits[-1], (hidden[-1] if hidden is not None else None)
 
     draft_runners = [r for role, r in engine.runners.made if role == "draft"]
+    # Graph forwards of draft runners carry CUDA events (no extra sync: read after the verifier's).
+    timed_drafts = [r for r in draft_runners if getattr(r, "use_graphs", False)]
+    for r in timed_drafts:
+        r.profile = True
+        r.take_forward_times()
     while not stop and len(out) < max_new_tokens:
         forwards_before = sum(r.forwards for r in draft_runners)
         t0 = clock.mark()
@@ -191,11 +196,16 @@ def generate(
                 accepted=len(verdict.accepted_nodes),
                 committed=len(committed),
                 draft_forwards=sum(r.forwards for r in draft_runners) - forwards_before,
+                t_draft_forward=sum(sum(r.take_forward_times()) for r in timed_drafts)
+                if timed_drafts
+                else None,
             )
         )
         marks.append((t0, t1, t2, t3))
     clock.finish()
     wall = time.perf_counter() - wall_start
+    for r in timed_drafts:
+        r.profile = False
     for rec, (t0, t1, t2, t3) in zip(steps, marks):
         rec.t_draft, rec.t_verify, rec.t_other = (
             clock.seconds(t0, t1),

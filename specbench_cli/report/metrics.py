@@ -39,6 +39,7 @@ COLUMNS = [
     "t_verify_ms",
     "t_other_ms",
     "overhead_frac",
+    "draft_host_ratio",
 ]
 
 NAN = float("nan")
@@ -79,6 +80,9 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
                            everything else (acceptance, KV compaction, bookkeeping).
       overhead_frac        (t_draft + t_other) / (t_draft + t_verify + t_other): the share of the step
                            outside the target forward.
+      draft_host_ratio     t_draft / the GPU time of the draft runners' graph forwards inside it: 1.0
+                           means drafting is nothing but its forwards; NaN where not measured (CPU,
+                           methods without a draft runner).
     Without `ar` answers, speedup, speedup_mean and lossless are NaN.
     """
     questions = per_question(records)
@@ -160,6 +164,7 @@ def _question_row(record: dict) -> dict[str, Any]:
             "t_draft": float(sum(timed[0])),
             "t_verify": float(sum(timed[1])),
             "t_other": float(sum(timed[2])),
+            "t_draft_forward": float(sum(choice["t_draft_forward"])) if "t_draft_forward" in choice else NAN,
             "timed_steps": max(len(t) for t in timed),
             "output_ids": None if output_ids is None else [list(map(int, turn)) for turn in output_ids],
         }
@@ -205,6 +210,8 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
         "t_verify_ms": 1000 * _ratio(t_verify, timed_steps),
         "t_other_ms": 1000 * _ratio(t_other, timed_steps),
         "overhead_frac": _ratio(t_draft + t_other, t_draft + t_verify + t_other),
+        # Drafting time over the GPU time of the draft forwards in it (NaN where not measured).
+        "draft_host_ratio": _ratio(t_draft, float(g["t_draft_forward"].sum(min_count=1))),
     }
 
 

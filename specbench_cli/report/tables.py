@@ -29,6 +29,7 @@ DIGITS = {
     "t_verify_ms": 2,
     "t_other_ms": 2,
     "overhead_frac": 3,
+    "draft_host_ratio": 2,
 }
 
 # The columns that fit on a screen and in a paper, with their short headers.

@@ -20,11 +20,13 @@ from typing import Any
 PER_TURN_REQUIRED = ("new_tokens", "wall_time", "decoding_steps")
 PER_TURN_OPTIONAL = ("turns", "prefill_time", "output_ids", "stop_reason", "top1_logit", "top2_margin")
 # One value per decoding step, flat over all turns (all optional: plain Spec-Bench files lack most).
-PER_STEP = ("accept_lengths", "draft_nodes", "draft_depth", "accepted", "t_draft", "t_verify", "t_other")
+PER_STEP = (
+    "accept_lengths", "draft_nodes", "draft_depth", "accepted", "t_draft", "t_verify", "t_other", "t_draft_forward",
+)  # fmt: skip
 COUNTS = frozenset(
     {"new_tokens", "decoding_steps", "accept_lengths", "draft_nodes", "draft_depth", "accepted"}
 )
-SECONDS = frozenset({"wall_time", "prefill_time", "t_draft", "t_verify", "t_other"})
+SECONDS = frozenset({"wall_time", "prefill_time", "t_draft", "t_verify", "t_other", "t_draft_forward"})
 
 
 @dataclass(frozen=True)
