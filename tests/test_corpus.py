@@ -226,3 +226,18 @@ def test_generate_corpus_samples_with_a_seed(tiny, tmp_path):
     other_file, other = answers(temperature=1.0, seed=2)
     assert len({greedy_file, sampled_file, other_file}) == 3 and again_file == sampled_file
     assert again == sampled and sampled != greedy and sampled != other
+
+
+def test_generate_corpus_answers_are_the_same_in_batches_as_one_at_a_time(tiny, tmp_path):
+    """The product path (sorting by length, left padding, EOS cut) gives each prompt its solo answer."""
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["Hi", "Write a long function that sorts a list of numbers", "Add 2 and 3", "Explain x"]
+    prompts.write_text("\n".join(json.dumps({"id": i, "instruction": t}) for i, t in enumerate(texts)))
+
+    def answers(batch_size):
+        opts = options(
+            generated_dir=str(tmp_path / f"gen{batch_size}"), batch_size=batch_size, max_new_tokens=12
+        )
+        return {r["id"]: r["answer"] for r in iter_corpus(f"generate:{prompts}", opts, tiny, QUIET).records}
+
+    assert answers(4) == answers(1)
