@@ -46,6 +46,14 @@ def has_faiss_gpu(faiss: Any) -> bool:
     return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def check_factory(factory: str) -> None:
+    """Refuse, before any forward, an index shape this machine cannot build (no faiss: torch's two)."""
+    if factory != "auto" and faiss_module() is None and not TORCH_FACTORY.match(factory.strip()):
+        raise SpecbenchError(
+            f"--opt index={factory} needs faiss, which is not installed; use auto, Flat or IVF<n>,Flat"
+        )
+
+
 def is_exact(factory: str) -> bool:
     return factory.strip() in ("Flat", "IDMap,Flat")
 
@@ -75,11 +83,8 @@ def build_search(
             write_ivf(folder, *lists)
         search, backend = index.search, "faiss-cpu"
     else:
+        check_factory(factory)
         shape = TORCH_FACTORY.match(factory.strip())
-        if shape is None:
-            raise SpecbenchError(
-                f"--opt index={factory} needs faiss, which is not installed; use auto, Flat or IVF<n>,Flat"
-            )
         if shape.group(2):
             nlist = min(int(shape.group(2)), len(keys))
             if console is not None:

@@ -43,7 +43,7 @@ import numpy as np
 from ..options import option
 from ..types import LoadedModel, SpecbenchError
 from .base import BuildInput, Datastore
-from .dense_search import BACKENDS, DenseSearch, build_search, is_exact
+from .dense_search import BACKENDS, DenseSearch, build_search, check_factory, is_exact
 from .faiss_index import auto_index_string
 from .key_extraction import check_layer, hidden_batches
 from .pca import KeyTransform, MomentAccumulator
@@ -144,6 +144,7 @@ class DresdDatastore(Datastore):
     @classmethod
     def check_target(cls, loaded: LoadedModel, options: DresdOptions) -> None:
         check_layer(loaded, options.layer)
+        check_factory(options.index)
         hidden = loaded.model.config.get_text_config().hidden_size
         if options.dim > hidden:
             raise SpecbenchError(
