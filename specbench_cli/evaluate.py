@@ -20,6 +20,7 @@ from .baselines import Baseline, check_baselines
 from .distributed import Ranks, launched_ranks
 from .drafters.base import Drafter
 from .inputs import check_eval_inputs, check_prompts_fit, model_context
+from .progress import progress_bar
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
@@ -399,14 +400,6 @@ def run_eval(cfg: EvalConfig, console) -> Path:
 def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = None) -> Path:
     import torch
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from . import distributed
     from .datastores.manifest import check_datastore
@@ -581,16 +574,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
 
     rank_files = distributed.rank_paths(paths, ranks)  # under torchrun: this rank's own files
     live = {m: [0, 0, 0.0] for m in names}  # tokens, steps, seconds
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    scored_programs: dict[tuple[str, str], dict] = {}  # (suite, method) -> program -> its score line
+    progress = progress_bar("[bold]{task.description}", "{task.fields[stats]}", console, transient=False)
     with progress:
         task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
         started = None
@@ -623,7 +608,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             }
             append_answer(rank_files.answers_file(s.name, m), record)
             if scorable(q):  # HumanEval: pass/fail in the sandbox now, so the report runs nothing
-                append_answer(rank_files.scores_file(s.name, m), score_answer(q, record))
+                reuse = scored_programs.setdefault((s.name, m), {})  # repeats: one sandbox run per program
+                append_answer(rank_files.scores_file(s.name, m), score_answer(q, record, reuse=reuse))
             if m in cfg.methods:  # only now, written, may an answer teach a cross-request drafter
                 for g in gens:
                     drafters[m].finish_answer(g.output_ids)

@@ -1,9 +1,10 @@
-"""Small file helpers every part of specbench shares: hashing, the cache folder, atomic writes, pip
-fetching and the process's peak memory. Standard library only, so any module may import it."""
+"""Small file helpers every part of specbench shares: hashing, the cache folder, atomic writes, reading a
+versioned manifest.json, pip fetching and the process's peak memory. Standard library only, so any module may import it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import subprocess
@@ -47,6 +48,27 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_versioned_json(path: Path, format_version: int, missing: str, remedy: str) -> dict:
+    """A manifest (a JSON object with a format_version) as a dict, or a one-line error: `missing` when
+    there is no file; else what is wrong with it (not JSON, not an object, another version), then `remedy`.
+    Datastores and draft heads keep one each; only the messages differ."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecbenchError(missing)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpecbenchError(f"{path} is not valid JSON ({e}); {remedy}") from e
+    if not isinstance(manifest, dict):
+        raise SpecbenchError(f"{path} holds no JSON object; {remedy}")
+    version = manifest.get("format_version")
+    if version != format_version:
+        raise SpecbenchError(
+            f"{path} has format version {version!r}; this specbench reads version {format_version}: {remedy}"
+        )
+    return manifest
 
 
 def _umask() -> int:

@@ -12,15 +12,23 @@ greedy output. The report keeps it out of the lossless rankings and shows, per s
 HumanEval completions run in the sandbox (scoring/sandbox.py) when the answers are made, or by
 `specbench score RUN`; their pass/fail is stored in the run folder (scoring/scores.py), and this table
 is built from those files alone: the report runs no code, loads no suite and needs no network.
+
+Repeats (`eval --repeats N`): an answer is identified by (question_id, repeat), so repeat r of a method
+pairs with repeat r of `ar` and with its own score. Every figure is averaged per question first (over
+its repeats), then over questions, so each question weighs the same whatever its number of repeats;
+the row's `repeats` says over how many. A deterministic run's repeats are identical answers: the
+sandbox runs the program once and the other repeats reuse that result (scoring/scores.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from .results import answer_key
 from .types import Question
 
 BASELINE = "ar"
@@ -61,27 +69,34 @@ def humaneval_program(answer: str, question: Question) -> str:
 def humaneval_pass_at_1(
     records: Iterable[dict], questions: Iterable[Question], timeout: float = 10.0
 ) -> dict[str, Any]:
-    """pass@1 of one answer per task (greedy decoding: one sample is the estimate), run now.
+    """pass@1 (greedy decoding: one sample per task is the estimate), run now.
 
-    `records` are answer lines (question_id, choices[0].turns[0]); `questions` the HumanEval suite.
-    Records without a matching question are skipped. Returns {"pass_at_1", "passed", "total",
-    "results": {question_id: status}}. The run folder's stored scores come from `scoring.scores`.
+    `records` are answer lines (question_id, choices[0].turns[0], repeat if any); `questions` the
+    HumanEval suite. Records without a matching question are skipped. A question answered in several
+    repeats counts once, with the share of its repeats that passed. Returns {"pass_at_1", "passed"
+    (questions, fractional with repeats), "total" (questions), "repeats" (most answers of one
+    question), "results": {question_id: [status of each repeat, in repeat order]}}. The run
+    folder's stored scores come from `scoring.scores`.
     """
     from .scoring.sandbox import Limits, run_sandboxed
 
     by_id = {q.question_id: q for q in questions}
-    statuses = {}
+    statuses: dict[tuple, str] = {}
     for record in records:
         q = by_id.get(record.get("question_id"))
         if q is not None and "test" in q.extra:
             program = humaneval_program(record["choices"][0]["turns"][0], q)
-            statuses[q.question_id] = run_sandboxed(program, Limits(wall_s=timeout)).status
-    passed = sum(status == "passed" for status in statuses.values())
+            statuses[answer_key(record)] = run_sandboxed(program, Limits(wall_s=timeout)).status
+    results: dict[Any, list[str]] = {}
+    for (qid, _), status in sorted(statuses.items(), key=lambda kv: kv[0][1]):
+        results.setdefault(qid, []).append(status)
+    passed = sum(_mean([float(s == "passed") for s in repeats]) for repeats in results.values())
     return {
-        "pass_at_1": passed / len(statuses) if statuses else math.nan,
+        "pass_at_1": passed / len(results) if results else math.nan,
         "passed": passed,
-        "total": len(statuses),
-        "results": statuses,
+        "total": len(results),
+        "repeats": max((len(r) for r in results.values()), default=0),
+        "results": results,
     }
 
 
@@ -133,11 +148,13 @@ def lossy_quality(records: Iterable[dict], scores: dict | None = None) -> list[d
     """One row per (suite, lossy method): agreement with `ar` and the task quality figure.
 
     `records` are answer lines carrying `suite` and `method` (as the report reads them); a record with
-    `lossless_method: false` marks its method lossy. `scores` maps (suite, method) to {question_id:
-    stored score} (`scoring.scores.read_scores`). A suite with stored scores, or whose label starts
-    with "humaneval", gets pass@1 of the method and of `ar` on the same questions; the others get
-    ROUGE-L against `ar`. Figures that cannot be computed (no `ar` answers, a paired answer without a
-    current score) are NaN; `scored` counts the pairs that have both scores.
+    `lossless_method: false` marks its method lossy. `scores` maps (suite, method) to {(question_id,
+    repeat): stored score} (`scoring.scores.read_scores`). A suite with stored scores, or whose label
+    starts with "humaneval", gets pass@1 of the method and of `ar` on the same questions; the others
+    get ROUGE-L against `ar`. Answers pair by (question_id, repeat); each figure is a mean per question
+    over its paired repeats, then over questions. Figures that cannot be computed (no `ar` answers, a
+    paired answer without a current score) are NaN; `paired` and `scored` count answer pairs,
+    `questions` distinct questions, `repeats` the most pairs of one question.
     """
     scores = scores or {}
     by_key: dict[tuple[str, str], list[dict]] = {}
@@ -147,25 +164,27 @@ def lossy_quality(records: Iterable[dict], scores: dict | None = None) -> list[d
     for (suite, method), recs in sorted(by_key.items()):
         if method == BASELINE or all(r.get("lossless_method", True) for r in recs):
             continue
-        base = {r["question_id"]: r for r in by_key.get((suite, BASELINE), [])}
-        paired = [(r, base[r["question_id"]]) for r in recs if r["question_id"] in base]
+        base = {answer_key(r): r for r in by_key.get((suite, BASELINE), [])}
+        paired = [(r, base[answer_key(r)]) for r in recs if answer_key(r) in base]
         agree, exact, rouge = [], [], []
         for r, b in paired:
             ids, base_ids = _all_ids(r), _all_ids(b)
             if ids is not None and base_ids is not None:
-                agree.append(token_agreement(ids, base_ids))
-                exact.append(float(ids == base_ids))
+                agree.append((r["question_id"], token_agreement(ids, base_ids)))
+                exact.append((r["question_id"], float(ids == base_ids)))
             turns, base_turns = r["choices"][0]["turns"], b["choices"][0]["turns"]
-            rouge.append(_mean([rouge_l(t, bt) for t, bt in zip(turns, base_turns)]))
+            rouge.append((r["question_id"], _mean([rouge_l(t, bt) for t, bt in zip(turns, base_turns)])))
+        per_question = Counter(r["question_id"] for r, _ in paired)
         row: dict[str, Any] = {
             "suite": suite,
             "method": method,
-            "questions": len(recs),
+            "questions": len({r["question_id"] for r in recs}),
             "paired": len(paired),
-            "token_agreement": _mean(agree),
-            "exact_match": _mean(exact),
+            "repeats": max(per_question.values(), default=0),
+            "token_agreement": _question_mean(agree),
+            "exact_match": _question_mean(exact),
             "quality_metric": "rouge_l_vs_ar",
-            "quality": _mean(rouge),
+            "quality": _question_mean(rouge),
             "quality_ar": 1.0 if paired else math.nan,
         }
         if suite.startswith("humaneval") or any(key[0] == suite for key in scores):
@@ -177,15 +196,17 @@ def lossy_quality(records: Iterable[dict], scores: dict | None = None) -> list[d
 
 
 def humaneval_row(paired: list[tuple[dict, dict]], mine: dict, ar: dict) -> dict[str, Any]:
-    """pass@1 of the method and of `ar` from stored scores; NaN unless every pair has both scores."""
-    both = [(mine[r["question_id"]], ar[b["question_id"]]) for r, b in paired
-            if current(mine.get(r["question_id"]), r) and current(ar.get(b["question_id"]), b)]  # fmt: skip
+    """pass@1 of the method and of `ar` from stored scores (keyed by (question_id, repeat)), a mean per
+    question over its repeats, then over questions; NaN unless every pair has both scores."""
+    both = [(mine[answer_key(r)], ar[answer_key(b)]) for r, b in paired
+            if current(mine.get(answer_key(r)), r) and current(ar.get(answer_key(b)), b)]  # fmt: skip
     complete = bool(paired) and len(both) == len(paired)
+    passed = [(s["question_id"], float(s["passed"]), float(t["passed"])) for s, t in both]
     return {
         "quality_metric": "humaneval_pass@1",
         "scored": len(both),
-        "quality": _mean([float(s["passed"]) for s, _ in both]) if complete else math.nan,
-        "quality_ar": _mean([float(s["passed"]) for _, s in both]) if complete else math.nan,
+        "quality": _question_mean([(q, p) for q, p, _ in passed]) if complete else math.nan,
+        "quality_ar": _question_mean([(q, p) for q, _, p in passed]) if complete else math.nan,
         "sandbox": "; ".join(sorted({str(s.get("sandbox")) for pair in both for s in pair})),
     }
 
@@ -210,3 +231,11 @@ def _all_ids(record: dict) -> list[int] | None:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
+
+
+def _question_mean(values: list[tuple[Any, float]]) -> float:
+    """Mean over questions of each question's mean over its repeats: (question_id, value) pairs."""
+    per_question: dict[Any, list[float]] = {}
+    for qid, value in values:
+        per_question.setdefault(qid, []).append(value)
+    return _mean([_mean(v) for v in per_question.values()])

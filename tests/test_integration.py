@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from specbench_cli.drafters.ar import Autoregressive
@@ -11,18 +9,16 @@ from specbench_cli.engine.decode import Engine, generate
 from specbench_cli.registry import DRAFTERS
 from specbench_cli.types import MethodSetup
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
-
 
 @pytest.mark.slow
-def test_smollm2_speculative_outputs_equal_ar(tmp_path):
+def test_smollm2_speculative_outputs_equal_ar(data_root):
     from specbench_cli.models import load_model
     from specbench_cli.prompts import build_prompt_ids
     from specbench_cli.suites import load_suite
 
     smol = load_model("smollm2-135m", dtype="float32", device="cpu")
     assert smol.sha256 and len(smol.sha256) == 64
-    suite = load_suite(f"spec-bench:{SPEC_BENCH}#summarization", limit=1)
+    suite = load_suite(f"spec-bench:{data_root.spec_bench}#summarization", limit=1)
     suite.questions.extend(load_suite("humaneval", limit=1).questions)
     prompts = [build_prompt_ids(smol.tokenizer, [q.turns[0]], []) for q in suite.questions]
     engine = Engine(smol, max_len=2048)

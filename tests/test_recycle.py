@@ -102,3 +102,38 @@ def test_options_are_typed(tiny):
     for bad in ({"k": 0}, {"k": "many"}, {"topk": 8}):
         with pytest.raises(SpecbenchError):
             recycler(tiny, **bad)
+
+
+def test_statistics_count_learned_rows_and_blind_nodes(tiny):
+    d = recycler(tiny)
+    ctx = DraftContext(tokens=[3, 5, 17], max_nodes=128)
+    tree = d.propose(ctx)
+    # An empty matrix: every node hangs below a row never written, and the root is unknown.
+    assert d.stats() == {"rows_learned": 0, "blind_nodes": len(tree), "known_root_steps": 0}
+    d.clear_stats()
+    torch.manual_seed(0)
+    logits = torch.randn(len(tree) + 1, tiny.vocab_size)
+    _, node_topk = choices_with_topk(logits, d.needs_node_topk, 0.0, None)
+    d.update(StepFeedback(tree, [], [int(node_topk[0, 0])], [3, 5, 17, int(node_topk[0, 0])], node_topk))
+    forwarded = {17, *tree.tokens}
+    assert d.stats()["rows_learned"] == len(forwarded) == d.learned.sum()
+    d.update(StepFeedback(tree, [], [int(node_topk[0, 0])], [3, 5, 17, int(node_topk[0, 0])], node_topk))
+    assert d.stats()["rows_learned"] == len(forwarded)  # the same rows again are not new
+    d.clear_stats()
+    tree = d.propose(ctx)
+    parent_tokens = [17 if p < 0 else tree.tokens[p] for p in tree.parents]
+    assert d.stats()["known_root_steps"] == 1
+    assert d.stats()["blind_nodes"] == sum(t not in forwarded for t in parent_tokens) < len(tree)
+    d.start_run()
+    assert not d.learned.any()
+
+
+def test_statistics_over_a_decode(tiny):
+    engine = Engine(tiny, max_len=256, max_nodes=64)
+    d = recycler(tiny)
+    gen = generate(engine, d, [5, 9, 5, 9, 5, 9, 2], 24)
+    stats = d.stats()
+    drafted = sum(s.draft_nodes for s in gen.steps)
+    assert stats["rows_learned"] == d.learned.sum() > 0
+    assert 0 < stats["blind_nodes"] < drafted  # the first step is blind, later ones less so
+    assert 0 < stats["known_root_steps"] <= len(gen.steps) - 1

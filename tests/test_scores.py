@@ -117,3 +117,50 @@ def test_score_refuses_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "file").write_text("x")
     result = run("score", str(tmp_path / "file"))
     assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_repeats_are_scored_per_repeat_and_a_repeated_program_runs_once(tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "eval", "--model", "tiny-random", "--draft-model", "tiny-random-draft", "--suite", f"humaneval:{FIXTURE}",
+        "--methods", "ar,respec", "--max-new-tokens", "8", "--warmup", "0", "--repeats", "2", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    paths = RunPaths(out)
+    for method in ("ar", "respec"):
+        answers = {
+            (r["question_id"], r["repeat"]): r for r in read_answers(paths.answers_file("humaneval", method))
+        }
+        lines = read_answers(paths.scores_file("humaneval", method))
+        scores = {(s["question_id"], s["repeat"]): s for s in lines}
+        assert set(scores) == set(answers) == {(0, 0), (1, 0), (0, 1), (1, 1)}  # no repeat overwrites another
+        for key, score in scores.items():
+            assert score["answer_id"] == answers[key]["answer_id"]
+            first = answers[(key[0], 0)]
+            if key[1] == 1 and answers[key]["choices"][0]["turns"] == first["choices"][0]["turns"]:
+                # Greedy decoding repeats itself: the same program is not run twice.
+                assert (
+                    score["reused_from"] == first["answer_id"]
+                    and score["status"] == scores[(key[0], 0)]["status"]
+                )
+            else:
+                assert "reused_from" not in score
+        if method == "ar":  # greedy ar writes the same answers in both repeats
+            assert sum("reused_from" in s for s in lines) == 2
+    row = json.loads((paths.root / "quality.json").read_text())["lossy_methods"][0]
+    assert (row["questions"], row["paired"], row["scored"], row["repeats"]) == (2, 4, 4, 2)
+    assert row["quality"] is not None and row["quality_ar"] is not None
+    # Rewritten answers of repeat 1 only: `score` redoes those two and leaves repeat 0's alone.
+    path = paths.answers_file("humaneval", "respec")
+    records = read_answers(path)
+    for r in records:
+        if r["repeat"] == 1:
+            r["choices"][0]["turns"][0] = f"```python\n{RIGHT[r['question_id']]}```"
+            r["answer_id"] = uuid.uuid4().hex
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run("score", str(paths.root))
+    assert "scored 2 answer(s)" in result.output, result.output
+    scores = {
+        (s["question_id"], s["repeat"]): s for s in read_answers(paths.scores_file("humaneval", "respec"))
+    }
+    assert scores[(0, 1)]["status"] == scores[(1, 1)]["status"] == "passed"

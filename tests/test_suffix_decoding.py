@@ -223,3 +223,36 @@ def test_evictions_keep_a_bounded_queue():
         if len(kept) > 2:
             trie.remove(kept.popleft())
     assert trie_strings(trie) == trie_strings(trie_of(list(kept), 4))
+
+
+def test_statistics_say_which_tree_drafted_and_how_well_it_matched(tiny):
+    d = drafter(tiny)
+    d.finish_answer([7, 8, 9, 10, 11])
+    tree = propose(d, [1, 2, 3, 1, 2])  # the prompt itself holds "1 2 -> 3"
+    trie_nodes = len(d.local.kids) - 1
+    stats = d.stats()
+    assert tree.tokens[:1] == (3,) and d.last_source == "request"
+    assert stats["drafted_steps"] == 1 and stats["shared_steps"] == 0
+    assert stats["match_len"] == d.last.match_len == 2
+    assert stats["draft_score"] == pytest.approx(d.last.score) and stats["draft_score"] > 0
+    assert stats["request_tree_nodes"] == trie_nodes == len(trie_strings(d.local))
+    d.clear_stats()
+    propose(d, [0, 7, 8])  # only an earlier answer holds "7 8"
+    assert d.last_source == "shared"
+    assert d.stats()["shared_steps"] == d.stats()["drafted_steps"] == 1
+    d.clear_stats()
+    assert propose(d, [0, 42]).tokens == ()  # nothing matches: no draft, nothing counted as drafted
+    assert d.stats()["drafted_steps"] == d.stats()["match_len"] == d.stats()["draft_score"] == 0
+
+
+def test_statistics_over_a_decode(tiny):
+    engine = Engine(tiny, max_len=256)
+    d = drafter(tiny)
+    gen = generate(engine, d, [3, 1, 4, 1, 5, 3, 1, 4, 1, 5], 40)
+    stats = d.stats()
+    drafting = len(gen.steps) - 1  # the first record is the prefill
+    assert 0 < stats["drafted_steps"] <= drafting
+    assert stats["drafted_steps"] == sum(s.draft_nodes > 0 for s in gen.steps)
+    assert stats["match_len"] >= stats["drafted_steps"]  # every draft matched at least one token
+    assert stats["shared_steps"] == 0  # nothing finished yet
+    assert stats["request_tree_nodes"] == len(d.local.kids) - 1

@@ -24,9 +24,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SMALL = FIXTURES / "questions_small.jsonl"
 MALFORMED = FIXTURES / "questions_malformed.jsonl"
 CODE_ALPACA = FIXTURES / "code_alpaca_small.json"
-# The real Spec-Bench file is read where the project's shared data lives; it is never copied in.
-SPEC_BENCH_FILE = REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl"
-CODE_ALPACA_FILE = REPO.parent / "shared" / "data" / "code_alpaca" / "code_alpaca_2k.json"
+# The real Spec-Bench and CodeAlpaca files are read where the project's shared data lives (never copied
+# in); a clone elsewhere gets stand-ins in the same formats (conftest.data_root).
 
 
 def raw_rows(path: Path) -> list[dict]:
@@ -242,10 +241,10 @@ def test_category_filter_by_task_name():
 # The real Spec-Bench file
 
 
-def test_real_spec_bench_file_loads():
-    rows = raw_rows(SPEC_BENCH_FILE)
-    suite = load_suite(f"spec-bench:{SPEC_BENCH_FILE}")
-    assert len(suite.questions) == len(rows) == 480
+def test_spec_bench_file_loads(data_root):
+    rows = raw_rows(data_root.spec_bench)
+    suite = load_suite(f"spec-bench:{data_root.spec_bench}")
+    assert len(suite.questions) == len(rows)
     categories = list(dict.fromkeys(r["category"] for r in rows))
     assert suite.categories == categories
     assert len(categories) == 13
@@ -254,12 +253,14 @@ def test_real_spec_bench_file_loads():
         "mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag",
     }  # fmt: skip
     assert sum(len(q.turns) == 2 for q in suite.questions) == sum(len(r["turns"]) == 2 for r in rows)
-    assert suite.sha256 == suite_file_sha256(SPEC_BENCH_FILE) == suite_files.SPEC_BENCH_SHA256
+    assert suite.sha256 == suite_file_sha256(data_root.spec_bench)
     assert suite.name == "spec-bench"
+    if data_root.real:  # the published file: its size and the sha256 the loader pins
+        assert len(rows) == 480 and suite.sha256 == suite_files.SPEC_BENCH_SHA256
 
 
-def test_real_spec_bench_limit_covers_all_six_tasks():
-    suite = load_suite(f"spec-bench:{SPEC_BENCH_FILE}", limit=40)
+def test_spec_bench_limit_covers_all_six_tasks(data_root):
+    suite = load_suite(f"spec-bench:{data_root.spec_bench}", limit=40)
     per_task = Counter(spec_bench_task(q.category) for q in suite.questions)
     assert len(suite.questions) == 40
     assert len(per_task) == 6
@@ -269,24 +270,47 @@ def test_real_spec_bench_limit_covers_all_six_tasks():
     assert len(set(mt)) == len(mt)
 
 
-def test_real_spec_bench_category_filter():
-    suite = load_suite(f"spec-bench:{SPEC_BENCH_FILE}#summarization", limit=5)
+def test_spec_bench_category_filter(data_root):
+    suite = load_suite(f"spec-bench:{data_root.spec_bench}#summarization", limit=5)
     assert suite.name == "spec-bench#summarization"
     assert [q.category for q in suite.questions] == ["summarization"] * 5
 
 
-def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch):
+def test_stand_in_data_has_the_real_formats(tmp_path):
+    # A clone away from the shared data runs the suite tests on these: they must load as the real
+    # files do (13 categories in Spec-Bench's six tasks, more CodeAlpaca rows than the default subset).
+    from conftest import write_stand_in_data
+
+    write_stand_in_data(tmp_path / "data")
+    spec = load_suite(f"spec-bench:{tmp_path / 'data' / 'spec_bench' / 'question.jsonl'}")
+    assert len(spec.categories) == 13 and len({spec_bench_task(c) for c in spec.categories}) == 6
+    assert any(len(q.turns) == 2 for q in spec.questions)
+    assert any(q.reference for q in spec.questions) and any("reference" in q.extra for q in spec.questions)
+    alpaca = load_suite(f"code-alpaca:{tmp_path / 'data' / 'code_alpaca' / 'code_alpaca_2k.json'}")
+    assert len(alpaca.questions) == suites.CODE_ALPACA_SUBSET
+
+
+def beside_shared_data(tmp_path: Path, root: Path) -> Path:
+    """A working directory whose ../shared/data is `root` (a link, so the real data is not copied)."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(root, target_is_directory=True)
+    (tmp_path / "checkout").mkdir()
+    return tmp_path / "checkout"
+
+
+def test_spec_bench_found_in_data_root_then_relative_path(tmp_path, monkeypatch, data_root):
     monkeypatch.setenv("SPECBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
-    monkeypatch.setenv("SPECBENCH_DATA", str(SPEC_BENCH_FILE.parents[1]))
+    monkeypatch.setenv("SPECBENCH_DATA", str(data_root.path))
     monkeypatch.chdir(tmp_path)
-    assert Path(load_suite("spec-bench").source) == SPEC_BENCH_FILE
+    assert Path(load_suite("spec-bench").source) == data_root.spec_bench
     monkeypatch.delenv("SPECBENCH_DATA")
-    monkeypatch.chdir(REPO)  # ../shared/data from the repository root
-    assert Path(load_suite("spec-bench").source).resolve() == SPEC_BENCH_FILE.resolve()
+    monkeypatch.chdir(beside_shared_data(tmp_path, data_root.path))  # ../shared/data, as from a checkout
+    assert Path(load_suite("spec-bench").source).resolve() == data_root.spec_bench.resolve()
 
 
-def test_spec_bench_download_is_cached_and_checked(tmp_path, monkeypatch):
+def test_spec_bench_download_is_cached_and_checked(tmp_path, monkeypatch, data_root):
+    data_root.pin(monkeypatch)
     workdir = tmp_path / "a" / "b"
     workdir.mkdir(parents=True)
     monkeypatch.chdir(workdir)  # no ../shared/data here
@@ -300,12 +324,12 @@ def test_spec_bench_download_is_cached_and_checked(tmp_path, monkeypatch):
     with pytest.raises(SpecbenchError, match="sha256"):
         load_suite("spec-bench")
     # "Online" (a file:// URL to the real file): downloaded once into the cache, then read from it.
-    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", SPEC_BENCH_FILE.as_uri())
+    monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", data_root.spec_bench.as_uri())
     first = load_suite("spec-bench")
     assert Path(first.source).is_relative_to(tmp_path / "cache")
     monkeypatch.setattr(suite_files, "SPEC_BENCH_URL", "http://127.0.0.1:9/question.jsonl")
     second = load_suite("spec-bench")
-    assert second.source == first.source and len(second.questions) == len(raw_rows(SPEC_BENCH_FILE))
+    assert second.source == first.source and len(second.questions) == len(raw_rows(data_root.spec_bench))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,7 +354,8 @@ def test_code_alpaca_subset_is_deterministic_for_a_seed():
     assert full.categories == ["code"] and full.name == "code-alpaca"
 
 
-def test_code_alpaca_download_is_cached_and_checked(tmp_path, monkeypatch):
+def test_code_alpaca_download_is_cached_and_checked(tmp_path, monkeypatch, data_root):
+    data_root.pin(monkeypatch)
     workdir = tmp_path / "a" / "b"
     workdir.mkdir(parents=True)
     monkeypatch.chdir(workdir)  # no ../shared/data here
@@ -342,11 +367,11 @@ def test_code_alpaca_download_is_cached_and_checked(tmp_path, monkeypatch):
     with pytest.raises(SpecbenchError, match="sha256"):
         load_suite("code-alpaca")
     # "Online": a file:// URL to the real file is downloaded once into the cache, then read from it.
-    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", CODE_ALPACA_FILE.as_uri())
+    monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", data_root.code_alpaca.as_uri())
     first = load_suite("code-alpaca")
     assert Path(first.source).is_relative_to(tmp_path / "cache")
     assert suite_file_sha256(first.source) == suite_files.CODE_ALPACA_SHA256
-    assert len(first.questions) == 100  # the default seeded subset of the 2,017 rows
+    assert len(first.questions) == suites.CODE_ALPACA_SUBSET  # the default seeded subset of all rows
     monkeypatch.setattr(suite_files, "CODE_ALPACA_URL", "http://127.0.0.1:9/code_alpaca_2k.json")
     second = load_suite("code-alpaca")
     assert second.source == first.source and second.questions == first.questions
@@ -375,14 +400,17 @@ def test_code_alpaca_bad_json(tmp_path):
         load_suite(f"code-alpaca:{bad}")
 
 
-def test_real_code_alpaca_default_subset(monkeypatch):
-    path = REPO.parent / "shared" / "data" / "code_alpaca" / "code_alpaca_2k.json"
-    monkeypatch.chdir(REPO)
+def test_code_alpaca_default_subset(tmp_path, monkeypatch, data_root):
+    path = data_root.code_alpaca
+    monkeypatch.chdir(beside_shared_data(tmp_path, data_root.path))
     suite = load_suite("code-alpaca")
     assert Path(suite.source).resolve() == path.resolve()
     assert len(suite.questions) == suites.CODE_ALPACA_SUBSET
     assert len({q.question_id for q in suite.questions}) == suites.CODE_ALPACA_SUBSET
-    assert max(q.question_id for q in suite.questions) < len(json.loads(path.read_text()))
+    rows = json.loads(path.read_text())
+    assert max(q.question_id for q in suite.questions) < len(rows)
+    if data_root.real:
+        assert len(rows) == 2017 and suite.sha256 == suite_files.CODE_ALPACA_SHA256
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -267,15 +267,10 @@ def tokenize_documents(
     label: str = "tokenizing",
 ) -> Iterator[np.ndarray]:
     """Token ids (uint32, no special tokens) of each non-empty document, with a docs + tokens/s progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..progress import progress_bar
 
-    progress = Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("docs  {task.fields[tokens]:,} tokens  {task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
+    progress = progress_bar(
+        label, "docs  {task.fields[tokens]:,} tokens  {task.fields[rate]}", console, remaining=False
     )
     with progress:
         task = progress.add_task(label, total=total, tokens=0, rate="")

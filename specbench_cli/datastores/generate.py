@@ -134,14 +134,14 @@ def generate_answers(
     settings: GenerationSettings,
     console,
 ) -> list[dict]:
-    """Answer every turn of every prompt (greedy unless settings.temperature > 0), appending each batch to `path` as it finishes.
+    """Answer every turn of every prompt (greedy unless settings.temperature > 0), appending each
+    batch to `path` as it finishes.
 
     A file left by an earlier run with the same key is reused: answers already there are not
     generated again, so an interrupted run resumes. Multi-turn prompts are answered turn by turn (turn
     t sees the model's own answers to turns < t), every turn batched across prompts.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from ..progress import progress_bar
     from ..prompts import build_prompt_ids
 
     done: dict[tuple[str, int], dict] = {}
@@ -152,14 +152,7 @@ def generate_answers(
                 done[(rec["id"], rec["turn"])] = rec
     path.parent.mkdir(parents=True, exist_ok=True)
     todo_total = sum(len(t) for _, t in prompts) - len(done)
-    progress = Progress(
-        TextColumn("generating answers"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar("generating answers", "{task.fields[rate]}", console, remaining=False)
     with progress, open(path, "a") as out:
         task = progress.add_task("gen", total=todo_total, rate="")
         t0, new_tokens = time.perf_counter(), 0

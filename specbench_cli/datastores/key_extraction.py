@@ -102,14 +102,8 @@ def hidden_batches(
     yields (doc ids, [hidden states (len - 1, H) of `layer`]) per batch, with a progress bar in tokens/s
     when a console is given."""
     import torch
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+
+    from ..progress import progress_bar
 
     check_layer(loaded, layer)
     model = loaded.model
@@ -120,16 +114,7 @@ def hidden_batches(
     width = max(width or 0, max(len(d) for d in docs))
     rows = pack_rows([len(d) for d in docs], width, seed, window)
     total = sum(len(d) for d in docs)
-    progress = Progress(
-        TextColumn("dresd keys"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tokens  {task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=console is None,
-    )
+    progress = progress_bar("dresd keys", "tokens  {task.fields[rate]}", console, disable=console is None)
     with progress, torch.inference_mode():
         task = progress.add_task("keys", total=total, rate="")
         t0, done = time.perf_counter(), 0

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..files import write_atomic
+from ..files import read_versioned_json, write_atomic
 from ..types import SpecbenchError
 
 FORMAT_VERSION = 2
@@ -49,24 +49,11 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 
 def read_manifest(folder: Path) -> dict:
-    folder = Path(folder)
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise SpecbenchError(
-            f"{folder} is not a datastore (no {MANIFEST_FILE}); build one with `specbench build-index`"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SpecbenchError(f"{path} is not valid JSON ({e}); rebuild the datastore with --force") from e
-    if not isinstance(manifest, dict) or "method" not in manifest:
+    path = Path(folder) / MANIFEST_FILE
+    missing = f"{folder} is not a datastore (no {MANIFEST_FILE}); build one with `specbench build-index`"
+    manifest = read_versioned_json(path, FORMAT_VERSION, missing, "rebuild the datastore with --force")
+    if "method" not in manifest:
         raise SpecbenchError(f"{path} has no 'method' field; rebuild the datastore with --force")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise SpecbenchError(
-            f"{path} has format version {version!r}; this specbench reads version {FORMAT_VERSION}: "
-            "rebuild the datastore with --force"
-        )
     return manifest
 
 

@@ -14,6 +14,10 @@ The matrix starts at zeros, as in the official code (an unseen token drafts toke
 the questions and turns of a run, as the official evaluation keeps one matrix for the whole run. `eval`
 clears it before the first timed question (`start_run`), so the warm-up teaches it nothing and every
 run starts from the same state; a resumed run starts from zeros at the point it resumes.
+
+Statistics (per answer): how many matrix rows the answer wrote for the first time (summed over a run,
+the matrix's fill), how many draft nodes hung below a row still at its zeros (blind guesses of token 0),
+and how many steps started from a root whose row was already learned.
 """
 
 from __future__ import annotations
@@ -92,6 +96,11 @@ class Template:
 class TokenRecycling(Drafter):
     name = "recycle"
     options_class = RecycleOptions
+    stat_names = {
+        "rows_learned": "matrix rows written for the first time this run (summed over a run: the rows filled)",
+        "blind_nodes": "draft nodes read from a row not learned yet (they draft token 0)",
+        "known_root_steps": "steps whose root token already had a learned row",
+    }
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
@@ -100,13 +109,20 @@ class TokenRecycling(Drafter):
         self.template = Template.from_paths(PAPER_TEMPLATE, self.k)
         self.parents = tuple(self.template.parents.tolist())
         self.matrix = np.zeros((setup.target.vocab_size, self.k), dtype=np.int32)
+        # Which rows hold a real top-k: a row of zeros is ambiguous (token 0 may be a real successor).
+        self.learned = np.zeros(setup.target.vocab_size, dtype=bool)
 
     def start_run(self) -> None:
         self.matrix[:] = 0
+        self.learned[:] = False
 
     def propose(self, ctx: DraftContext) -> DraftTree:
         n = min(len(self.parents), ctx.max_nodes)
-        tokens = self.template.fill(self.matrix, ctx.tokens[-1])[:n]
+        root = ctx.tokens[-1]
+        tokens = self.template.fill(self.matrix, root)[:n]
+        parent_tokens = np.concatenate(([root], tokens))[self.template.parents[:n] + 1]
+        self.count("blind_nodes", int(n - self.learned[parent_tokens].sum()))
+        self.count("known_root_steps", int(self.learned[root]))
         return DraftTree(tuple(tokens.tolist()), self.parents[:n])
 
     def update(self, feedback: StepFeedback) -> None:
@@ -118,6 +134,8 @@ class TokenRecycling(Drafter):
         # np.unique on the reversed inputs finds each token's last row.
         tokens, first_from_end = np.unique(inputs[::-1], return_index=True)
         self.matrix[tokens] = feedback.node_topk[len(inputs) - 1 - first_from_end]
+        self.count("rows_learned", int(len(tokens) - self.learned[tokens].sum()))
+        self.learned[tokens] = True
 
     def describe(self) -> dict:
         depth = len(self.template.levels)

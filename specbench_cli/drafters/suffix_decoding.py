@@ -20,6 +20,10 @@ m wins (the longer match on ties), then the better of the two trees (the per-req
 The trees are plain depth-capped suffix tries (arctic-inference's `SuffixTree` compresses single-child
 paths, which saves memory, not drafts): appending a token extends every open suffix shorter than the
 cap by one node, so it costs `max_tree_depth` dictionary steps.
+
+Statistics (per answer): steps with a draft, and of those the ones the cross-request tree won; the
+chosen draft's match length and its score (the tree's own estimate of accepted tokens, to set beside
+the measured acceptance); the nodes the per-request trees grew to over the answer's turns.
 """
 
 from __future__ import annotations
@@ -209,6 +213,13 @@ class SuffixTrie:
 class SuffixDecoding(Drafter):
     name = "suffix"
     options_class = SuffixOptions
+    stat_names = {
+        "drafted_steps": "steps with a non-empty draft",
+        "shared_steps": "steps drafted from the cross-request tree (earlier answers)",
+        "match_len": "matched suffix length of the drafts, summed (divide by drafted steps for the mean)",
+        "draft_score": "the drafts' estimated accepted tokens (sum of their probabilities), summed",
+        "request_tree_nodes": "nodes of the per-request trees (prompt and answer so far), summed over turns",
+    }
 
     def __init__(self, setup: MethodSetup):
         super().__init__(setup)
@@ -239,15 +250,23 @@ class SuffixDecoding(Drafter):
         self.local = SuffixTrie(self.depth)
         self.local.extend(prompt_ids)
         self.fed = len(prompt_ids)
+        self.count("request_tree_nodes", len(self.local.kids) - 1)  # the root is no substring
 
     def propose(self, ctx: DraftContext) -> DraftTree:
+        grown_from = len(self.local.kids)
         self.local.extend(ctx.tokens[self.fed :])  # the engine only appends: the new committed tokens
         self.fed = len(ctx.tokens)
+        self.count("request_tree_nodes", len(self.local.kids) - grown_from)
         context = ctx.tokens[-self.depth :]
         limit = min(self.max_spec, ctx.max_nodes)
         mine = self.local.speculate(context, self.opts, limit)
         shared = self.shared.speculate(context, self.opts, limit)
         self.last, self.last_source = (mine, "request") if mine.score >= shared.score else (shared, "shared")
+        if self.last.tokens:
+            self.count("drafted_steps")
+            self.count("shared_steps", int(self.last_source == "shared"))
+            self.count("match_len", self.last.match_len)
+            self.count("draft_score", self.last.score)
         return DraftTree(tuple(self.last.tokens), tuple(self.last.parents))
 
     def describe(self) -> dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..files import read_versioned_json
 from ..types import LoadedModel, SpecbenchError
 
 FORMAT_VERSION = 1
@@ -185,18 +185,10 @@ def check_target(folder: Path, manifest: dict, loaded: LoadedModel) -> None:
 
 
 def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST_FILE
-    if not path.is_file() or not (Path(folder) / WEIGHTS_FILE).is_file():
-        raise SpecbenchError(
-            f"{folder} is not a draft head (no {MANIFEST_FILE} and {WEIGHTS_FILE}); make one with `specbench train-head`"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SpecbenchError(f"{path} is not valid JSON ({e}); train the head again") from e
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise SpecbenchError(f"{path} is not a version-{FORMAT_VERSION} head manifest; train the head again")
-    return manifest
+    missing = f"{folder} is not a draft head (no {MANIFEST_FILE} and {WEIGHTS_FILE}); make one with `specbench train-head`"
+    if not (Path(folder) / WEIGHTS_FILE).is_file():
+        raise SpecbenchError(missing)
+    return read_versioned_json(Path(folder) / MANIFEST_FILE, FORMAT_VERSION, missing, "train the head again")
 
 
 def load_head(folder: Path, loaded: LoadedModel) -> tuple[EagleHead, dict]:

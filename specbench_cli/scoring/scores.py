@@ -5,9 +5,13 @@
     scores, problems = read_scores(paths)                                        # the report: files only
 
 `scores/<suite_label>/<method>.jsonl` mirrors the answer files: one line per scored answer with its
-question_id and answer_id (a score counts only for the answer it was made from), the sandbox's
+question_id, repeat and answer_id (a score counts only for the answer it was made from), the sandbox's
 status, its reason when it failed, and the isolation the sandbox achieved on this machine. A
 question is scored when its suite carries tests (HumanEval's `test` and `entry_point`).
+
+Repeats (`eval --repeats N`) of a deterministic run write the same program N times: it runs in the
+sandbox once, and the other repeats' lines reuse that result, saying so (`reused_from`: the answer_id
+it was run for). A sandbox that did not start is never reused.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 from pathlib import Path
 
 from ..quality import current, humaneval_program
-from ..results import RunPaths, append_answer, read_answers, run_folder_lock
+from ..results import RunPaths, answer_key, append_answer, read_answers, run_folder_lock
 from ..types import Question, SpecbenchError
 from .sandbox import Limits, describe_isolation, run_sandboxed
 
@@ -27,18 +31,35 @@ def scorable(question: Question) -> bool:
     return all(key in question.extra for key in ("prompt", "test", "entry_point"))
 
 
-def score_answer(question: Question, record: dict, limits: Limits = Limits()) -> dict:
-    """Run the answer's first turn against the task's tests in the sandbox; the line to store."""
-    result = run_sandboxed(humaneval_program(record["choices"][0]["turns"][0], question), limits)
-    return {
+def score_answer(
+    question: Question, record: dict, limits: Limits = Limits(), reuse: dict | None = None
+) -> dict:
+    """Run the answer's first turn against the task's tests in the sandbox; the line to store.
+
+    `reuse` (a dict the caller keeps for a run) maps each program already run to its line: the same
+    program again (another repeat's identical answer) takes that result instead of running again.
+    """
+    program = humaneval_program(record["choices"][0]["turns"][0], question)
+    own = {
         "question_id": record["question_id"],
+        "repeat": answer_key(record)[1],
         "answer_id": record.get("answer_id"),
+    }
+    earlier = reuse.get(program) if reuse is not None else None
+    if earlier is not None:
+        return {**earlier, **own, "reused_from": earlier.get("reused_from", earlier["answer_id"])}
+    result = run_sandboxed(program, limits)
+    line = {
+        **own,
         "metric": METRIC,
         "status": result.status,  # "error": the sandbox did not start; scored again next time
         "passed": result.passed,
         "detail": result.detail[-500:],
         "sandbox": describe_isolation(result.isolation),
     }
+    if reuse is not None and result.status != "error":
+        reuse[program] = line
+    return line
 
 
 def score_missing(paths: RunPaths, questions: dict[str, list[Question]], rescore: bool = False) -> list[dict]:
@@ -52,11 +73,12 @@ def score_missing(paths: RunPaths, questions: dict[str, list[Question]], rescore
         if not by_id:
             continue
         target = paths.scores_file(suite, method)
-        stored = {s["question_id"]: s for s in read_answers(target)} if target.exists() else {}
+        stored = {answer_key(s): s for s in read_answers(target)} if target.exists() else {}
+        reuse: dict[str, dict] = {}  # per file: one method's repeats of one suite
         for record in read_answers(answers):
             q = by_id.get(record["question_id"])
-            if q is not None and (rescore or not current(stored.get(q.question_id), record)):
-                made.append(score_answer(q, record))
+            if q is not None and (rescore or not current(stored.get(answer_key(record)), record)):
+                made.append(score_answer(q, record, reuse=reuse))
                 append_answer(target, made[-1])
     return made
 
@@ -100,7 +122,7 @@ def questions_from_config(paths: RunPaths) -> tuple[dict[str, list[Question]], l
 
 
 def read_scores(paths: RunPaths) -> tuple[dict[tuple[str, str], dict], list[str]]:
-    """Every stored score by (suite, method) and question_id, and one line per unreadable file."""
+    """Every stored score by (suite, method) and (question_id, repeat), and one line per unreadable file."""
     scores: dict[tuple[str, str], dict] = {}
     problems: list[str] = []
     if not paths.scores_dir.is_dir():
@@ -113,5 +135,5 @@ def read_scores(paths: RunPaths) -> tuple[dict[tuple[str, str], dict], list[str]
                 f"{path.relative_to(paths.root)} is not readable ({e}); its answers count as unscored"
             )
             continue
-        scores[(path.parent.name, path.stem)] = {r["question_id"]: r for r in records}
+        scores[(path.parent.name, path.stem)] = {answer_key(r): r for r in records}
     return scores, problems
