@@ -67,7 +67,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=10, help="questions per suite")
     p.add_argument("--suites", default="code-alpaca,mt-bench")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8, help="batch for answer generation and dense keys")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="prompts per generation batch; packed rows per dense-key forward",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -428,8 +428,19 @@ def build_index_command(
     ] = None,
     max_docs: Annotated[int | None, typer.Option(help="Use at most this many documents.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing datastore at --out.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Batch size for model passes (generate:, dense keys).")] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Prompts answered at once (generate:); packed rows of 1024 tokens per forward (dresd)."
+        ),
+    ] = 64,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length for generate: corpora.")] = 256,
+    temperature: Annotated[
+        float, typer.Option(help="generate: corpora: 0 = greedy; above 0 samples, seeded by --seed.")
+    ] = 0.0,
+    seed: Annotated[
+        int, typer.Option(help="Sampling seed of generate: corpora (part of its cache key).")
+    ] = 0,
     dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
@@ -445,7 +456,7 @@ def build_index_command(
 
         check_build_index_inputs(
             model, corpus, out, text_key=list(text_key or []), max_docs=max_docs, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+            max_new_tokens=max_new_tokens, device=device, dtype=dtype, temperature=temperature, seed=seed,
         )  # fmt: skip
         raw = parse_opts(opt or [])
         kind_options(datastore_class(method), raw)  # the kind's own options, before anything loads
@@ -458,6 +469,8 @@ def build_index_command(
             "force": force,
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "seed": seed,
             "opt": raw,
             "dtype": dt,
             "device": dev,

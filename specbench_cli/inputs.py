@@ -122,6 +122,8 @@ def check_build_index_inputs(
     max_new_tokens: int,
     device: str,
     dtype: str,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> None:
     """The `specbench build-index` values that need neither files nor models (the kind's --opt options
     and the folder rules: datastores/build.py)."""
@@ -134,6 +136,8 @@ def check_build_index_inputs(
     check_range("--max-docs", max_docs, 1)
     check_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
     check_range("--max-new-tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+    check_temperature(temperature)
+    check_range("--seed", seed, 0, SEED_MAX)
     check_device(device)
     check_dtype(dtype)
     check_out_folder(out)

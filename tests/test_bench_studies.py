@@ -108,3 +108,34 @@ def test_datastores_at_scale_on_a_small_folder(tmp_path):
         assert row["bytes_on_disk"] > 8 * row["tokens"]  # uint32 tokens + int32 suffix array + separators
     assert sam["lookups"]["walk_per_token"]["p50_ms"] > 0
     assert not (tmp_path / "work" / "rest-chunked").exists()  # stores are not kept by default
+
+
+@pytest.mark.parametrize("no_faiss", [False, True])
+def test_dense_at_scale_on_a_tiny_shape(tmp_path, no_faiss, monkeypatch):
+    """The dense-store study end to end, with faiss and as on the GPU machine without it."""
+    import dense_at_scale
+
+    from specbench_cli.datastores import dense_search
+
+    out = tmp_path / "dense.json"
+    argv = ["--out", str(out), "--device", "cpu", "--shape", "tiny", "--extract-tokens", "1500"]
+    argv += ["--rows-per-batch", "4", "--row-tokens", "200", "--sizes", "2000,12000", "--flat-max", "5000"]
+    argv += ["--queries", "10", "--recall-queries", "50", "--nprobe", "8", "--dim", "16"]
+    # --no-faiss replaces dense_search.faiss_module; monkeypatch puts the real one back afterwards.
+    monkeypatch.setattr(dense_search, "faiss_module", dense_search.faiss_module)
+    dense_at_scale.main(argv + (["--no-faiss"] if no_faiss else []))
+    data = json.loads(out.read_text())
+    ext = data["extraction"]
+    assert (
+        ext["tokens"] >= 1500
+        and ext["tokens_per_s"] > 0
+        and ext["pca"]["keys"] == ext["tokens"] - ext["documents"]
+    )
+    flat, ivf = data["search"]["sizes"]
+    assert (flat["keys"], flat["index"], flat["recall"]["at_10"]) == (2000, "Flat", 1.0)
+    assert ivf["index"] == f"IVF{int(5 * 12000**0.5)},Flat" and ivf["recall"]["queries"] == 50
+    assert 0 < ivf["recall"]["at_10"] <= 1 and ivf["synthetic_keys"] is True
+    assert ivf["backend"] == ("torch" if no_faiss else "faiss-cpu")
+    for row in (flat["search"], ivf["search"], ivf["exact_search"]):
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert data["peak_rss_mb"] > 0

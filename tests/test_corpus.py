@@ -186,6 +186,58 @@ def test_generate_corpus_writes_answers_once_and_reuses_them(tiny, tmp_path, mon
     def no_generation(*args, **kwargs):
         raise AssertionError("answers should have been reused")
 
-    monkeypatch.setattr(generate_mod, "generate_batch", no_generation)
+    monkeypatch.setattr(generate_mod, "answer_batch", no_generation)
     again = iter_corpus(f"generate:{prompts}", opts, loaded=tiny, console=QUIET)
     assert list(again.texts()) == list(first.texts()) and again.sha256 == first.sha256
+
+
+def test_generation_cache_key_changes_with_every_setting(tiny):
+    """Any setting that changes an answer gives another answers file (never a stale one reused)."""
+    from dataclasses import fields, replace
+
+    from specbench_cli.datastores.generate import GenerationSettings, generation_key
+
+    base = GenerationSettings()
+    key = generation_key(tiny, "p" * 64, 3, base)
+    assert generation_key(tiny, "p" * 64, 3, GenerationSettings()) == key
+    changed = {"max_new_tokens": 7, "temperature": 0.7, "seed": 1, "batch_size": 3}
+    assert set(changed) == {f.name for f in fields(GenerationSettings)}
+    for name, value in changed.items():
+        assert generation_key(tiny, "p" * 64, 3, replace(base, **{name: value})) != key, name
+    assert generation_key(tiny, "q" * 64, 3, base) != key
+    assert generation_key(tiny, "p" * 64, 4, base) != key
+    for name, value in {"dtype": "bfloat16", "device": "cuda", "name": "other", "sha256": "0" * 64}.items():
+        assert generation_key(replace(tiny, **{name: value}), "p" * 64, 3, base) != key, name
+
+
+def test_generate_corpus_samples_with_a_seed(tiny, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": i, "instruction": f"Write {i}"}) for i in range(3)))
+
+    def answers(**kw):
+        source = iter_corpus(
+            f"generate:{prompts}", options(generated_dir=str(tmp_path / "gen"), **kw), tiny, QUIET
+        )
+        return source.answers_file, list(source.texts())
+
+    greedy_file, greedy = answers()
+    sampled_file, sampled = answers(temperature=1.0, seed=1)
+    again_file, again = answers(temperature=1.0, seed=1)
+    other_file, other = answers(temperature=1.0, seed=2)
+    assert len({greedy_file, sampled_file, other_file}) == 3 and again_file == sampled_file
+    assert again == sampled and sampled != greedy and sampled != other
+
+
+def test_generate_corpus_answers_are_the_same_in_batches_as_one_at_a_time(tiny, tmp_path):
+    """The product path (sorting by length, left padding, EOS cut) gives each prompt its solo answer."""
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["Hi", "Write a long function that sorts a list of numbers", "Add 2 and 3", "Explain x"]
+    prompts.write_text("\n".join(json.dumps({"id": i, "instruction": t}) for i, t in enumerate(texts)))
+
+    def answers(batch_size):
+        opts = options(
+            generated_dir=str(tmp_path / f"gen{batch_size}"), batch_size=batch_size, max_new_tokens=12
+        )
+        return {r["id"]: r["answer"] for r in iter_corpus(f"generate:{prompts}", opts, tiny, QUIET).records}
+
+    assert answers(4) == answers(1)

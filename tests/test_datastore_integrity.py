@@ -285,3 +285,21 @@ def test_dresd_options_reach_the_store(tmp_path, tiny):
     assert manifest["build"]["params"]["dim"] == 8
     assert manifest["tokenizer"]["fingerprint"] == tokenizer_fingerprint(tiny.tokenizer)
     assert set(manifest["files"]) == {"keys.npy", "values.npy", "transform.safetensors", "index.faiss"}
+
+
+@pytest.mark.parametrize(
+    "name, corrupt, needle",
+    [
+        ("ivf_ids.npy", lambda a: np.concatenate([a[:1], a[:-1]]), "every key exactly once"),
+        ("ivf_ids.npy", lambda a: a + 10**6, "every key exactly once"),
+        ("ivf_offsets.npy", lambda a: a[::-1].copy(), "does not split"),
+    ],
+)
+def test_dresd_ivf_lists_that_would_miss_or_overrun_keys_are_refused(name, corrupt, needle, tmp_path, tiny):
+    """The IVF lists torch searches are checked like any array: a bad one is refused on open."""
+    docs = _docs(tiny.vocab_size, n=8, length=60)
+    path = build_from_token_docs("dresd", docs, tmp_path / "d", loaded=tiny, dim=8, flat_max=10)
+    DresdDatastore(path, tiny, backend="torch")  # sound as built
+    np.save(path / name, corrupt(np.load(path / name)))
+    _reseal(path)
+    _one_line_refusal(lambda: DresdDatastore(path, tiny, backend="torch"), name, needle)

@@ -183,7 +183,7 @@ class BuildInput:
     docs: Iterable[np.ndarray]  # token documents (1-D integer arrays)
     options: Any  # the kind's options_class instance
     loaded: LoadedModel | None = None  # the target, when the kind needs_model
-    batch_size: int = 8  # model passes (dresd keys)
+    batch_size: int = 64  # packed rows of max_length tokens per forward (dresd keys)
     console: Any = None  # rich Console for progress, or None
 
 

@@ -129,7 +129,7 @@ def build_index(
     """`build-index`: build a `kind` datastore from `corpus_spec` with `model_spec`'s tokenizer (or model).
 
     `options` are build-index's general settings (text_key, glob, max_docs, force, batch_size,
-    max_new_tokens, dtype, device, answers_file) and "opt", the kind's own KEY=VALUE options.
+    max_new_tokens, temperature, seed, dtype, device, answers_file) and "opt", the kind's own KEY=VALUE options.
     """
     from rich.console import Console
 
@@ -157,7 +157,7 @@ def build_index(
         corpus=source.to_manifest() | {"documents_formed_from": formed},
         params=asdict(opts) | {"max_docs": settings.get("max_docs")},
     )
-    build = BuildInput(docs, opts, loaded, int(settings.get("batch_size") or 8), console)
+    build = BuildInput(docs, opts, loaded, int(settings.get("batch_size") or 64), console)
     full = publish(store_class, build, out_dir, manifest, force=bool(settings.get("force")))
     console.print(f"{out_dir}: {store_class.summary(full)}", highlight=False)
     return full

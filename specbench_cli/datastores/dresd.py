@@ -3,7 +3,8 @@
     specbench build-index --method dresd --model M --corpus SPEC --out DIR
 
 Recipe (DReSD's official code, huawei-noah/HEBO: embed_data.py, pca.py, index.py): run the target
-over every corpus document with teacher forcing, truncated to 1024 tokens; for each position i but the
+over every corpus document with teacher forcing, truncated to 1024 tokens (documents packed whole
+into rows of that width, each attending only to itself: key_extraction.py); for each position i but the
 last, the key is the hidden state at i (final layer by default) and the value is the next 20 tokens,
 padded with -1 past the document's end so a continuation never runs into the next document. Keys are
 z-scored per dimension, projected with PCA to 64 dimensions and L2-normalised (inner product = cosine).
@@ -13,22 +14,26 @@ Layout of a datastore folder:
     keys.npy            float16 (N, dim): the normalised, projected keys (DReSD stores fp16 too)
     values.npy          int32 (N, 20): next tokens of each key, -1 = past the document end
     transform.safetensors   mean (H,), std (H,), components (dim, H): the fitted scaling and PCA
-    index.faiss         FAISS index over keys.npy (ids = rows), METRIC_INNER_PRODUCT
+    index.faiss         FAISS index over keys.npy (ids = rows), METRIC_INNER_PRODUCT (builds with faiss)
+    ivf_centroids.npy, ivf_ids.npy, ivf_offsets.npy   an IVF index's lists, readable by torch
+    recall_queries.npy  float32 held-out keys the IVF recall was measured on (IVF stores only)
     manifest.json       see manifest.py, plus model (with its weights fingerprint), layer, dim, index,
                         vectors, recall, self-retrieval
 
-The scaling + PCA is pca.py, the FAISS side faiss_index.py. A store is tied to the model whose hidden
-states it holds: another tokenizer, hidden size or weights fingerprint is refused on open.
+The index is exact (Flat) up to `flat_max` keys (1M), IVF above, its recall@10 against exact search
+measured at build time on held-out keys. The scaling + PCA is pca.py (fitted on the device of the
+forward), the index dense_search.py (faiss where installed, torch otherwise: torch_index.py). A store
+is tied to the model whose hidden states it holds: another tokenizer, hidden size or weights
+fingerprint is refused on open.
 
 Search at eval time (DresdDatastore.search) goes through faiss-gpu when it is installed and the target is
-on a GPU, else an exact inner product in torch on that GPU, else faiss-cpu; `backend` says which.
+on a GPU, else torch (exact or IVF) on that GPU; on the CPU faiss-cpu, else torch; `backend` says
+which. `mmap=True` memory-maps the store instead of reading it into RAM.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,23 +41,24 @@ from typing import Any
 import numpy as np
 
 from ..options import option
-from ..progress import progress_bar
 from ..types import LoadedModel, SpecbenchError
 from .base import BuildInput, Datastore
-from .faiss_index import auto_index_string, index_quality, make_index, ordered, set_search_params
+from .dense_search import BACKENDS, DenseSearch, build_search, check_factory, is_exact
+from .faiss_index import auto_index_string
+from .key_extraction import check_layer, hidden_batches
 from .pca import KeyTransform, MomentAccumulator
+from .torch_index import ivf_problem
 
 KEYS_FILE = "keys.npy"
 VALUES_FILE = "values.npy"
 TRANSFORM_FILE = "transform.safetensors"
-INDEX_FILE = "index.faiss"
 
 VALUE_LEN = 20  # DReSD's --n_len: tokens stored per key (drafts use 1 + 10 of them)
 PAD = -1  # value slots past the end of a document
 MAX_LENGTH = 1024  # DReSD truncates every document to this many tokens
 PCA_SAMPLE = 1_000_000  # keys the scaling and PCA are fitted on (DReSD: ~1M)
 RECALL_QUERIES = 1000  # held-out keys used to measure the ANN index's recall
-BACKENDS = ("auto", "faiss-gpu", "torch", "faiss-cpu")
+FLAT_MAX = 1_000_000  # auto index: exact below, IVF above (exact search costs O(N) per step)
 
 
 @dataclass
@@ -63,8 +69,11 @@ class DresdOptions:
     dim: int = option(64, "PCA dimensions of a key", "DReSD pca.py", minimum=1)
     index: str = option(
         "auto",
-        "FAISS factory string, or auto: Flat up to 500k keys, else IVF(5*sqrt N),PQ,RFlat",
+        "FAISS factory string, or auto: Flat up to flat_max keys, else IVF(5*sqrt N),Flat",
         "DReSD index.py",
+    )
+    flat_max: int = option(
+        FLAT_MAX, "auto index: exact search up to this many keys, IVF above", "ours", minimum=1
     )
     nprobe: int = option(
         250, "IVF cells searched (recorded as the store's default)", "DReSD index.py", minimum=1
@@ -86,7 +95,13 @@ class DresdDatastore(Datastore):
     needs_model = True
 
     def __init__(
-        self, path: Path, target: LoadedModel, backend: str = "auto", nprobe: int | None = None, k: int = 50
+        self,
+        path: Path,
+        target: LoadedModel,
+        backend: str = "auto",
+        nprobe: int | None = None,
+        k: int = 50,
+        mmap: bool = False,
     ):
         if backend not in BACKENDS:
             raise SpecbenchError(f"unknown dresd backend '{backend}'; choose from: {', '.join(BACKENDS)}")
@@ -95,7 +110,8 @@ class DresdDatastore(Datastore):
         self.k = k
         self.device = target.model.get_output_embeddings().weight.device
         self.query_transform = self.transform.to_torch(self.device)
-        self.backend = self._open_backend(backend, nprobe)
+        self.index = DenseSearch(self.path, self.keys, self.manifest, backend, nprobe, k, self.device, mmap)
+        self.backend, self.search_params = self.index.backend, self.index.params
 
     def load(self) -> None:
         self.values = np.load(self.path / VALUES_FILE, mmap_mode="r")
@@ -115,6 +131,9 @@ class DresdDatastore(Datastore):
             raise self.refuse(f"{TRANSFORM_FILE} does not fit hidden size {hidden}")
         if not all(np.isfinite(a).all() for a in (t.mean, t.std, t.components)) or (t.std <= 0).any():
             raise self.refuse(f"{TRANSFORM_FILE} holds non-finite values or a zero scale")
+        problem = ivf_problem(self.path, len(self.keys), self.keys.shape[1])
+        if problem:
+            raise self.refuse(problem)
         for start in range(0, len(self.keys), 1 << 20):
             if not np.isfinite(np.asarray(self.keys[start : start + (1 << 20)])).all():
                 raise self.refuse(f"{KEYS_FILE} holds non-finite values")
@@ -125,6 +144,7 @@ class DresdDatastore(Datastore):
     @classmethod
     def check_target(cls, loaded: LoadedModel, options: DresdOptions) -> None:
         check_layer(loaded, options.layer)
+        check_factory(options.index)
         hidden = loaded.model.config.get_text_config().hidden_size
         if options.dim > hidden:
             raise SpecbenchError(
@@ -148,55 +168,12 @@ class DresdDatastore(Datastore):
             f"{m['build']['bytes_on_disk'] / 2**20:,.1f} MiB, {m['build']['seconds']:.1f} s"
         )
 
-    def _open_backend(self, backend: str, nprobe: int | None) -> str:
-        import faiss
-        import torch
-
-        self.requested_backend = backend
-        on_gpu = self.device.type == "cuda"
-        has_faiss_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-        if backend == "auto":
-            backend = ("faiss-gpu" if has_faiss_gpu else "torch") if on_gpu else "faiss-cpu"
-        if backend != "torch":
-            index = faiss.read_index(str(self.path / INDEX_FILE))
-            if index.ntotal != len(self) or index.d != self.keys.shape[1]:
-                raise self.refuse(
-                    f"{INDEX_FILE} holds {index.ntotal:,} vectors of dim {index.d}, not {len(self):,}"
-                )
-            self.search_params = set_search_params(index, nprobe or self.manifest.get("nprobe"), self.k)
-            if backend == "faiss-cpu":
-                self.index = index
-                return backend
-            if not has_faiss_gpu:
-                raise SpecbenchError(
-                    "dresd backend 'faiss-gpu' needs faiss-gpu and a GPU; choose from: torch, faiss-cpu"
-                )
-            try:
-                self._gpu_res = faiss.StandardGpuResources()
-                self.index = faiss.index_cpu_to_gpu(self._gpu_res, self.device.index or 0, index)
-                return backend
-            except RuntimeError as e:  # an index type FAISS cannot move to the GPU (e.g. "fs" PQ)
-                if self.requested_backend == "faiss-gpu":
-                    raise SpecbenchError(
-                        f"index {self.manifest.get('index')} cannot run on faiss-gpu ({e})"
-                    ) from None
-        # Exact search in torch: every key on the model's device, one matrix-vector product per query.
-        self.gpu_keys = torch.from_numpy(np.asarray(self.keys, dtype=np.float32)).to(self.device)
-        self.search_params = {"exact": True}
-        return "torch"
-
     def search(self, hidden: Any, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids of the k keys nearest to one hidden state (a torch tensor, shape (H,) or (1, H))."""
         import torch
 
-        k = min(k or self.k, len(self))
         with torch.inference_mode():
-            q = self.query_transform(hidden.reshape(1, -1))
-            if self.backend == "torch":
-                scores, ids = torch.topk(self.gpu_keys @ q[0], k)
-                return ordered(scores.cpu().numpy(), ids.cpu().numpy())
-            scores, ids = self.index.search(q.cpu().numpy().astype(np.float32), k)
-        return ordered(scores[0], ids[0])
+            return self.index.search(self.query_transform(hidden.reshape(1, -1)), min(k or self.k, len(self)))
 
 
 def check_model(manifest: dict, target: LoadedModel, path: Path) -> None:
@@ -258,75 +235,12 @@ class KeyWriter:
         self.held_rows += int(aside.sum())
 
 
-def batch_order(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Documents in a seeded random order (the first keys are a fair PCA sample), then sorted by length
-    inside windows of 32 batches so each batch pads little."""
-    order = np.random.default_rng(seed).permutation(len(lengths)).tolist()
-    window = 32 * batch_size
-    batches: list[list[int]] = []
-    for w in range(0, len(order), window):
-        part = sorted(order[w : w + window], key=lambda d: lengths[d])
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    return batches
-
-
-def check_layer(loaded: LoadedModel, layer: int) -> None:
-    """hidden_states holds the embeddings (0) and every layer's output (1..L); -1 is the final one."""
-    n_layers = loaded.model.config.get_text_config().num_hidden_layers
-    if not -(n_layers + 1) <= layer <= n_layers:
-        raise SpecbenchError(
-            f"dresd option layer={layer} is out of range for {loaded.name}; choose from -1 (final) or 0..{n_layers}"
-        )
-
-
-def hidden_batches(
-    loaded: LoadedModel, docs: list[np.ndarray], opts: DresdOptions, batch_size: int, console
-) -> Iterator[tuple[list[int], list[Any]]]:
-    """Teacher-forced forwards: yields (doc ids, [hidden states (len - 1, H) of the chosen layer]) per batch,
-    with a progress bar in tokens/s."""
-    import torch
-
-    model = loaded.model
-    device = next(model.parameters()).device
-    check_layer(loaded, opts.layer)
-    # Only the hidden states are wanted: skip the (tokens x vocabulary) logits where the model allows.
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    batches = batch_order([len(d) for d in docs], batch_size, opts.seed)
-    total = sum(len(d) for d in docs)
-    progress = progress_bar("dresd keys", "tokens  {task.fields[rate]}", console)
-    with progress, torch.inference_mode():
-        task = progress.add_task("keys", total=total, rate="")
-        t0, done = time.perf_counter(), 0
-        for batch in batches:
-            width = max(len(docs[d]) for d in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, d in enumerate(batch):
-                ids[row, : len(docs[d])] = torch.from_numpy(docs[d].astype(np.int64))
-                mask[row, : len(docs[d])] = 1
-            # Right padding: a causal model's real positions never see the pads after them.
-            out = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                output_hidden_states=True,
-                use_cache=False,
-                **kwargs,
-            )
-            states = out.hidden_states[opts.layer]
-            yield batch, [states[row, : len(docs[d]) - 1] for row, d in enumerate(batch)]
-            done += int(mask.sum())
-            progress.update(
-                task, completed=done, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s"
-            )
-
-
 def write_store(build: BuildInput, folder: Path) -> dict:
     """Run the model over the token documents and write keys, values, transform and index into `folder`.
 
     The keys of the first `pca_sample` positions are kept raw (float32, on disk) until the scaling and
     PCA are fitted on them; later keys are projected as they come, so memory stays bounded by the batch.
     """
-    import faiss
     import torch
     from rich.console import Console
 
@@ -344,8 +258,8 @@ def write_store(build: BuildInput, folder: Path) -> dict:
     if n_keys < 2:
         raise SpecbenchError("the corpus gave fewer than 2 positions with a next token: nothing to index")
     hidden_size = loaded.model.config.get_text_config().hidden_size
-    factory = auto_index_string(n_keys, opts.dim) if opts.index == "auto" else opts.index
-    exact = factory.strip() in ("Flat", "IDMap,Flat")
+    factory = auto_index_string(n_keys, opts.flat_max) if opts.index == "auto" else opts.index
+    exact = is_exact(factory)
 
     # Held-out positions measure the ANN index's recall on queries it has not stored; an exact index
     # has recall 1 by construction and keeps every position.
@@ -374,7 +288,10 @@ def write_store(build: BuildInput, folder: Path) -> dict:
     row = n_sampled = n_values = 0  # next global position, keys in the PCA sample, value rows written
 
     t_forward = time.perf_counter()
-    for batch, states in hidden_batches(loaded, docs, opts, build.batch_size, console):
+    # Rows as wide as DReSD's documents may be (short documents share a row), or the whole corpus if shorter.
+    row_tokens = max(max(len(d) for d in docs), min(opts.max_length, sum(len(d) for d in docs)))
+    batches = hidden_batches(loaded, docs, opts.layer, build.batch_size, opts.seed, console, row_tokens)
+    for batch, states in batches:
         for d, h in zip(batch, states, strict=True):
             rows = np.arange(row, row + len(h))
             row += len(h)
@@ -404,13 +321,8 @@ def write_store(build: BuildInput, folder: Path) -> dict:
     (folder / "sample.npy").unlink()
     transform.save(folder / TRANSFORM_FILE)
 
-    t_index = time.perf_counter()
     keys_r = np.load(folder / KEYS_FILE, mmap_mode="r")
-    index = make_index(factory, keys_r, opts.seed, console=console)
-    search_params = set_search_params(index, opts.nprobe, 50)
-    faiss.write_index(index, str(folder / INDEX_FILE))
-    t_index = time.perf_counter() - t_index
-    quality = index_quality(index, keys_r, writer.held, exact, opts.seed)
+    index = build_search(folder, keys_r, factory, writer.held, opts.nprobe, opts.seed, device, console)
     n_tokens = int(sum(len(d) for d in docs))
     return {
         "tokens": n_tokens,
@@ -427,17 +339,16 @@ def write_store(build: BuildInput, folder: Path) -> dict:
         },
         "layer": opts.layer,
         "dim": opts.dim,
-        "index": factory,
-        "nprobe": search_params.get("nprobe"),
+        **{k: v for k, v in index.items() if k != "index_seconds"},
         "value_len": VALUE_LEN,
         "pad": PAD,
         "explained_variance": round(transform.explained_variance, 4),
         "pca_fitted_on": n_sampled,
-        **quality,
         "build": {
-            "batch_size": build.batch_size,
             "forward_seconds": round(t_forward, 3),
-            "index_seconds": round(t_index, 3),
+            "index_seconds": index["index_seconds"],
+            "rows_per_batch": build.batch_size,
+            "row_tokens": row_tokens,
             "tokens_per_s": round(n_tokens / max(t_forward, 1e-9), 1),
             "truncated_documents": truncated,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

@@ -4,26 +4,23 @@ settings, exact search, and the recall of the built index against brute force.""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..types import SpecbenchError
 
-AUTO_FLAT_MAX = 500_000  # "auto" index: exact search up to this many keys, IVF + PQ + refine above
 REORDER = 250  # candidates re-ranked exactly by the refine step (DReSD's ScaNN reorder 250)
 SELF_QUERIES = 1000  # stored keys used for the self-retrieval figure
 
 
-def auto_index_string(n: int, dim: int) -> str:
-    """Exact search for small stores; DReSD's shape for large ones: ~5*sqrt(N) IVF lists, PQ, exact refine."""
-    if n <= AUTO_FLAT_MAX:
+def auto_index_string(n: int, flat_max: int) -> str:
+    """Exact search up to `flat_max` keys; above, an IVF of ~5*sqrt(N) lists (DReSD's ScaNN shape) whose
+    probed lists are scored exactly (IVF,Flat: torch searches the very same lists, see torch_index.py)."""
+    if n <= flat_max:
         return "Flat"
-    nlist = int(5 * math.sqrt(n))
-    # 4 dims per 8-bit PQ sub-quantiser: FAISS trains 2-dim sub-quantisers ~20x slower, and the refine
-    # step re-ranks exactly anyway.
-    m = dim // 4 if dim % 4 == 0 else dim // 2 if dim % 2 == 0 else dim
-    return f"IVF{nlist},PQ{m},RFlat"
+    return f"IVF{int(5 * math.sqrt(n))},Flat"
 
 
 def make_index(factory: str, keys: np.ndarray, seed: int = 0, chunk: int = 1 << 18, console=None):
@@ -91,26 +88,32 @@ def ordered(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return scores[order], ids[order]
 
 
-def exact_search(keys: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 16) -> np.ndarray:
-    """Brute-force top-k ids by inner product, a chunk of keys at a time (never the whole score matrix)."""
-    import faiss
+def exact_search(
+    keys: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1 << 18, device: Any = "cpu"
+) -> np.ndarray:
+    """Brute-force top-k ids by inner product, a chunk of keys at a time (torch, no faiss): streamed
+    from the array on the CPU, or with the keys copied to `device` once (a GPU)."""
+    import torch
 
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    best_s = np.empty((len(q), 0), dtype=np.float32)
-    best_i = np.empty((len(q), 0), dtype=np.int64)
-    for start in range(0, len(keys), chunk):
-        block = np.ascontiguousarray(keys[start : start + chunk], dtype=np.float32)
-        s, i = faiss.knn(q, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
-        scores = np.concatenate([best_s, s], axis=1)
-        ids = np.concatenate([best_i, i + start], axis=1)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
-    return best_i
+    from .torch_index import TorchIndex
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    on_cpu = torch.device(device).type == "cpu"
+    return TorchIndex(keys, device, mmap=on_cpu, chunk=chunk).search(q, k)[1].cpu().numpy()
 
 
-def index_quality(index, keys: np.ndarray, held_keys: np.ndarray, exact: bool, seed: int) -> dict:
-    """recall@k of the index against brute force on held-out keys, and the self-retrieval rate."""
-    out: dict[str, Any] = {"quality_backend": "faiss-cpu"}
+def index_quality(
+    search: Callable,
+    keys: np.ndarray,
+    held_keys: np.ndarray,
+    exact: bool,
+    seed: int,
+    backend: str,
+    device: Any = "cpu",
+) -> dict:
+    """recall@k of the index (`search(queries, k) -> (scores, ids)`, numpy) against brute force on
+    held-out keys, and the self-retrieval rate."""
+    out: dict[str, Any] = {"quality_backend": backend}
     if exact or len(held_keys) == 0:
         out["recall"] = {
             "at_10": 1.0,
@@ -121,8 +124,8 @@ def index_quality(index, keys: np.ndarray, held_keys: np.ndarray, exact: bool, s
     else:
         k = min(50, len(keys))
         q = np.ascontiguousarray(held_keys, dtype=np.float32)
-        got_scores, _ = index.search(q, k)
-        truth = exact_search(keys, q, k)
+        got_scores, _ = search(q, k)
+        truth = exact_search(keys, q, k, device=device)
         truth_scores = np.einsum(
             "qd,qkd->qk", q, np.asarray(keys[truth.ravel()], dtype=np.float32).reshape(*truth.shape, -1)
         )
@@ -142,7 +145,7 @@ def index_quality(index, keys: np.ndarray, held_keys: np.ndarray, exact: bool, s
     )
     q = np.asarray(keys[rows], dtype=np.float32)
     # Searched with the drafter's k (50): the refine step re-ranks k * k_factor candidates.
-    top_scores, top = index.search(q, min(50, len(keys)))
+    top_scores, top = search(q, min(50, len(keys)))
     top = top[:, 0]
     self_scores = np.einsum("qd,qd->q", q, q)
     out["self_retrieval"] = round(float(((top == rows) | (top_scores[:, 0] >= self_scores - 1e-6)).mean()), 4)

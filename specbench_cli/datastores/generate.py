@@ -1,9 +1,12 @@
-"""`--corpus generate:SUITE_OR_FILE`: the target model's own greedy answers as a corpus.
+"""`--corpus generate:SUITE_OR_FILE`: the target model's own answers (greedy by default) as a corpus.
 
 The prompts come from a suite (its questions, every turn) or a JSON/JSONL file (--text-key picks the
-prompt field). Answers are generated in batches, turn by turn, and appended to a JSONL file keyed by
-everything that changes them (model, weights, dtype, tokenizer, prompts, length), so an interrupted
-build resumes and the next build with the same key reuses the file instead of generating again.
+prompt field). Answers are generated in batches of `--batch-size` prompts (64; generation.py:
+left-padded, each row with its own positions, equal to one-at-a-time decoding), turn by turn, and
+appended to a JSONL file keyed by everything that changes them (model, weights, dtype, device,
+tokenizer, prompts, and every GenerationSettings field: length, temperature, seed, batch size), so an
+interrupted build resumes and the next build with the same key reuses the file instead of generating
+again. `--temperature T --seed S` samples instead of greedy. A progress bar shows generated tokens/s.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..files import sha256_file
 from ..types import SpecbenchError
 from .corpus import DEFAULT_PROMPT_KEYS, CorpusSource, pick_keys, read_records, record_text
+
+DEFAULT_BATCH = 64  # prompts answered at once (build-index --batch-size)
 
 
 def _slug(text: str) -> str:
@@ -49,7 +55,25 @@ def load_prompts(
     )
 
 
-def generation_key(loaded, prompts_sha: str, n_prompts: int, max_new_tokens: int) -> str:
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything besides the model and the prompts that changes a generated answer (all in the cache key)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 0  # sampling seed (a batch's generator is seeded from it and the batch's prompts)
+    batch_size: int = DEFAULT_BATCH  # padding and batch shapes change low-precision rounding
+
+    @property
+    def decoding(self) -> str:
+        return (
+            "greedy"
+            if self.temperature <= 0
+            else f"sampled at temperature {self.temperature:g}, seed {self.seed}"
+        )
+
+
+def generation_key(loaded, prompts_sha: str, n_prompts: int, settings: GenerationSettings) -> str:
     """What makes two generate: runs give the same answers (the cache key of the JSONL)."""
     from ..models import tokenizer_fingerprint
 
@@ -57,11 +81,11 @@ def generation_key(loaded, prompts_sha: str, n_prompts: int, max_new_tokens: int
         "model": loaded.name,
         "weights": loaded.sha256,
         "dtype": loaded.dtype,
+        "device": str(loaded.device),
         "tokenizer": tokenizer_fingerprint(loaded.tokenizer),
         "prompts": prompts_sha,
         "n_prompts": n_prompts,
-        "max_new_tokens": max_new_tokens,
-        "decoding": "greedy",
+        "settings": asdict(settings),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -72,21 +96,25 @@ def generated_corpus(spec: str, target: str, options: dict, loaded, console) -> 
     )
     if not prompts:
         raise SpecbenchError(f"generate:{target} gave no prompts")
-    max_new = int(options.get("max_new_tokens") or 256)
-    key = generation_key(loaded, prompts_sha, len(prompts), max_new)
+    settings = GenerationSettings(
+        max_new_tokens=int(options.get("max_new_tokens") or 256),
+        temperature=float(options.get("temperature") or 0.0),
+        seed=int(options.get("seed") or 0),
+        batch_size=int(options.get("batch_size") or DEFAULT_BATCH),
+    )
+    key = generation_key(loaded, prompts_sha, len(prompts), settings)
     if options.get("answers_file"):
         answers_file = Path(options["answers_file"])
     else:
         folder = Path(options.get("generated_dir") or "generated")
         answers_file = folder / f"{_slug(suite)}.{_slug(Path(loaded.name).name)}.{key[:12]}.jsonl"
-    records = generate_answers(
-        loaded, prompts, answers_file, key, int(options.get("batch_size") or 8), max_new, console
-    )
+    records = generate_answers(loaded, prompts, answers_file, key, settings, console)
     sha = sha256_file(answers_file)
     return CorpusSource(
         spec=spec,
         kind="generate",
-        description=f"{loaded.name}'s greedy answers (<= {max_new} tokens) to {len(prompts)} prompts of {suite}",
+        description=f"{loaded.name}'s answers ({settings.decoding}, <= {settings.max_new_tokens} tokens) "
+        f"to {len(prompts)} prompts of {suite}",
         sha256=sha,
         files=[{"name": str(answers_file), "sha256": sha}, {"name": source, "sha256": prompts_sha}],
         documents=len(records),
@@ -103,11 +131,11 @@ def generate_answers(
     prompts: list[tuple[str, list[str]]],
     path: Path,
     key: str,
-    batch_size: int,
-    max_new_tokens: int,
+    settings: GenerationSettings,
     console,
 ) -> list[dict]:
-    """Answer every turn of every prompt greedily, appending each batch to `path` as it finishes.
+    """Answer every turn of every prompt (greedy unless settings.temperature > 0), appending each
+    batch to `path` as it finishes.
 
     A file left by an earlier run with the same key is reused: answers already there are not
     generated again, so an interrupted run resumes. Multi-turn prompts are answered turn by turn (turn
@@ -135,9 +163,11 @@ def generate_answers(
                     answers = [done[(pid, t)]["answer"] for t in range(turn)]
                     jobs.append((pid, turns, build_prompt_ids(loaded.tokenizer, turns[: turn + 1], answers)))
             jobs.sort(key=lambda j: len(j[2]))  # similar lengths share a batch: less padding
-            for i in range(0, len(jobs), batch_size):
-                batch = jobs[i : i + batch_size]
-                outputs = generate_batch(loaded, [j[2] for j in batch], max_new_tokens)
+            for i in range(0, len(jobs), settings.batch_size):
+                batch = jobs[i : i + settings.batch_size]
+                outputs = answer_batch(
+                    loaded, [j[2] for j in batch], settings, batch_seed(settings, batch, turn)
+                )
                 for (pid, turns, _), ids in zip(batch, outputs, strict=True):
                     rec = {
                         "id": pid,
@@ -156,31 +186,29 @@ def generate_answers(
     return [done[(pid, t)] | {"turns": turns[: t + 1]} for pid, turns in prompts for t in range(len(turns))]
 
 
-def generate_batch(loaded, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy answers to a batch of prompt ids (left-padded), each cut at its first end-of-sequence id."""
-    import torch
+def batch_seed(settings: GenerationSettings, batch: list, turn: int) -> int:
+    """A sampling seed of the settings' seed and the batch's prompts: a resumed run that forms the same
+    batches draws the same answers."""
+    ids = json.dumps([settings.seed, turn, [j[0] for j in batch]]).encode()
+    return int(hashlib.sha256(ids).hexdigest()[:15], 16)
 
-    model, tok = loaded.model, loaded.tokenizer
+
+def answer_batch(
+    loaded, prompts: list[list[int]], settings: GenerationSettings, seed: int
+) -> list[list[int]]:
+    """Answers to a batch of prompt ids (generation.py: left-padded, own positions per row), each cut
+    before its first end-of-sequence id."""
+    from ..generation import generate_batch
+
     eos = set(loaded.eos_ids)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (loaded.eos_ids or [0])[0]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=sorted(eos) or None,
-        )
-    answers = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-        answers.append(row[:cut])
-    return answers
+    pad = loaded.tokenizer.pad_token_id
+    rows = generate_batch(
+        loaded.model,
+        prompts,
+        settings.max_new_tokens,
+        eos_ids=sorted(eos),
+        pad_id=pad,
+        temperature=settings.temperature,
+        seed=seed,
+    )
+    return [r.tokens[:-1] if r.tokens and r.tokens[-1] in eos else r.tokens for r in rows]

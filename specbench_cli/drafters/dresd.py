@@ -43,6 +43,12 @@ class DresdOptions:
     nprobe: int | None = option(
         None, "IVF cells searched (none: the datastore's)", "build-index --nprobe", minimum=1
     )
+    load: str = option(
+        "ram",
+        "ram: read the index into memory; mmap: memory-map the store files",
+        "ours",
+        choices=("ram", "mmap"),
+    )
 
 
 def candidate_paths(
@@ -95,7 +101,12 @@ class DReSD(Drafter):
             o.distinct,
         )
         self.store = DresdDatastore(
-            self.datastore_path(), setup.target, backend=o.backend, nprobe=o.nprobe, k=self.neighbours
+            self.datastore_path(),
+            setup.target,
+            backend=o.backend,
+            nprobe=o.nprobe,
+            k=self.neighbours,
+            mmap=o.load == "mmap",
         )
         layer = self.store.manifest.get("layer", -1)
         n_layers = setup.target.model.config.get_text_config().num_hidden_layers

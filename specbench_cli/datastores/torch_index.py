@@ -1,0 +1,222 @@
+"""Inner-product search over a dense store in torch, on CUDA or the CPU: exact, or IVF over stored lists.
+
+This is the dense store's search where faiss (or faiss-gpu) is not installed, e.g. on the GPU machine,
+and its IVF build there. The IVF layout is three arrays any backend can read:
+
+    ivf_centroids.npy   float32 (nlist, dim)   unit centroids (spherical k-means: inner product)
+    ivf_ids.npy         int64 (N,)             key rows grouped by list, list by list
+    ivf_offsets.npy     int64 (nlist + 1,)     list l holds ivf_ids[offsets[l] : offsets[l + 1]]
+
+A build with faiss writes them from its trained IVF index (so torch searches the same lists faiss
+does); a build without faiss trains them here. Search scores every key of the `nprobe` lists whose
+centroids score highest, exactly, like faiss's IVF,Flat: same lists, same candidates, same top k.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CENTROIDS_FILE = "ivf_centroids.npy"
+IDS_FILE = "ivf_ids.npy"
+OFFSETS_FILE = "ivf_offsets.npy"
+KMEANS_ITERATIONS = 10
+CHUNK = 1 << 18  # keys scored at once (bounds the (queries x keys) score block)
+SCORE_BLOCK = 1 << 27  # scores of (keys x centroids) computed at once while assigning
+
+
+def normalise(x: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+def assign(x: Any, centroids: Any) -> Any:
+    """Index of the highest-scoring centroid of every row of x, rows a chunk at a time (the score block
+    stays ~512 MB however many lists there are)."""
+    import torch
+
+    chunk = max(1024, SCORE_BLOCK // len(centroids))
+    return torch.cat([(x[s : s + chunk] @ centroids.T).argmax(1) for s in range(0, len(x), chunk)])
+
+
+def kmeans(x: Any, nlist: int, seed: int = 0, iterations: int = KMEANS_ITERATIONS) -> Any:
+    """Spherical k-means on unit rows x (n, d): nlist unit centroids; an emptied list takes a random row."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    centroids = x[torch.randperm(len(x), generator=gen)[:nlist].to(x.device)].clone()
+    for _ in range(iterations):
+        owner = assign(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, owner, x)
+        counts = torch.bincount(owner, minlength=nlist)
+        empty = counts == 0
+        if bool(empty.any()):
+            refill = torch.randint(len(x), (int(empty.sum()),), generator=gen).to(x.device)
+            sums[empty] = x[refill]
+        centroids = normalise(sums)
+    return centroids
+
+
+def write_ivf(folder: Path, centroids: np.ndarray, owner: np.ndarray) -> int:
+    """Group key rows by list (`owner[i]` = list of row i) and write the three IVF files; returns nlist."""
+    nlist = len(centroids)
+    ids = np.argsort(owner, kind="stable").astype(np.int64)
+    offsets = np.zeros(nlist + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(owner, minlength=nlist))
+    np.save(folder / CENTROIDS_FILE, np.ascontiguousarray(centroids, dtype=np.float32))
+    np.save(folder / IDS_FILE, ids)
+    np.save(folder / OFFSETS_FILE, offsets)
+    return nlist
+
+
+def train_ivf(keys: np.ndarray, nlist: int, n_train: int, seed: int, device: Any, folder: Path) -> None:
+    """Train the lists on a seeded sample of the keys (on `device`), assign every key, write the files."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(keys), min(n_train, len(keys)), replace=False))
+    sample = normalise(torch.from_numpy(np.asarray(keys[rows], dtype=np.float32)).to(device))
+    centroids = kmeans(sample, nlist, seed)
+    owner = np.concatenate(
+        [
+            assign(torch.from_numpy(np.asarray(keys[s : s + CHUNK], dtype=np.float32)).to(device), centroids)
+            .cpu()
+            .numpy()
+            for s in range(0, len(keys), CHUNK)
+        ]
+    )
+    write_ivf(folder, centroids.cpu().numpy(), owner)
+
+
+def ivf_problem(folder: Path, n: int, dim: int) -> str | None:
+    """Why the IVF files in `folder` cannot index n keys of dim `dim` (a search would read out of bounds
+    or miss keys), or None when they are sound or absent."""
+    if not (folder / CENTROIDS_FILE).is_file():
+        return None
+    centroids = np.load(folder / CENTROIDS_FILE, mmap_mode="r")
+    ids = np.load(folder / IDS_FILE, mmap_mode="r")
+    offsets = np.load(folder / OFFSETS_FILE)
+    if centroids.ndim != 2 or centroids.shape[1] != dim or centroids.dtype != np.float32:
+        return f"{CENTROIDS_FILE} is not float32 (nlist, {dim})"
+    if (
+        offsets.shape != (len(centroids) + 1,)
+        or offsets[0] != 0
+        or offsets[-1] != n
+        or (np.diff(offsets) < 0).any()
+    ):
+        return f"{OFFSETS_FILE} does not split {n:,} keys into {len(centroids):,} lists"
+    if ids.shape != (n,) or ids.dtype != np.int64:
+        return f"{IDS_FILE} is not int64 ({n:,},)"
+    seen = np.zeros(n, dtype=bool)
+    seen[np.asarray(ids[(ids >= 0) & (ids < n)])] = True
+    if not seen.all() or ((ids < 0) | (ids >= n)).any():
+        return f"{IDS_FILE} does not list every key exactly once"
+    return None
+
+
+def ivf_from_faiss(index: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centroids, owner list of every key row) of a faiss IVF index, or None when it is not IVF."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    centroids = faiss.downcast_index(ivf.quantizer).reconstruct_n(0, ivf.nlist)
+    owner = np.empty(ivf.ntotal, dtype=np.int64)
+    lists = ivf.invlists
+    for lst in range(ivf.nlist):
+        n = lists.list_size(lst)
+        if n:
+            owner[faiss.rev_swig_ptr(lists.get_ids(lst), n)] = lst
+    return centroids, owner
+
+
+class TorchIndex:
+    """Exact or IVF top-k by inner product over `keys` (a numpy array or memmap), on `device`.
+
+    In memory (`mmap=False`) the keys are copied to the device once as float32. Memory-mapped (CPU only)
+    they stay in the page cache and are read a chunk (exact) or a candidate set (IVF) at a time.
+    """
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        device: Any,
+        folder: Path | None = None,
+        nprobe: int = 1,
+        mmap: bool = False,
+        chunk: int = CHUNK,
+    ):
+        import torch
+
+        self.device = torch.device(device)
+        self.mmap = mmap and self.device.type == "cpu"
+        self.keys = (
+            keys if self.mmap else torch.from_numpy(np.asarray(keys, dtype=np.float32)).to(self.device)
+        )
+        self.n, self.chunk = len(keys), chunk
+        self.ivf = folder is not None and (Path(folder) / CENTROIDS_FILE).is_file()
+        if self.ivf:
+            self.centroids = torch.from_numpy(np.load(folder / CENTROIDS_FILE)).to(self.device)
+            self.ids = torch.from_numpy(np.load(folder / IDS_FILE)).to(self.device)  # 8 bytes a key: read
+            self.offsets = torch.from_numpy(np.load(folder / OFFSETS_FILE)).to(self.device)
+            self.nprobe = int(min(max(nprobe, 1), len(self.centroids)))
+
+    @property
+    def params(self) -> dict:
+        return {"nprobe": self.nprobe, "nlist": len(self.centroids)} if self.ivf else {"exact": True}
+
+    def rows(self, ids: Any) -> Any:
+        import torch
+
+        if self.mmap:
+            picked = np.asarray(self.keys[np.sort(ids.numpy())], dtype=np.float32)
+            order = torch.argsort(torch.argsort(ids))  # rows were read in sorted order (sequential IO)
+            return torch.from_numpy(picked)[order]
+        return self.keys[ids]
+
+    def search(self, queries: Any, k: int) -> tuple[Any, Any]:
+        """(scores, ids), each (B, k) on the device, best first; queries (B, dim) float."""
+        q = queries.float().to(self.device)
+        k = min(k, self.n)
+        if not self.ivf:
+            return self._exact(q, k)
+        import torch
+
+        out_s, out_i = [], []
+        for row in q:
+            lists = torch.topk(self.centroids @ row, self.nprobe).indices
+            starts, ends = self.offsets[lists], self.offsets[lists + 1]
+            lengths = ends - starts
+            total = int(lengths.sum())  # the one host sync of a step
+            shift = torch.repeat_interleave(
+                starts - (torch.cumsum(lengths, 0) - lengths), lengths, output_size=total
+            )
+            cand = self.ids[torch.arange(total, device=self.device) + shift]
+            scores = self.rows(cand) @ row
+            top = torch.topk(scores, min(k, total))
+            s = torch.full((k,), -float("inf"), device=self.device)
+            i = torch.full((k,), -1, dtype=torch.long, device=self.device)
+            s[: len(top.values)], i[: len(top.values)] = top.values, cand[top.indices]
+            out_s.append(s)
+            out_i.append(i)
+        return torch.stack(out_s), torch.stack(out_i)
+
+    def _exact(self, q: Any, k: int) -> tuple[Any, Any]:
+        import torch
+
+        best_s = torch.empty(len(q), 0, device=self.device)
+        best_i = torch.empty(len(q), 0, dtype=torch.long, device=self.device)
+        for start in range(0, self.n, self.chunk):
+            block = self.keys[start : start + self.chunk]
+            if self.mmap:
+                block = torch.from_numpy(np.asarray(block, dtype=np.float32))
+            s, i = torch.topk(q @ block.T, min(k, len(block)), dim=1)
+            scores, ids = torch.cat([best_s, s], 1), torch.cat([best_i, i + start], 1)
+            top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
+            best_s, best_i = scores.gather(1, top), ids.gather(1, top)
+        return best_s, best_i

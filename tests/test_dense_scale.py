@@ -1,0 +1,141 @@
+"""Dense (dresd) stores at scale: packed key extraction, the index chosen by size with its recall,
+torch search (the GPU machine has no faiss), memory-mapped loading."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from specbench_cli.datastores import build_from_token_docs as build_store
+from specbench_cli.datastores import dense_search
+from specbench_cli.datastores.dresd import DresdDatastore
+from specbench_cli.datastores.key_extraction import hidden_batches, pack_rows
+from specbench_cli.drafters.dresd import DReSD
+from specbench_cli.types import DraftContext, MethodSetup, SpecbenchError
+
+
+def _docs(vocab: int, n: int, low: int, high: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(4, vocab) for _ in range(rng.randint(low, high))] for _ in range(n)]
+
+
+def _alone(tiny, doc, layer: int) -> torch.Tensor:
+    with torch.inference_mode():
+        out = tiny.model(input_ids=torch.tensor([doc]), output_hidden_states=True)
+    return out.hidden_states[layer][0, :-1]
+
+
+@pytest.fixture(scope="module")
+def ivf_store(tiny, tmp_path_factory):
+    """An IVF store forced on a small corpus (flat_max below its size), probing few lists so recall < 1."""
+    docs = _docs(tiny.vocab_size, 24, 60, 160, seed=11)
+    path = build_store(
+        "dresd", docs, tmp_path_factory.mktemp("ivf") / "s", loaded=tiny, dim=8, flat_max=100, nprobe=3
+    )
+    return path, docs
+
+
+def test_packed_extraction_gives_the_keys_of_one_document_at_a_time(tiny):
+    docs = [np.array(d) for d in _docs(tiny.vocab_size, 17, 2, 40, seed=2)]
+    rows = pack_rows([len(d) for d in docs], 40, seed=0)
+    assert len(rows) < len(docs) and sorted(d for r in rows for d in r) == list(range(len(docs)))
+    assert all(sum(len(docs[d]) for d in r) <= 40 for r in rows)
+    for layer in (-1, 1):
+        seen = set()
+        for ids, states in hidden_batches(tiny, docs, layer, rows_per_batch=2, seed=0):
+            for d, h in zip(ids, states, strict=True):
+                seen.add(d)
+                torch.testing.assert_close(h, _alone(tiny, docs[d].tolist(), layer), atol=1e-5, rtol=1e-5)
+        assert seen == set(range(len(docs)))
+
+
+def test_auto_index_is_flat_below_flat_max(tiny, tmp_path):
+    docs = _docs(tiny.vocab_size, 3, 20, 30, seed=1)
+    m = json.loads(
+        (build_store("dresd", docs, tmp_path / "f", loaded=tiny, dim=8) / "manifest.json").read_text()
+    )
+    assert m["index"] == "Flat" and m["recall"]["queries"] == 0
+    assert not (tmp_path / "f" / "recall_queries.npy").exists()
+
+
+def _recall_at_10(path, search) -> float:
+    """Tie-aware recall@10 of `search(queries, 10) -> scores` against numpy brute force, from the files."""
+    queries = np.load(path / "recall_queries.npy")
+    keys = np.load(path / "keys.npy").astype(np.float32)
+    exact = np.sort(queries @ keys.T, axis=1)[:, ::-1][:, :10]
+    return round(float((search(queries) >= exact[:, 9:10] - 1e-6).mean()), 4)
+
+
+def test_ivf_build_records_a_recall_that_recomputes(ivf_store):
+    path, docs = ivf_store
+    m = json.loads((path / "manifest.json").read_text())
+    n_keys = sum(len(d) - 1 for d in docs)
+    assert m["index"] == f"IVF{int(5 * n_keys**0.5)},Flat" and m["nprobe"] == 3
+    assert m["recall"]["queries"] == n_keys // 100 == len(np.load(path / "recall_queries.npy"))
+    index = faiss.read_index(str(path / "index.faiss"))
+    faiss.extract_index_ivf(index).nprobe = 3
+    recomputed = _recall_at_10(path, lambda q: index.search(q, 10)[0])
+    assert m["recall"]["at_10"] == recomputed
+    assert 0 < recomputed < 1  # 3 of ~270 lists: an approximate search, measured as such
+
+
+def test_torch_search_returns_the_faiss_neighbours(ivf_store, tiny):
+    path, docs = ivf_store
+    by_faiss = DresdDatastore(path, tiny, k=10)
+    by_torch = DresdDatastore(path, tiny, backend="torch", k=10)
+    assert (by_faiss.backend, by_torch.backend) == ("faiss-cpu", "torch")
+    assert by_torch.search_params["nprobe"] == 3
+    with torch.inference_mode():
+        hidden = tiny.model(torch.tensor([docs[0]]), output_hidden_states=True).hidden_states[-1][0]
+    for pos in range(0, 60, 7):
+        s1, i1 = by_faiss.search(hidden[pos])
+        s2, i2 = by_torch.search(hidden[pos])
+        assert i1.tolist() == i2.tolist() and len(i1) == 10
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["faiss-cpu", "torch"])
+def test_memory_mapped_store_gives_the_same_drafts(ivf_store, tiny, backend):
+    path, docs = ivf_store
+
+    def drafter(load):
+        opts = {"backend": backend, "load": load, "draft_len": 6}
+        return DReSD(MethodSetup(target=tiny, datastores={"dresd": path}, options=opts))
+
+    in_ram, mapped = drafter("ram"), drafter("mmap")
+    assert mapped.store.search_params["mmap"] is True and in_ram.store.search_params["mmap"] is False
+    doc = docs[3]
+    with torch.inference_mode():
+        hidden = tiny.model(torch.tensor([doc]), output_hidden_states=True).hidden_states[-1][0]
+    trees = 0
+    for pos in range(0, len(doc) - 2, 5):
+        ctx = DraftContext(tokens=doc[: pos + 2], max_nodes=64, hidden=hidden[pos])
+        tree = in_ram.propose(ctx)
+        assert mapped.propose(ctx) == tree
+        trees += len(tree) > 0
+    assert trees > 0
+
+
+def test_store_builds_and_searches_without_faiss(tiny, tmp_path, monkeypatch):
+    """The GPU machine has no faiss: the IVF is trained in torch and searched in torch."""
+    monkeypatch.setattr(dense_search, "faiss_module", lambda: None)
+    docs = _docs(tiny.vocab_size, 10, 60, 120, seed=4)
+    path = build_store("dresd", docs, tmp_path / "t", loaded=tiny, dim=8, flat_max=100, nprobe=4)
+    m = json.loads((path / "manifest.json").read_text())
+    assert not (path / "index.faiss").exists() and m["quality_backend"] == "torch-cpu"
+    store = DresdDatastore(path, tiny, k=10)
+    assert store.backend == "torch" and store.search_params["nprobe"] == 4
+
+    def search(q):
+        return store.index.index.search(torch.from_numpy(q), 10)[0].numpy()
+
+    assert m["recall"]["at_10"] == _recall_at_10(path, search) and m["recall"]["at_10"] > 0
+    with pytest.raises(SpecbenchError, match="needs faiss"):
+        build_store("dresd", docs, tmp_path / "h", loaded=tiny, dim=8, index="HNSW32")
+    with pytest.raises(SpecbenchError, match="faiss-cpu"):
+        DresdDatastore(path, tiny, backend="faiss-cpu")
