@@ -291,6 +291,17 @@ def eval_command(
             help="Passes over the questions (methods interleaved in each); the report gives their spread."
         ),
     ] = 1,
+    prompt_format: Annotated[
+        str,
+        typer.Option(
+            help="chat (the tokenizer's chat template, Question/Answer without one) or plain "
+            '("Question: ...\\nAnswer:\\n" for every model, as the DReSD paper prompts).'
+        ),
+    ] = "chat",
+    max_turns: Annotated[
+        int | None,
+        typer.Option(help="Answer only each question's first N turns (MT-Bench turn 1: --max-turns 1)."),
+    ] = None,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
     with user_errors(resumable=True):
@@ -318,6 +329,8 @@ def eval_command(
             force_datastore=force_datastore,
             threads=threads,
             repeats=repeats,
+            prompt_format=prompt_format,
+            max_turns=max_turns,
             command=shlex.join(["specbench", *sys.argv[1:]]),
             method_options=parse_method_options(method_opt or []),
         )
