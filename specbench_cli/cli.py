@@ -422,7 +422,10 @@ def build_index_command(
         str, typer.Option(help="Target model whose tokenizer (and hidden states) the store uses.")
     ],
     corpus: Annotated[
-        str, typer.Option(help="FILE.jsonl|FILE.json|FILE.txt|FOLDER|stdlib|generate:SUITE_OR_FILE")
+        str,
+        typer.Option(
+            help="FILE.jsonl|FILE.json|FILE.txt|FOLDER|stdlib|generate:SUITE_OR_FILE[,SUITE_OR_FILE...]"
+        ),
     ],
     out: Annotated[
         Path, typer.Option(help="Output folder (a new folder, or an old datastore with --force).")
@@ -443,6 +446,13 @@ def build_index_command(
     force: Annotated[bool, typer.Option(help="Replace an existing datastore at --out.")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch size for model passes (generate:, dense keys).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length for generate: corpora.")] = 256,
+    prompt_format: Annotated[
+        str,
+        typer.Option(
+            help='generate: corpora: chat (the chat template) or plain ("Question: ...\\nAnswer:\\n"); '
+            "match the --prompt-format of the eval that uses the store."
+        ),
+    ] = "chat",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
@@ -455,11 +465,13 @@ def build_index_command(
         from .datastores.build import build_index, check_out_dir, datastore_class, kind_options, parse_opts
         from .evaluate import resolve_device
         from .inputs import check_build_index_inputs
+        from .prompts import check_prompt_format
 
         check_build_index_inputs(
             model, corpus, out, text_key=list(text_key or []), max_docs=max_docs, batch_size=batch_size,
             max_new_tokens=max_new_tokens, device=device, dtype=dtype,
         )  # fmt: skip
+        check_prompt_format(prompt_format)
         raw = parse_opts(opt or [])
         kind_options(datastore_class(method), raw)  # the kind's own options, before anything loads
         check_out_dir(out, force)
@@ -471,6 +483,7 @@ def build_index_command(
             "force": force,
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
+            "prompt_format": prompt_format,
             "opt": raw,
             "dtype": dt,
             "device": dev,

@@ -49,7 +49,9 @@ def load_prompts(
     )
 
 
-def generation_key(loaded, prompts_sha: str, n_prompts: int, max_new_tokens: int) -> str:
+def generation_key(
+    loaded, prompts_sha: str, n_prompts: int, max_new_tokens: int, prompt_format: str = "chat"
+) -> str:
     """What makes two generate: runs give the same answers (the cache key of the JSONL)."""
     from ..models import tokenizer_fingerprint
 
@@ -62,6 +64,7 @@ def generation_key(loaded, prompts_sha: str, n_prompts: int, max_new_tokens: int
         "n_prompts": n_prompts,
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
+        "prompt_format": prompt_format,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -73,14 +76,22 @@ def generated_corpus(spec: str, target: str, options: dict, loaded, console) -> 
     if not prompts:
         raise SpecbenchError(f"generate:{target} gave no prompts")
     max_new = int(options.get("max_new_tokens") or 256)
-    key = generation_key(loaded, prompts_sha, len(prompts), max_new)
+    prompt_format = options.get("prompt_format") or "chat"
+    key = generation_key(loaded, prompts_sha, len(prompts), max_new, prompt_format)
     if options.get("answers_file"):
         answers_file = Path(options["answers_file"])
     else:
         folder = Path(options.get("generated_dir") or "generated")
         answers_file = folder / f"{_slug(suite)}.{_slug(Path(loaded.name).name)}.{key[:12]}.jsonl"
     records = generate_answers(
-        loaded, prompts, answers_file, key, int(options.get("batch_size") or 8), max_new, console
+        loaded,
+        prompts,
+        answers_file,
+        key,
+        int(options.get("batch_size") or 8),
+        max_new,
+        console,
+        prompt_format,
     )
     sha = sha256_file(answers_file)
     return CorpusSource(
@@ -95,6 +106,7 @@ def generated_corpus(spec: str, target: str, options: dict, loaded, console) -> 
         suite_sha256=prompts_sha,
         answers_file=answers_file,
         records=records,
+        prompt_format=prompt_format,
     )
 
 
@@ -106,6 +118,7 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     console,
+    prompt_format: str = "chat",
 ) -> list[dict]:
     """Answer every turn of every prompt greedily, appending each batch to `path` as it finishes.
 
@@ -133,7 +146,13 @@ def generate_answers(
             for pid, turns in prompts:
                 if turn < len(turns) and (pid, turn) not in done:
                     answers = [done[(pid, t)]["answer"] for t in range(turn)]
-                    jobs.append((pid, turns, build_prompt_ids(loaded.tokenizer, turns[: turn + 1], answers)))
+                    jobs.append(
+                        (
+                            pid,
+                            turns,
+                            build_prompt_ids(loaded.tokenizer, turns[: turn + 1], answers, prompt_format),
+                        )
+                    )
             jobs.sort(key=lambda j: len(j[2]))  # similar lengths share a batch: less padding
             for i in range(0, len(jobs), batch_size):
                 batch = jobs[i : i + batch_size]
