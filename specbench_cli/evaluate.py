@@ -429,7 +429,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     from rich.console import Console
 
     from . import distributed
-    from .datastores.manifest import check_datastore
+    from .datastores.manifest import check_datastore, prompt_format_mismatch
     from .engine.costs import probe_costs
     from .engine.decode import DEFAULT_MAX_NODES, Engine
     from .env import collect_env
@@ -508,6 +508,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     fingerprint = tokenizer_fingerprint(target.tokenizer)
     store_notes = {}
     for kind, path in stores.items():
+        mismatch = prompt_format_mismatch(path, cfg.prompt_format)
+        if mismatch:
+            console.print(f"warning: {mismatch}", highlight=False)
         for s in suites:
             store_notes[f"{kind}:{s.name}"] = check_datastore(
                 path, kind, fingerprint, s.name, s.sha256, cfg.force_datastore

@@ -83,3 +83,16 @@ def test_plain_prompt_format_generates_and_stores_question_answer_prompts(tiny, 
     assert formed == "plain prompt + generated answer"
     question = tiny.tokenizer("Question: What is 0 + 0?\nAnswer:\n")["input_ids"]
     assert docs[0][: len(question)].tolist() == question
+
+
+def test_eval_warns_when_a_generated_store_answered_other_prompts(tiny, tmp_path):
+    from specbench_cli.datastores.manifest import prompt_format_mismatch
+
+    maths = maths_prompts(tmp_path)
+    out = tmp_path / "sam"
+    build_index(
+        "sam", "tiny-random", f"generate:{maths}", out, options(tmp_path, prompt_format="plain"), QUIET
+    )
+    assert prompt_format_mismatch(out, "plain") is None
+    warning = prompt_format_mismatch(out, "chat")
+    assert warning and "plain prompts" in warning and "--prompt-format chat" in warning

@@ -77,6 +77,21 @@ def suite_overlap(manifest: dict, suite_label: str | None, suite_sha256: str | N
     return None
 
 
+def prompt_format_mismatch(folder: Path, prompt_format: str) -> str | None:
+    """A warning when a `generate:` store answered prompts laid out otherwise than this eval's (its
+    drafts then continue another kind of answer); None when they match or the corpus is plain text."""
+    corpus = read_manifest(folder).get("corpus") or {}
+    if corpus.get("kind") != "generate":
+        return None
+    built_with = corpus.get("prompt_format", "chat")  # stores from before the option answered chat prompts
+    if built_with == prompt_format:
+        return None
+    return (
+        f"datastore {folder} holds answers to {built_with} prompts, this eval asks {prompt_format} ones; "
+        f"rebuild it with `build-index --prompt-format {prompt_format}` to match"
+    )
+
+
 def check_datastore(
     folder: Path,
     method: str,
