@@ -314,14 +314,10 @@ def first_turns(suites, max_turns: int):
 
 
 def run_header_prompt(cfg: EvalConfig) -> str:
-    """The run header's line on what the model is asked: prompt layout and turns answered."""
-    layout = (
-        'plain ("Question: ...\\nAnswer:\\n" for every model)'
-        if cfg.prompt_format == "plain"
-        else "chat (the tokenizer's chat template; Question/Answer without one)"
-    )
-    turns = "all turns" if cfg.max_turns is None else f"first {cfg.max_turns} turn(s) of each question"
-    return f"prompt: {layout}; {turns}"
+    """What the run header says the model is asked: prompt layout and turns answered."""
+    layout = 'plain "Question: ...\\nAnswer:\\n"' if cfg.prompt_format == "plain" else "chat template"
+    turns = "all turns" if cfg.max_turns is None else f"first {cfg.max_turns} turn(s)"
+    return f"prompt: {layout}, {turns}"
 
 
 def prompt_lengths(suites, tokenizer, prompt_format: str = "chat") -> list[tuple[str, Any, int, int]]:
@@ -494,8 +490,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
 
     distributed.lead_step(ranks, claim)
 
-    console.print(f"loading {cfg.model} ({dtype}, {device})")
-    console.print(run_header_prompt(cfg), highlight=False)
+    console.print(f"loading {cfg.model} ({dtype}, {device}); {run_header_prompt(cfg)}", highlight=False)
     target = load_model(cfg.model, dtype=dtype, device=device)
     draft = load_model(cfg.draft_model, dtype=dtype, device=device) if cfg.draft_model else None
     if draft is not None and tokenizer_fingerprint(draft.tokenizer) != tokenizer_fingerprint(

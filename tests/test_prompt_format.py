@@ -28,7 +28,7 @@ def test_eval_plain_first_turn_answers_the_plain_prompt_and_resume_keeps_both(tm
     args[args.index("--suite") + 1] = f"jsonl:{QUESTIONS}#code"  # question 2 has two turns
     result = run(*args)
     assert result.exit_code == 0, result.output
-    assert "prompt: plain" in result.output and "first 1 turn" in result.output
+    assert 'prompt: plain "Question: ...\\nAnswer:\\n", first 1 turn(s)' in result.output
     config = json.loads((out / "config.json").read_text())
     assert (config["prompt_format"], config["max_turns"]) == ("plain", 1)
     records = [json.loads(x) for x in next((out / "answers").glob("*/ar.jsonl")).read_text().splitlines()]
