@@ -53,3 +53,12 @@ def test_bad_prompt_format_and_max_turns_are_one_line_errors(tmp_path):
     assert_one_line_error(run(*eval_args(out, "--prompt-format", "html")), "html", "chat", "plain")
     assert_one_line_error(run(*eval_args(out, "--max-turns", "0")), "--max-turns", "0")
     assert not out.exists()
+
+
+def test_a_config_from_before_the_options_resumes_as_chat_and_all_turns():
+    from specbench_cli.evaluate import provenance_mismatch
+
+    old = {"model": "m", "suites_info": []}  # written before --prompt-format and --max-turns existed
+    assert provenance_mismatch(old, old | {"prompt_format": "chat", "max_turns": None}) is None
+    assert provenance_mismatch(old, old | {"prompt_format": "plain"}) == ("prompt_format", "chat", "plain")
+    assert provenance_mismatch(old, old | {"max_turns": 1}) == ("max_turns", None, 1)
