@@ -291,6 +291,17 @@ def eval_command(
             help="Passes over the questions (methods interleaved in each); the report gives their spread."
         ),
     ] = 1,
+    prompt_format: Annotated[
+        str,
+        typer.Option(
+            help="chat (the tokenizer's chat template, Question/Answer without one) or plain "
+            '("Question: ...\\nAnswer:\\n" for every model, as the DReSD paper prompts).'
+        ),
+    ] = "chat",
+    max_turns: Annotated[
+        int | None,
+        typer.Option(help="Answer only each question's first N turns (MT-Bench turn 1: --max-turns 1)."),
+    ] = None,
 ) -> None:
     """Run suites across drafting methods and write answers, env and the report into --out."""
     with user_errors(resumable=True):
@@ -318,6 +329,8 @@ def eval_command(
             force_datastore=force_datastore,
             threads=threads,
             repeats=repeats,
+            prompt_format=prompt_format,
+            max_turns=max_turns,
             command=shlex.join(["specbench", *sys.argv[1:]]),
             method_options=parse_method_options(method_opt or []),
         )
@@ -409,7 +422,10 @@ def build_index_command(
         str, typer.Option(help="Target model whose tokenizer (and hidden states) the store uses.")
     ],
     corpus: Annotated[
-        str, typer.Option(help="FILE.jsonl|FILE.json|FILE.txt|FOLDER|stdlib|generate:SUITE_OR_FILE")
+        str,
+        typer.Option(
+            help="FILE.jsonl|FILE.json|FILE.txt|FOLDER|stdlib|generate:SUITE_OR_FILE[,SUITE_OR_FILE...]"
+        ),
     ],
     out: Annotated[
         Path, typer.Option(help="Output folder (a new folder, or an old datastore with --force).")
@@ -441,6 +457,13 @@ def build_index_command(
     seed: Annotated[
         int, typer.Option(help="Sampling seed of generate: corpora (part of its cache key).")
     ] = 0,
+    prompt_format: Annotated[
+        str,
+        typer.Option(
+            help='generate: corpora: chat (the chat template) or plain ("Question: ...\\nAnswer:\\n"); '
+            "match the --prompt-format of the eval that uses the store."
+        ),
+    ] = "chat",
     dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
 ) -> None:
@@ -453,11 +476,13 @@ def build_index_command(
         from .datastores.build import build_index, check_out_dir, datastore_class, kind_options, parse_opts
         from .evaluate import resolve_device
         from .inputs import check_build_index_inputs
+        from .prompts import check_prompt_format
 
         check_build_index_inputs(
             model, corpus, out, text_key=list(text_key or []), max_docs=max_docs, batch_size=batch_size,
             max_new_tokens=max_new_tokens, device=device, dtype=dtype, temperature=temperature, seed=seed,
         )  # fmt: skip
+        check_prompt_format(prompt_format)
         raw = parse_opts(opt or [])
         kind_options(datastore_class(method), raw)  # the kind's own options, before anything loads
         check_out_dir(out, force)
@@ -471,6 +496,7 @@ def build_index_command(
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "seed": seed,
+            "prompt_format": prompt_format,
             "opt": raw,
             "dtype": dt,
             "device": dev,

@@ -37,7 +37,11 @@ RESUME_KEYS = (
     "seed",
     "engine",
     "limit",
+    "prompt_format",
+    "max_turns",
 )
+# What a config.json written before a setting existed meant by it (a resumed older run keeps it).
+RESUME_DEFAULTS = {"prompt_format": "chat", "max_turns": None}
 # Provenance keys that belong to one method or datastore: compared only when both runs have them,
 # because methods (and the datastores they bring) may be added on resume, or left out of one.
 SCOPED_PREFIXES = ("method_options[", "datastore[")
@@ -70,6 +74,8 @@ class EvalConfig:
     force_datastore: bool = False
     threads: int | None = None
     repeats: int = 1  # passes over the questions, methods interleaved in each (spread in the report)
+    prompt_format: str = "chat"  # prompts.PROMPT_FORMATS: chat template, or DReSD's Question/Answer
+    max_turns: int | None = None  # answer only each question's first N turns (MT-Bench turn 1: 1)
     command: str = ""  # the command line as typed (the report page shows it)
     method_options: dict[str, dict] = field(default_factory=dict)
 
@@ -168,7 +174,7 @@ def provenance(config: dict) -> dict[str, Any]:
     Warm-up, threads and --force-datastore are left out: they change no recorded number. Suites are
     keyed by label, so a different question file under the same name is caught by its sha256.
     """
-    prov: dict[str, Any] = {key: config.get(key) for key in RESUME_KEYS}
+    prov: dict[str, Any] = {key: config.get(key, RESUME_DEFAULTS.get(key)) for key in RESUME_KEYS}
     suites = config.get("suites_info") or []
     prov["suites"] = sorted(str(s.get("name")) for s in suites)
     for s in suites:
@@ -299,7 +305,24 @@ def datastores_by_method(paths: list[Path]) -> dict[str, Path]:
     return found
 
 
-def prompt_lengths(suites, tokenizer) -> list[tuple[str, Any, int, int]]:
+def first_turns(suites, max_turns: int):
+    """`--max-turns N`: every question cut to its first N turns (the suites' files and sha256 stay the
+    same; config.json's max_turns tells the runs apart)."""
+    from dataclasses import replace
+
+    for s in suites:
+        s.questions = [replace(q, turns=q.turns[:max_turns]) for q in s.questions]
+    return suites
+
+
+def run_header_prompt(cfg: EvalConfig) -> str:
+    """What the run header says the model is asked: prompt layout and turns answered."""
+    layout = 'plain "Question: ...\\nAnswer:\\n"' if cfg.prompt_format == "plain" else "chat template"
+    turns = "all turns" if cfg.max_turns is None else f"first {cfg.max_turns} turn(s)"
+    return f"prompt: {layout}, {turns}"
+
+
+def prompt_lengths(suites, tokenizer, prompt_format: str = "chat") -> list[tuple[str, Any, int, int]]:
     """(suite label, question id, prompt tokens of all its turns with empty answers, turns) per question."""
     from .prompts import build_prompt_ids
 
@@ -307,7 +330,7 @@ def prompt_lengths(suites, tokenizer) -> list[tuple[str, Any, int, int]]:
     for s in suites:
         for q in s.questions:
             turns = list(q.turns)
-            prompt = len(build_prompt_ids(tokenizer, turns, [""] * (len(turns) - 1)))
+            prompt = len(build_prompt_ids(tokenizer, turns, [""] * (len(turns) - 1), prompt_format))
             out.append((s.name, q.question_id, prompt, len(turns)))
     return out
 
@@ -350,7 +373,7 @@ def answer_question(
     if method is not None:
         method.clear_stats()
     for turn in range(len(question.turns)):
-        prompt_ids = build_prompt_ids(tokenizer, list(question.turns[: turn + 1]), answers)
+        prompt_ids = build_prompt_ids(tokenizer, list(question.turns[: turn + 1]), answers, cfg.prompt_format)
         gen = None
         if cfg.temperature > 0:
             gen = torch.Generator(device=device)
@@ -404,7 +427,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     from rich.console import Console
 
     from . import distributed
-    from .datastores.manifest import check_datastore
+    from .datastores.manifest import check_datastore, prompt_format_mismatch
     from .engine.costs import probe_costs
     from .engine.decode import DEFAULT_MAX_NODES, Engine
     from .env import collect_env
@@ -425,6 +448,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     if cfg.threads is not None:  # bounded by inputs.max_threads()
         torch.set_num_threads(cfg.threads)
     suites = load_suites(cfg.suites, cfg.limit, cfg.seed)  # labels unique: one answer folder each
+    if cfg.max_turns is not None:
+        suites = first_turns(suites, cfg.max_turns)
     for s in suites:
         if not s.questions:
             raise SpecbenchError(f"suite '{s.name}' has no questions")
@@ -467,19 +492,22 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
 
     distributed.lead_step(ranks, claim)
 
-    console.print(f"loading {cfg.model} ({dtype}, {device})")
+    console.print(f"loading {cfg.model} ({dtype}, {device}); {run_header_prompt(cfg)}", highlight=False)
     target = load_model(cfg.model, dtype=dtype, device=device)
     draft = load_model(cfg.draft_model, dtype=dtype, device=device) if cfg.draft_model else None
     if draft is not None and tokenizer_fingerprint(draft.tokenizer) != tokenizer_fingerprint(
         target.tokenizer
     ):
         raise SpecbenchError(f"--draft-model {cfg.draft_model} has a different tokenizer from {cfg.model}")
-    lengths = prompt_lengths(suites, target.tokenizer)  # the first check that needs the model
+    lengths = prompt_lengths(suites, target.tokenizer, cfg.prompt_format)  # the first check needing the model
     context = model_context(target.model.config)
     check_prompts_fit(lengths, cfg.max_new_tokens, cfg.model, context)
     fingerprint = tokenizer_fingerprint(target.tokenizer)
     store_notes = {}
     for kind, path in stores.items():
+        mismatch = prompt_format_mismatch(path, cfg.prompt_format)
+        if mismatch:
+            console.print(f"warning: {mismatch}", highlight=False)
         for s in suites:
             store_notes[f"{kind}:{s.name}"] = check_datastore(
                 path, kind, fingerprint, s.name, s.sha256, cfg.force_datastore
@@ -542,7 +570,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     if cfg.warmup > 0:
         # Warm-up on the first question (not recorded): allocator, kernels and lazy init settle first.
         q0 = suites[0].questions[0]
-        ids = build_prompt_ids(target.tokenizer, [q0.turns[0]], [])
+        ids = build_prompt_ids(target.tokenizer, [q0.turns[0]], [], cfg.prompt_format)
         for m in names:
             for _ in range(cfg.warmup):
                 run_turn(engine, drafters[m], ids, min(cfg.max_new_tokens, 32))

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .prompts import check_prompt_format
 from .types import SpecbenchError
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seed is the narrowest consumer; torch takes up to 2**64 - 1
@@ -97,6 +98,8 @@ def check_eval_inputs(cfg: Any) -> None:
     check_range("--limit", cfg.limit, 1)
     check_range("--warmup", cfg.warmup, 0, MAX_WARMUP)
     check_range("--repeats", cfg.repeats, 1, MAX_REPEATS)
+    check_range("--max-turns", cfg.max_turns, 1)
+    check_prompt_format(cfg.prompt_format)
     check_range("--threads", cfg.threads, 1, max_threads())
     check_device(cfg.device)
     check_dtype(cfg.dtype)

@@ -9,18 +9,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from .types import SpecbenchError
 
-def build_prompt_ids(tokenizer: Any, turns: list[str] | tuple[str, ...], answers: list[str]) -> list[int]:
+# chat: the tokenizer's chat template where it has one (plain otherwise); plain: the
+# "Question: ...\nAnswer:\n" layout for every model, as the DReSD paper prompts (and builds its stores).
+PROMPT_FORMATS = ("chat", "plain")
+
+
+def check_prompt_format(prompt_format: str) -> None:
+    if prompt_format not in PROMPT_FORMATS:
+        raise SpecbenchError(
+            f"unknown --prompt-format '{prompt_format}'; choose from: {', '.join(PROMPT_FORMATS)}"
+        )
+
+
+def build_prompt_ids(
+    tokenizer: Any, turns: list[str] | tuple[str, ...], answers: list[str], prompt_format: str = "chat"
+) -> list[int]:
     """Token ids of the prompt for the next turn: user turns[0], assistant answers[0], ..., user turns[-1].
 
-    Uses the tokenizer's chat template (with the generation prompt appended); a tokenizer without one
-    gets a plain "Question: ...\\nAnswer:\\n" layout.
+    `chat` uses the tokenizer's chat template (with the generation prompt appended); a tokenizer
+    without one, or `plain`, gets a "Question: ...\\nAnswer:\\n" layout.
     """
     if len(answers) != len(turns) - 1:
         raise ValueError(
             f"build_prompt_ids: {len(turns)} turns need {len(turns) - 1} answers, got {len(answers)}"
         )
-    if getattr(tokenizer, "chat_template", None):
+    check_prompt_format(prompt_format)
+    if prompt_format == "chat" and getattr(tokenizer, "chat_template", None):
         messages = []
         for i, turn in enumerate(turns):
             messages.append({"role": "user", "content": turn})

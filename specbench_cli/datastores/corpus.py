@@ -5,7 +5,8 @@ SPEC is one of:
     FILE | FOLDER             a text file is one document; a folder gives one document per file (--glob)
     stdlib                    the running interpreter's standard-library .py sources
     generate:SUITE_OR_FILE    the target model's own greedy answers to a suite's questions or to the
-                              prompts of a JSON/JSONL file, cached as JSONL and reused on the next build
+                              prompts of a JSON/JSONL file, cached as JSONL and reused on the next build;
+                              generate:A,B,... joins several such sources (corpus_mix.py)
 
 `generate:` sources are built in generate.py. Each source knows its files and their sha256 (written to the manifest, so `eval` can refuse a datastore
 that contains the suite it evaluates) and yields documents as text. `tokenize_documents` turns them
@@ -50,6 +51,7 @@ class CorpusSource:
     suite_sha256: str | None = None  # generate: sha256 of that suite's question file
     answers_file: Path | None = None  # generate: the JSONL of answers
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)  # generate: prompts + answers
+    prompt_format: str = "chat"  # generate: how the prompts were laid out (prompts.PROMPT_FORMATS)
 
     def texts(self) -> Iterator[str]:
         return self.read_texts()
@@ -69,6 +71,8 @@ class CorpusSource:
             out |= {"suite": self.suite, "suite_sha256": self.suite_sha256}
         if self.answers_file is not None:
             out["answers_file"] = str(self.answers_file)
+        if self.kind == "generate":
+            out["prompt_format"] = self.prompt_format
         return out
 
 
@@ -86,9 +90,14 @@ def iter_corpus(spec: str, options: dict, loaded=None, console=None) -> CorpusSo
     if spec.startswith("generate:"):
         if loaded is None:
             raise SpecbenchError("a generate: corpus needs the target model loaded (--model)")
+        from .corpus_mix import join_generated, split_targets
         from .generate import generated_corpus
 
-        return generated_corpus(spec, spec[len("generate:") :], options, loaded, console)
+        targets = split_targets(spec[len("generate:") :])
+        if len(targets) == 1:
+            return generated_corpus(spec, targets[0], options, loaded, console)
+        parts = [generated_corpus(f"generate:{t}", t, options, loaded, console) for t in targets]
+        return join_generated(spec, parts)
     if spec == "stdlib":
         return stdlib_corpus(max_docs)
     path = Path(spec).expanduser()
@@ -154,7 +163,9 @@ def pick_keys(
         return keys
     for k in defaults:
         if k in seen:
-            return [k]
+            # Alpaca-style records: "input" (the code to fix, the text to work on) belongs to the
+            # instruction, as the code-alpaca suite joins them.
+            return [k, "input"] if k == "instruction" and "input" in seen else [k]
     raise SpecbenchError(
         f"{path}: say which {what} field(s) to use with --text-key; records have keys: {', '.join(sorted(seen))}"
     )

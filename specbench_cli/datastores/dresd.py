@@ -361,7 +361,8 @@ def write_store(build: BuildInput, folder: Path) -> dict:
 def corpus_documents(source, tokenizer, console) -> tuple[list[np.ndarray], str]:
     """Token documents of a corpus source, and how they were formed (for the manifest).
 
-    A `generate:` corpus gives prompt + answer: the chat-formatted prompt exactly as `eval` builds it,
+    A `generate:` corpus gives prompt + answer: the prompt exactly as `eval` builds it (the corpus's
+    --prompt-format: chat template, or "Question: ...\\nAnswer:\\n"),
     then the model's answer, so each stored key saw the same kind of context a query will see (DReSD's
     "Question: ...\\nAnswer:\\n" + response). Other corpora are their plain texts.
     """
@@ -373,9 +374,9 @@ def corpus_documents(source, tokenizer, console) -> tuple[list[np.ndarray], str]
         docs = []
         for r in source.records:
             prior = [answers[(r["id"], t)] for t in range(r["turn"])]
-            prompt = build_prompt_ids(tokenizer, list(r["turns"]), prior)
+            prompt = build_prompt_ids(tokenizer, list(r["turns"]), prior, source.prompt_format)
             answer = tokenizer(r["answer"], add_special_tokens=False)["input_ids"]
             docs.append(np.asarray(prompt + list(answer), dtype=np.int64))
-        return docs, "chat prompt + generated answer"
+        return docs, f"{source.prompt_format} prompt + generated answer"
     docs = list(tokenize_documents(source.texts(), tokenizer, total=source.documents, console=console))
     return docs, "corpus text"

@@ -63,6 +63,7 @@ class GenerationSettings:
     temperature: float = 0.0  # 0: greedy
     seed: int = 0  # sampling seed (a batch's generator is seeded from it and the batch's prompts)
     batch_size: int = DEFAULT_BATCH  # padding and batch shapes change low-precision rounding
+    prompt_format: str = "chat"  # prompts.PROMPT_FORMATS: how each prompt is laid out
 
     @property
     def decoding(self) -> str:
@@ -101,6 +102,7 @@ def generated_corpus(spec: str, target: str, options: dict, loaded, console) -> 
         temperature=float(options.get("temperature") or 0.0),
         seed=int(options.get("seed") or 0),
         batch_size=int(options.get("batch_size") or DEFAULT_BATCH),
+        prompt_format=options.get("prompt_format") or "chat",
     )
     key = generation_key(loaded, prompts_sha, len(prompts), settings)
     if options.get("answers_file"):
@@ -123,6 +125,7 @@ def generated_corpus(spec: str, target: str, options: dict, loaded, console) -> 
         suite_sha256=prompts_sha,
         answers_file=answers_file,
         records=records,
+        prompt_format=settings.prompt_format,
     )
 
 
@@ -161,7 +164,8 @@ def generate_answers(
             for pid, turns in prompts:
                 if turn < len(turns) and (pid, turn) not in done:
                     answers = [done[(pid, t)]["answer"] for t in range(turn)]
-                    jobs.append((pid, turns, build_prompt_ids(loaded.tokenizer, turns[: turn + 1], answers)))
+                    prompt = build_prompt_ids(loaded.tokenizer, turns[: turn + 1], answers, settings.prompt_format)
+                    jobs.append((pid, turns, prompt))
             jobs.sort(key=lambda j: len(j[2]))  # similar lengths share a batch: less padding
             for i in range(0, len(jobs), settings.batch_size):
                 batch = jobs[i : i + settings.batch_size]

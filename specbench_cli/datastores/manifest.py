@@ -70,10 +70,26 @@ def suite_overlap(manifest: dict, suite_label: str | None, suite_sha256: str | N
         hashes |= {f.get("sha256") for f in corpus.get("files") or [] if isinstance(f, dict)}
         if suite_sha256 in hashes:
             return f"its corpus ({corpus.get('description', corpus.get('spec'))}) contains the question file of suite '{suite_label}' (sha256 {suite_sha256[:12]})"
-    built_from = corpus.get("suite")
-    if suite_label and built_from and _base_suite(built_from) == _base_suite(suite_label):
-        return f"it was generated from suite '{built_from}', which is the suite being evaluated ('{suite_label}')"
+    # A corpus joined from several sources (generate:A,B) records their labels joined by "+".
+    for built_from in str(corpus.get("suite") or "").split("+"):
+        if suite_label and built_from and _base_suite(built_from) == _base_suite(suite_label):
+            return f"it was generated from suite '{built_from}', which is the suite being evaluated ('{suite_label}')"
     return None
+
+
+def prompt_format_mismatch(folder: Path, prompt_format: str) -> str | None:
+    """A warning when a `generate:` store answered prompts laid out otherwise than this eval's (its
+    drafts then continue another kind of answer); None when they match or the corpus is plain text."""
+    corpus = read_manifest(folder).get("corpus") or {}
+    if corpus.get("kind") != "generate":
+        return None
+    built_with = corpus.get("prompt_format", "chat")  # stores from before the option answered chat prompts
+    if built_with == prompt_format:
+        return None
+    return (
+        f"datastore {folder} holds answers to {built_with} prompts, this eval asks {prompt_format} ones; "
+        f"rebuild it with `build-index --prompt-format {prompt_format}` to match"
+    )
 
 
 def check_datastore(

@@ -29,6 +29,8 @@ CONFIG_KEYS = (
     "temperature",
     "seed",
     "limit",
+    "prompt_format",
+    "max_turns",
     "repeats",
     "methods",
     "method_options",
