@@ -200,7 +200,7 @@ def test_generation_cache_key_changes_with_every_setting(tiny):
     base = GenerationSettings()
     key = generation_key(tiny, "p" * 64, 3, base)
     assert generation_key(tiny, "p" * 64, 3, GenerationSettings()) == key
-    changed = {"max_new_tokens": 7, "temperature": 0.7, "seed": 1, "batch_size": 3}
+    changed = {"max_new_tokens": 7, "temperature": 0.7, "seed": 1, "batch_size": 3, "prompt_format": "plain"}
     assert set(changed) == {f.name for f in fields(GenerationSettings)}
     for name, value in changed.items():
         assert generation_key(tiny, "p" * 64, 3, replace(base, **{name: value})) != key, name

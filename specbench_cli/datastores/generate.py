@@ -164,7 +164,9 @@ def generate_answers(
             for pid, turns in prompts:
                 if turn < len(turns) and (pid, turn) not in done:
                     answers = [done[(pid, t)]["answer"] for t in range(turn)]
-                    prompt = build_prompt_ids(loaded.tokenizer, turns[: turn + 1], answers, settings.prompt_format)
+                    prompt = build_prompt_ids(
+                        loaded.tokenizer, turns[: turn + 1], answers, settings.prompt_format
+                    )
                     jobs.append((pid, turns, prompt))
             jobs.sort(key=lambda j: len(j[2]))  # similar lengths share a batch: less padding
             for i in range(0, len(jobs), settings.batch_size):
