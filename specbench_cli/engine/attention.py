@@ -206,9 +206,30 @@ class KernelConfig:
 
 # Per head dim and query-row count (rows = query heads per K/V head x inputs), the configuration that
 # `bench/attention_sweep.py` found fastest on an H200 over contexts of 300-2,000 live slots
-# (bench/results/2026-12-03-h200-attention-sweep/). A row count between two entries takes the next
-# larger entry's; more rows than the last entry, the last; a head dim without entries, the old rule.
-KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {}
+# (bench/results/2026-12-03-h200-kernels/attention-sweep-*.json). A row count between two entries
+# takes the next larger entry's; more rows than the last entry, the last; a head dim without entries, the old rule.
+KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {
+    64: {
+        7: KernelConfig(16, 64, 32, 4),
+        112: KernelConfig(16, 64, 8, 4),
+        224: KernelConfig(64, 64, 16, 4),
+        336: KernelConfig(64, 64, 8, 4),
+        448: KernelConfig(64, 64, 8, 4),
+        560: KernelConfig(32, 64, 16, 4),
+        672: KernelConfig(64, 64, 16, 4),
+        903: KernelConfig(64, 64, 4, 4),
+    },
+    128: {
+        6: KernelConfig(16, 32, 32, 4),
+        96: KernelConfig(16, 128, 8, 4),
+        192: KernelConfig(16, 128, 4, 4),
+        288: KernelConfig(16, 128, 2, 4),
+        384: KernelConfig(16, 128, 2, 4),
+        480: KernelConfig(16, 128, 2, 4),
+        576: KernelConfig(32, 128, 2, 4),
+        774: KernelConfig(32, 128, 2, 4),
+    },
+}
 _OVERRIDE: KernelConfig | None = None  # set by the sweep, one configuration at a time
 
 
