@@ -291,6 +291,14 @@ def test_automata_follow_the_committed_tokens(tiny, tmp_path):
     assert drafter.dynamic.text.tolist() == everything + [42]
 
 
+def random_queries(docs: list[list[int]], rng, count: int):
+    """`count` contexts of up to 40 tokens ending at a random point of a random document."""
+    for _ in range(count):
+        doc = docs[rng.integers(len(docs))]
+        cut = int(rng.integers(1, len(doc)))
+        yield doc[max(0, cut - 40) : cut]
+
+
 def test_compact_store_matches_the_live_automaton_on_real_text(tmp_path):
     """The stored (renumbered, compact) automaton walks exactly like the live one it was frozen from,
     on standard-library code as bytes, and stays under half the ~91 bytes/token of the live form."""
@@ -306,10 +314,7 @@ def test_compact_store_matches_the_live_automaton_on_real_text(tmp_path):
     assert build["stored_bytes_per_token"] <= 45 < build["live_bytes_per_token"]
     rng = np.random.default_rng(2)
     held_out = [list(p.read_bytes()) for p in paths[30:40]]
-    for _ in range(300):
-        doc = held_out[rng.integers(len(held_out))]
-        cut = int(rng.integers(1, len(doc)))
-        query = doc[max(0, cut - 40) : cut]
+    for query in random_queries(held_out, rng, 300):
         want, got = live.match(query), frozen.match(query)
         assert (got.length, got.end) == (want.length, want.end)
         # Token by token (how the drafter feeds it), the matched length follows the live one.
@@ -344,10 +349,7 @@ def test_sharded_store_gives_the_matches_and_drafts_of_one_automaton(tiny, tmp_p
     rng = np.random.default_rng(3)
     held_out = [list(p.read_bytes()) for p in paths[30:40]] + docs[:3]  # unseen text, and text in the stores
     drafters = [sam_drafter(tiny, store) for store in (one, many)]
-    for _ in range(200):
-        doc = held_out[rng.integers(len(held_out))]
-        cut = int(rng.integers(1, len(doc)))
-        query = doc[max(0, cut - 40) : cut]
+    for query in random_queries(held_out, rng, 200):
         want, got = whole.match(query), sharded.match(query)
         assert (got.length, got.end) == (want.length, want.end)
         assert np.array_equal(sharded.continuation(got.end, 12), whole.continuation(want.end, 12))
