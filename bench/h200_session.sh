@@ -20,6 +20,11 @@
 #             `specbench eval` on the staged target and questions, resumed if OUT exists
 #   eval-head OUT SUITES METHODS HEAD [EXTRA...]
 #             `eval` with --draft-head HEAD (eagle2, rasd/respec on the head, sam.fallback=eagle2)
+#   chain     the whole head session in one background job, from a copy of the tree whose .corpus/ holds
+#             the prompt files: prepare the staged 1.5B, build the SAM store, train the head while a
+#             throwaway head (8 prompts, 1 epoch) runs a 2-question smoke eval of every method (it finds
+#             GPU-only faults early and fills the compile caches), then the 3-repeat eval. $METHODS,
+#             $SUITES and $HEAD_ARGS override its defaults; each stage's end is logged as "chain: ... done".
 set -u
 RES=/root/res
 mkdir -p "$RES"
@@ -73,6 +78,26 @@ eval-head)
     out=$1 suites=$2 methods=$3 head=$4
     shift 4
     run_eval "$out" "$suites" "$methods" --draft-head "$head" "$@"
+    ;;
+chain)
+    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
+    methods=${METHODS:-ar,pld,sam,recycle,suffix,eagle2,rasd,respec,respec@strict,sam@eagle}
+    head_eval=(--datastore /root/stores/sam15 --method-opt sam@eagle.fallback=eagle2
+        --method-opt respec@strict.relaxed=false --baselines hf-static)
+    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
+    echo "chain: prepare done $(date +%T)"
+    bash "$0" store
+    echo "chain: store done $(date +%T)"
+    (bash "$0" head /root/heads/tiny .corpus/train.jsonl -- --max-prompts 8 --max-new-tokens 32 --epochs 1 &&
+        bash "$0" eval-head /root/res/smoke "$suites" "$methods" /root/heads/tiny "${head_eval[@]}" --limit 2 &&
+        echo "chain: smoke done $(date +%T)") > "$RES/smoke.log" 2>&1 &
+    bash "$0" head /root/heads/q15 .corpus/train.jsonl .corpus/new_codealpaca.json \
+        -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
+    echo "chain: head done $(date +%T)"
+    wait
+    bash "$0" eval-head /root/res/run1 "$suites" "$methods" /root/heads/q15 "${head_eval[@]}" --repeats 3
+    echo "chain: eval done $(date +%T)"
     ;;
 *)
     echo "unknown step $step" >&2
