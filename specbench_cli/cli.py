@@ -445,11 +445,12 @@ def build_index_command(
     max_docs: Annotated[int | None, typer.Option(help="Use at most this many documents.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing datastore at --out.")] = False,
     batch_size: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Prompts answered at once (generate:); packed rows of 1024 tokens per forward (dresd)."
+            help="Prompts answered at once (generate:; default 256 on a GPU, 64 on a CPU); packed rows "
+            "of 1024 tokens per forward (dresd; default 64)."
         ),
-    ] = 64,
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length for generate: corpora.")] = 256,
     temperature: Annotated[
         float, typer.Option(help="generate: corpora: 0 = greedy; above 0 samples, seeded by --seed.")
@@ -518,7 +519,10 @@ def train_head_command(
         int | None, typer.Option(help="Use at most this many prompts of each source.")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the answers.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Prompts answered at once (generation).")] = 64,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Prompts answered at once (generation; default 256 on a GPU, 64 on a CPU)."),
+    ] = None,
     train_batch: Annotated[int, typer.Option(help="Sequences per training step.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 256,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 3e-4,

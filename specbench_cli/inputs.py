@@ -121,7 +121,7 @@ def check_build_index_inputs(
     *,
     text_key: list[str],
     max_docs: int | None,
-    batch_size: int,
+    batch_size: int | None,
     max_new_tokens: int,
     device: str,
     dtype: str,

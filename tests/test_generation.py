@@ -50,3 +50,12 @@ def test_sampling_is_seeded(tiny):
     b = generate_batch(tiny.model, prompts, 12, temperature=1.0, seed=3)
     c = generate_batch(tiny.model, prompts, 12, temperature=1.0, seed=4)
     assert [r.tokens for r in a] == [r.tokens for r in b] != [r.tokens for r in c]
+
+
+def test_the_default_batch_is_wide_on_a_gpu_and_narrow_on_a_cpu():
+    # Without --batch-size, generate: corpora and train-head answer 256 prompts at once on a GPU
+    # (a step costs about the same as for 64 rows there) and 64 on a CPU (memory).
+    from specbench_cli.generation import default_batch
+
+    assert default_batch(torch.device("cuda", 0)) == default_batch("cuda") == 256
+    assert default_batch(torch.device("cpu")) == default_batch("cpu") == 64

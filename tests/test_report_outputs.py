@@ -84,6 +84,34 @@ def test_repeats_give_identical_ids_and_an_independent_spread(run):
     assert "±" in md.split("| suite")[0]
 
 
+def test_an_interrupted_pass_is_left_out_of_the_spread(run, tmp_path):
+    # Cut the second pass short after one question, as a machine lost mid-run leaves it: the spread
+    # must compare the repeats on the same questions, and say how many it left out.
+    from specbench_cli.report import make_report
+
+    out = copy_run(run, tmp_path / "run")
+    recs = answers(out)
+    kept_q = sorted({r["question_id"] for r in recs["ar"]})[0]
+    for path in (out / "answers").glob("*/*.jsonl"):
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        keep = [r for r in lines if r["repeat"] == 0 or r["question_id"] == kept_q]
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    make_report(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["repeats"]["partial_questions"] == 2
+    trimmed = {m: [r for r in lines if r["question_id"] == kept_q] for m, lines in answers(out).items()}
+
+    def tok_s(lines, repeat):
+        chosen = [r["choices"][0] for r in lines if r["repeat"] == repeat]
+        return sum(sum(c["new_tokens"]) for c in chosen) / sum(sum(c["wall_time"]) for c in chosen)
+
+    spread = {(r["suite"], r["category"], r["method"]): r for r in summary["repeats"]["rows"]}
+    for method, lines in trimmed.items():
+        speeds = [tok_s(lines, k) for k in (0, 1)]
+        assert spread[("all", "all", method)]["tokens_per_s_std"] == pytest.approx(statistics.stdev(speeds))
+    assert "2 answered in fewer repeats" in (out / "summary.md").read_text()
+
+
 def test_resume_adds_only_the_missing_repeats(run, tmp_path):
     out = copy_run(run, tmp_path / "run")
     args = ["eval", "--model", "tiny-random", "--suite", f"jsonl:{QUESTIONS}", "--methods", "ar,pld"]

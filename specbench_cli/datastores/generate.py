@@ -1,7 +1,7 @@
 """`--corpus generate:SUITE_OR_FILE`: the target model's own answers (greedy by default) as a corpus.
 
 The prompts come from a suite (its questions, every turn) or a JSON/JSONL file (--text-key picks the
-prompt field). Answers are generated in batches of `--batch-size` prompts (64; generation.py:
+prompt field). Answers are generated in batches of `--batch-size` prompts (256 on a GPU, 64 on a CPU; generation.py:
 left-padded, each row with its own positions, equal to one-at-a-time decoding), turn by turn, and
 appended to a JSONL file keyed by everything that changes them (model, weights, dtype, device,
 tokenizer, prompts, and every GenerationSettings field: length, temperature, seed, batch size), so an
@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..files import sha256_file
+from ..generation import default_batch
 from ..types import SpecbenchError
 from .corpus import DEFAULT_PROMPT_KEYS, CorpusSource, pick_keys, read_records, record_text
 
-DEFAULT_BATCH = 64  # prompts answered at once (build-index --batch-size)
+DEFAULT_BATCH = 64  # prompts answered at once on a CPU (generation.default_batch: 256 on a GPU)
 
 
 def _slug(text: str) -> str:
@@ -101,7 +102,7 @@ def generated_corpus(spec: str, target: str, options: dict, loaded, console) -> 
         max_new_tokens=int(options.get("max_new_tokens") or 256),
         temperature=float(options.get("temperature") or 0.0),
         seed=int(options.get("seed") or 0),
-        batch_size=int(options.get("batch_size") or DEFAULT_BATCH),
+        batch_size=int(options.get("batch_size") or default_batch(loaded.device)),
         prompt_format=options.get("prompt_format") or "chat",
     )
     key = generation_key(loaded, prompts_sha, len(prompts), settings)

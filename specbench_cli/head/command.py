@@ -27,13 +27,14 @@ def run_train_head(
     out: Path,
     settings: TrainSettings,
     max_prompts: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,  # None: generation.default_batch for the device
     max_new_tokens: int = 256,
     device: str = "auto",
     dtype: str = "auto",
     console=None,
 ) -> dict:
     from ..evaluate import resolve_device
+    from ..generation import default_batch
     from ..models import load_model
     from ..options import parse_options
     from .data import check_prompt_sources, load_prompt_set, make_sequences
@@ -44,7 +45,7 @@ def run_train_head(
         TrainSettings, {k: getattr(settings, k) for k in settings.__dataclass_fields__}, "train-head"
     )
     for name, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
-        if value < 1:
+        if value is not None and value < 1:
             raise SpecbenchError(f"{name} must be at least 1, got {value}")
     if max_prompts is not None and max_prompts < 2:
         raise SpecbenchError(f"--max-prompts must be at least 2 (one for validation), got {max_prompts}")
@@ -74,6 +75,7 @@ def run_train_head(
     if previous is not None:
         check_target(out, previous, loaded)
     prompt_set = load_prompt_set(prompts, loaded, max_prompts)
+    batch_size = batch_size or default_batch(loaded.device)
     generation = {
         "target_weights": loaded.sha256,
         "target": loaded.name,

@@ -6,6 +6,12 @@ method) the repeats' values give mean, sample standard deviation (n - 1, as Spec
 and coefficient of variation (std / mean). A speedup whose mean +- std contains 1.0 is flagged:
 the run cannot tell that method from `ar`. Greedy decoding is deterministic, so every repeat of an
 answer must have the same token ids; `identical_ids` counts the questions where they do.
+
+An interrupted run (a pass cut short, not yet resumed) has questions answered in fewer repeats than
+others. Each repeat's overall row would then average another mix of questions (a late pass that got
+only to the short answers looks faster), and that difference would pass for run-to-run noise. So
+the spread counts only questions that every method answered in every repeat, and says how many
+it left out (`partial_questions`); the pooled tables still use every answer.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ KEYS = ("suite", "category", "method")
 
 def repeat_spread(records: list[dict]) -> dict[str, Any]:
     """{"repeats": N, "rows": [per (suite, category, method)], "identical_ids": [per method]}."""
+    records, partial = complete_questions(records)
     by_repeat: dict[int, list[dict]] = {}
     for r in records:
         by_repeat.setdefault(int(r.get("repeat") or 0), []).append(r)
@@ -46,7 +53,27 @@ def repeat_spread(records: list[dict]) -> dict[str, Any]:
             and row["speedup_mean"] - row["speedup_std"] <= 1.0 <= row["speedup_mean"] + row["speedup_std"]
         )
         rows.append(row)
-    return {"repeats": len(by_repeat), "rows": rows, "identical_ids": identical_ids(records)}
+    return {
+        "repeats": len(by_repeat),
+        "partial_questions": partial,
+        "rows": rows,
+        "identical_ids": identical_ids(records),
+    }
+
+
+def complete_questions(records: list[dict]) -> tuple[list[dict], int]:
+    """The records of questions that every method answered in every repeat, and how many questions
+    (suite, question_id) fell short and were left out."""
+    repeats = {int(r.get("repeat") or 0) for r in records}
+    methods = {str(r["method"]) for r in records}
+    seen: dict[tuple, set] = {}
+    for r in records:
+        seen.setdefault((r["suite"], r["question_id"]), set()).add(
+            (str(r["method"]), int(r.get("repeat") or 0))
+        )
+    need = len(repeats) * len(methods)
+    full = {q for q, runs in seen.items() if len(runs) == need}
+    return [r for r in records if (r["suite"], r["question_id"]) in full], len(seen) - len(full)
 
 
 def identical_ids(records: list[dict]) -> list[dict[str, Any]]:

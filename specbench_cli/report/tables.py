@@ -98,6 +98,7 @@ def summary_markdown(df: pd.DataFrame, run_name: str, repeats: dict | None = Non
         f"# specbench summary: {run_name}\n\n"
         + short
         + "\n\n"
+        + spread_line(repeats)
         + best_lossless_line(df)
         + "\n\n## Every suite and category\n\n"
         f"Speedup and lossless are measured against `{BASELINE}` on the same questions of the same run; "
@@ -153,6 +154,21 @@ def headline_rows(df: pd.DataFrame, repeats: dict | None = None) -> list[dict[st
             }
         )
     return out
+
+
+def spread_line(repeats: dict | None) -> str:
+    """What the ± in the headline is, when the run has repeats (and what an interrupted pass left out)."""
+    n = int((repeats or {}).get("repeats") or 1)
+    if n < 2:
+        return ""
+    line = f"± is the standard deviation over {n} repeats (one pass over the questions each)"
+    partial = int(repeats.get("partial_questions") or 0)
+    if partial:
+        line += (
+            f", on the questions answered in every repeat: {partial} answered in fewer repeats "
+            "(an interrupted pass) are left out of the spread but not of the pooled values"
+        )
+    return line + ". "
 
 
 def with_spread(value: Any, std: Any, digits: int, unit: str = "") -> str:
