@@ -298,15 +298,20 @@ def test_first_divergence():
     assert first_divergence([[1, 2]], [[1, 2, 3]]) == (0, 2)
 
 
-def test_ar_margins_are_the_top2_gap_of_a_plain_forward(tiny):
+@pytest.mark.parametrize(("method", "new"), [("ar", 10), ("ar", 150), ("pld", 150)])
+def test_margins_are_the_top2_gap_of_a_plain_forward(tiny, method, new):
+    # 150 tokens: past MARGIN_BATCH, so the batched top-2 and the final flush both run; pld keeps
+    # several rows per step, some of them out of input order.
     import torch
 
-    from specbench_cli.drafters.ar import Autoregressive
     from specbench_cli.engine.decode import Engine, generate
+    from specbench_cli.registry import DRAFTERS
     from specbench_cli.types import MethodSetup
 
-    prompt = [5, 17, 42, 9, 100]
-    gen = generate(Engine(tiny, 256), Autoregressive(MethodSetup(target=tiny)), prompt, 10, margins=True)
+    prompt = [5, 17, 42, 9, 100, 5, 17, 42, 9]
+    drafter = DRAFTERS.get(method)(MethodSetup(target=tiny))
+    gen = generate(Engine(tiny, 256), drafter, prompt, new, margins=True)
+    assert len(gen.output_ids) == new and len(gen.top2_margins) == new
     with torch.no_grad():
         logits = tiny.model(torch.tensor([prompt + gen.output_ids])).logits[0].float()
     rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(gen.output_ids)]

@@ -22,6 +22,7 @@ from .factory import RunnerFactory
 from .verifier import choices_with_topk, sample_tokens, verify
 
 DEFAULT_MAX_NODES = 128
+MARGIN_BATCH = 64  # steps whose chosen rows get their top-2 logits in one batch (margins=True)
 
 
 class StepClock:
@@ -126,6 +127,11 @@ def generate(
     runner.commit(list(range(len(prompt_ids))))
     root = sample_tokens(logits[-1:], temperature, generator)[0]
     top2 = [logits[-1:].float().topk(2, dim=-1).values] if margins else []
+    # The chosen rows wait here and get their top-2 in one batch per MARGIN_BATCH steps: a top-k per
+    # step costs `ar` (the only method that records margins) ~0.27 ms of host time per token on an
+    # H200 host (bench/results/2026-12-03-h200-head-methods: ar's t_other 0.35 ms vs pld's 0.08),
+    # which would slow the reference and inflate every speedup.
+    margin_rows: list[torch.Tensor] = []
     prefill_done = clock.mark()
     out = [root]
     steps = [StepRecord(0, 0, 0, 1)]
@@ -165,7 +171,11 @@ def generate(
 
         kept = [0] + [tree.input_of(n) for n in verdict.accepted_nodes]
         if margins:  # row kept[j] chose committed token j
-            top2.append(logits[kept].float().topk(2, dim=-1).values)
+            # A plain step keeps its only row: no indexing kernel on the clock.
+            margin_rows.append(logits if kept == list(range(len(logits))) else logits[kept])
+            if len(margin_rows) >= MARGIN_BATCH:
+                top2.append(torch.cat(margin_rows).float().topk(2, dim=-1).values)
+                margin_rows.clear()
         if features is not None:
             features[runner.length : runner.length + len(kept)] = hidden[kept]
         runner.commit(kept)
@@ -214,6 +224,8 @@ def generate(
         )
     gen = Generation(out, steps, wall, clock.seconds(start, prefill_done), stop or "length")
     if margins:
+        if margin_rows:
+            top2.append(torch.cat(margin_rows).float().topk(2, dim=-1).values)
         top = torch.cat(top2)[: len(out)].tolist()  # truncation at EOS / length cuts the tail rows
         gen.top1_logits = [a for a, _ in top]
         gen.top2_margins = [a - b for a, b in top]
