@@ -86,10 +86,11 @@ def test_forwards_match_eager_runner(tiny, attention, seed):
             assert compiled.length == eager.length
 
 
-@pytest.mark.parametrize("attention", ["tree", "packed"])
-def test_pending_levels_match_eager_runner(tiny, attention):
+@pytest.mark.parametrize(("attention", "as_tensors"), [("tree", False), ("packed", False), ("tree", True)])
+def test_pending_levels_match_eager_runner(tiny, attention, as_tensors):
     """Levels run after pending (written, uncommitted) slots, as sps-tree grows its tree: windows of
-    every width the buckets allow, and one too wide for them (the eager path)."""
+    every width the buckets allow, and one too wide for them (the eager path). `as_tensors`: the
+    compiled runner gets each level as device tensors (`forward_tensors`, how grow_tree feeds it)."""
     rng = random.Random(5)
     prompt = [rng.randrange(tiny.vocab_size) for _ in range(20)]
     compiled = CompiledRunner(tiny.model, 200, max_nodes=40, attention=attention)
@@ -104,7 +105,12 @@ def test_pending_levels_match_eager_runner(tiny, attention):
         every_level += level
         pending = len(slot_parents)
         slot_parents += [rng.randint(-1, pending - 1) if pending else -1 for _ in range(width)]
-        lc, hc = compiled.forward(level, slot_parents, want_hidden=True)
+        if as_tensors:
+            lc, hc = compiled.forward_tensors(
+                torch.tensor(level), torch.tensor(slot_parents), want_hidden=True
+            )
+        else:
+            lc, hc = compiled.forward(level, slot_parents, want_hidden=True)
         le, he = eager.forward(level, slot_parents, want_hidden=True)
         assert lc.shape == (width, tiny.vocab_size)
         torch.testing.assert_close(lc, le, atol=1e-4, rtol=1e-4)

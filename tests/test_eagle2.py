@@ -150,7 +150,7 @@ def test_eagle2_on_the_compiled_engine(tiny, head_dir):
     from specbench_cli.engine.factory import RunnerFactory
 
     engine = Engine(tiny, max_len=320, max_nodes=64, kind="compiled")
-    drafter = Eagle2(MethodSetup(target=tiny, draft_head=head_dir, runners=RunnerFactory("compiled", 320)))
+    drafter = Recording(MethodSetup(target=tiny, draft_head=head_dir, runners=RunnerFactory("compiled", 320)))
     assert isinstance(drafter.runner, CompiledRunner)
     ar = Autoregressive(MethodSetup(target=tiny))
     reference = Engine(tiny, max_len=320, max_nodes=64)
@@ -159,9 +159,25 @@ def test_eagle2_on_the_compiled_engine(tiny, head_dir):
         [rng.randrange(tiny.vocab_size) for _ in range(25)],
         [rng.randrange(200) for _ in range(150)],
     ):
+        drafter.log = []
         gen = generate(engine, drafter, prompt, 24)
         assert gen.output_ids == generate(reference, ar, prompt, 24).output_ids
         assert sum(s.accepted for s in gen.steps) > 0
+        # The levels went in as device tensors (forward_tensors): the head still drafts exactly what
+        # it drafts from scratch, at the root and below it.
+        for tokens, logp, _, _ in drafter.log[::4]:
+            torch.testing.assert_close(
+                logp, head_from_scratch(tiny, drafter.head, tokens, []), atol=1e-4, rtol=0
+            )
+        tokens, _, tree, expanded = drafter.log[-1]
+        for node, row in list(expanded.items())[::7]:
+            path, i = [], node
+            while i >= 0:
+                path.append(tree.tokens[i])
+                i = tree.parents[i]
+            torch.testing.assert_close(
+                row, head_from_scratch(tiny, drafter.head, tokens, path[::-1]), atol=1e-4, rtol=0
+            )
 
 
 def test_eval_runs_eagle2_and_rasd_on_the_head(tmp_path, head_dir):

@@ -131,14 +131,15 @@ class Eagle2(Drafter):
         root_logp = torch.log_softmax(self.root_logits(ctx, (self.opts.depth - 1) * k + 1), dim=-1)
         outputs = [self.root_feature[None]]  # predicted features of the last expanded level
 
-        def expand(tokens: list[int], slot_parents: list[int], rows: list[int] | None) -> torch.Tensor:
+        def expand(
+            tokens: torch.Tensor, slot_parents: torch.Tensor, rows: torch.Tensor | None
+        ) -> torch.Tensor:
+            # All on the device: the frontier's parent features are rows of the last level's output.
             source = outputs[0]
-            feats = (
-                source.expand(len(tokens), -1)
-                if rows is None
-                else source[torch.tensor(rows, device=source.device)]
-            )
-            logits, hidden = self._run(tokens, feats, slot_parents)
+            feats = source.expand(tokens.shape[0], -1) if rows is None else source.index_select(0, rows)
+            with torch.inference_mode():
+                self.head.features_in[: tokens.shape[0]].copy_(feats)
+            logits, hidden = self.runner.forward_tensors(tokens, slot_parents, want_hidden=True)
             outputs[0] = hidden
             return logits
 

@@ -93,9 +93,11 @@ class DraftModelTree(Drafter):
         k = min(self.top_k, self.runner.model.get_output_embeddings().weight.shape[0])
         root_logp = torch.log_softmax(self.root_logits(ctx, (self.depth - 1) * k + 1), dim=-1)
 
-        def expand(tokens: list[int], slot_parents: list[int], rows: list[int] | None) -> torch.Tensor:
+        def expand(
+            tokens: torch.Tensor, slot_parents: torch.Tensor, rows: torch.Tensor | None
+        ) -> torch.Tensor:
             # The frontier runs after the earlier levels' pending slots, which it may attend to.
-            return self.runner.forward(tokens, slot_parents)[0]
+            return self.runner.forward_tensors(tokens, slot_parents)[0]
 
         return grow_tree(root_logp, expand, self.top_k, self.depth, budget)
 

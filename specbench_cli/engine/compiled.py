@@ -194,24 +194,55 @@ class CompiledRunner(Runner):
         bucket = self._bucket(size, width, want_hidden)
         self.forwards += 1
         self._fill(bucket, tokens, parents, self.length, pending)
-        if bucket.graph is not None:
-            if self.profile:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                bucket.graph.replay()
-                end.record()
-                self._events.append((begin, end))
-            else:
-                bucket.graph.replay()
-            logits, hidden = bucket.logits, bucket.hidden
-        else:
-            with self._attention():
-                logits, hidden = self._step(bucket.inputs, size, width, want_hidden)
+        logits, hidden = self._run_bucket(bucket, size, width, want_hidden)
         rows = slice(n - 1, n) if last_only else slice(0, n)
         # Graph outputs are overwritten by the next replay: hand out copies (cheap next to a forward).
         logits = logits[rows].clone()
         hidden = hidden[slice(0, n) if all_hidden else rows].clone() if want_hidden else None
         return logits, hidden
+
+    @torch.inference_mode()
+    def forward_tensors(
+        self, tokens: torch.Tensor, parents: torch.Tensor, want_hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` for inputs that live on the device: written into the bucket's inputs by device
+        copies (stream-ordered after whatever computed them), so nothing waits for the GPU here."""
+        n = tokens.shape[0]
+        pending = parents.shape[0] - n
+        self._check_room(pending, n)
+        size = next((b for b in self.buckets if b >= n), None)
+        width = next((b for b in self.buckets if size and b >= pending + size), None)
+        if size is None or width is None:
+            return super().forward_tensors(tokens, parents, want_hidden)
+        bucket = self._bucket(size, width, want_hidden)
+        self.forwards += 1
+        inputs, used = bucket.inputs, pending + n
+        inputs[:n].copy_(tokens)
+        inputs[n:size].zero_()
+        inputs[size : size + used].copy_(parents)
+        inputs[size + used : size + width].fill_(-1)  # pads and unused window slots, as _fill
+        inputs[size + width].fill_(self.length)  # scalars ride in the fill kernels' arguments
+        inputs[size + width + 1].fill_(pending)
+        logits, hidden = self._run_bucket(bucket, size, width, want_hidden)
+        return logits[:n].clone(), hidden[:n].clone() if want_hidden else None
+
+    def _run_bucket(
+        self, bucket: Bucket, size: int, width: int, want_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Replay the bucket's graph (timed when profiling) or run its static forward; outputs are
+        the bucket's own buffers, overwritten by its next run."""
+        if bucket.graph is None:
+            with self._attention():
+                return self._step(bucket.inputs, size, width, want_hidden)
+        if self.profile:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            bucket.graph.replay()
+            end.record()
+            self._events.append((begin, end))
+        else:
+            bucket.graph.replay()
+        return bucket.logits, bucket.hidden
 
     def _move(self, kept: list[int]) -> None:
         if self.use_graphs and len(kept) <= self.buckets[-1]:

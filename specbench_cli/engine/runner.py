@@ -11,6 +11,11 @@ written but uncommitted ("pending"): `forward(tokens, parents)` with `len(parent
 so. The first `len(parents) - len(tokens)` entries describe the pending slots [length, length + m), the
 rest the new inputs, which are written at [length + m, length + m + n).
 
+`forward_tensors(tokens, parents)` is the same forward with both lists as tensors on the model's
+device: a drafter that picks the next level's tokens on the GPU (`dynamic_tree.grow_tree`) hands them
+over without reading them back. The compiled runner writes them straight into its graph inputs, so a
+tree grows with no host round trip per level; the eager runner reads them back (one sync a level).
+
 `Runner` holds what every runner shares (the cache, commit, rewind and the variable-length forward);
 `ModelRunner` is the eager runner, `compiled.CompiledRunner` the static-shape, CUDA-graph one.
 """
@@ -137,6 +142,12 @@ class Runner:
         return logits.float(), hidden
 
     _static_visible: int | None = None  # what attention sees between forwards (None = the whole cache)
+
+    def forward_tensors(
+        self, tokens: torch.Tensor, parents: torch.Tensor, want_hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward(tokens, parents, want_hidden)` with both as 1-D integer tensors (see the module doc)."""
+        return self.forward(tokens.tolist(), parents.tolist(), want_hidden=want_hidden)
 
 
 class ModelRunner(Runner):
