@@ -26,7 +26,7 @@ DATA=${DATA:-${SPECBENCH_DATA:-../shared/data}}
 GSM8K=${GSM8K:-$DATA/gsm8k/train.jsonl}                        # 7,473 prompts ("question")
 CODEALPACA=${CODEALPACA:-$DATA/code_alpaca/new_codealpaca.json} # 4,535 prompts (instruction + input)
 MAX_DOCS=${MAX_DOCS:-}                # prompts per source; empty = all (12,008)
-BATCH=${BATCH:-64}                    # prompts generated at once
+BATCH=${BATCH:-}                      # prompts generated at once; empty = 256 on a GPU, 64 on a CPU
 NEW_TOKENS=${NEW_TOKENS:-128}         # corpus answers and eval answers (DReSD: 128)
 PROMPT_FORMAT=${PROMPT_FORMAT:-plain} # corpus and the two retrieval evals: DReSD's Question/Answer
 QUESTIONS=${QUESTIONS:-100}           # CodeAlpaca's seeded subset (MT-Bench has 80: all of them)
@@ -53,7 +53,7 @@ aligned_store() { # KIND [EXTRA...]: a store from the aligned corpus, unless it 
     [ -f "$STORES/$kind/manifest.json" ] && { echo "$STORES/$kind: built already"; return; }
     # shellcheck disable=SC2046
     specbench build-index --method "$kind" --model "$MODEL" --device "$DEVICE" --corpus "$ALIGNED" \
-        --prompt-format "$PROMPT_FORMAT" --batch-size "$BATCH" --max-new-tokens "$NEW_TOKENS" \
+        --prompt-format "$PROMPT_FORMAT" $(limit "$BATCH" --batch-size) --max-new-tokens "$NEW_TOKENS" \
         $(limit "$MAX_DOCS" --max-docs) --out "$STORES/$kind" "$@"
 }
 
