@@ -25,6 +25,13 @@
 #             throwaway head (8 prompts, 1 epoch) runs a 2-question smoke eval of every method (it finds
 #             GPU-only faults early and fills the compile caches), then the 3-repeat eval. $METHODS,
 #             $SUITES and $HEAD_ARGS override its defaults; each stage's end is logged as "chain: ... done".
+#   retrieval [STEP...]
+#             issue 13's comparison at size: bench/retrieval_at_scale.sh (default: all) on the staged
+#             target, the data root carried as /root/data (a copy of shared/data: GSM8K, CodeAlpaca,
+#             Spec-Bench), compiled engine, results under /root/res/ras
+#   full480 OUT
+#             the whole Spec-Bench (480 questions, both MT-Bench turns) with ar, pld and sam (+ the SAM
+#             store), resumed if OUT exists: rerun it until every answer is in
 set -u
 RES=/root/res
 mkdir -p "$RES"
@@ -98,6 +105,15 @@ chain)
     wait
     bash "$0" eval-head /root/res/run1 "$suites" "$methods" /root/heads/q15 "${head_eval[@]}" --repeats 3
     echo "chain: eval done $(date +%T)"
+    ;;
+retrieval)
+    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
+    DATA=/root/data SPECBENCH_DATA=/root/data OUT=/root/res/ras EVAL_ARGS="--engine compiled" \
+        bash bench/retrieval_at_scale.sh "${@:-all}"
+    ;;
+full480)
+    SPECBENCH_DATA=/root/data run_eval "$1" spec-bench ar,pld,sam --datastore /root/stores/sam15
     ;;
 *)
     echo "unknown step $step" >&2
