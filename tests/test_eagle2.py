@@ -94,6 +94,23 @@ def head_from_scratch(tiny, head, tokens: list[int], path: list[int]) -> torch.T
     return torch.log_softmax(out.logits[0, -1].float(), -1)
 
 
+def assert_drafts_match_the_head_from_scratch(tiny, drafter, every: int = 1, deep_every: int = 3) -> None:
+    """Every `every`-th recorded step's level-1 log-probs, and every `deep_every`-th expanded node of
+    the last step's tree, equal the head run from scratch on the same path."""
+    for tokens, logp, _, _ in drafter.log[::every]:
+        torch.testing.assert_close(logp, head_from_scratch(tiny, drafter.head, tokens, []), atol=1e-4, rtol=0)
+    tokens, _, tree, expanded = drafter.log[-1]
+    assert len(expanded) >= 10
+    for node, row in list(expanded.items())[::deep_every]:
+        path, i = [], node
+        while i >= 0:
+            path.append(tree.tokens[i])
+            i = tree.parents[i]
+        torch.testing.assert_close(
+            row, head_from_scratch(tiny, drafter.head, tokens, path[::-1]), atol=1e-4, rtol=0
+        )
+
+
 def test_head_cache_stays_in_step_after_partial_acceptance(tiny, head_dir):
     drafter = Recording(MethodSetup(target=tiny, draft_head=head_dir))
     drafter.log = []
@@ -104,19 +121,8 @@ def test_head_cache_stays_in_step_after_partial_acceptance(tiny, head_dir):
     steps = gen.steps[1:]
     assert any(0 < s.accepted < s.draft_depth for s in steps)  # partial acceptance happened
     assert sum(s.accepted for s in steps) > 0
-    for tokens, logp, _, _ in drafter.log:
-        torch.testing.assert_close(logp, head_from_scratch(tiny, drafter.head, tokens, []), atol=1e-4, rtol=0)
-    # Deeper levels: each expanded node's children scores equal the head run pair by pair on its path.
-    tokens, _, tree, expanded = drafter.log[-1]
-    assert len(expanded) >= 10
-    for node, row in list(expanded.items())[::3]:
-        path, i = [], node
-        while i >= 0:
-            path.append(tree.tokens[i])
-            i = tree.parents[i]
-        torch.testing.assert_close(
-            row, head_from_scratch(tiny, drafter.head, tokens, path[::-1]), atol=1e-4, rtol=0
-        )
+    # Root and deeper levels: each expanded node's children scores equal the head run pair by pair.
+    assert_drafts_match_the_head_from_scratch(tiny, drafter)
 
 
 def test_a_head_for_another_target_is_refused(tiny_draft, head_dir):
@@ -165,19 +171,7 @@ def test_eagle2_on_the_compiled_engine(tiny, head_dir):
         assert sum(s.accepted for s in gen.steps) > 0
         # The levels went in as device tensors (forward_tensors): the head still drafts exactly what
         # it drafts from scratch, at the root and below it.
-        for tokens, logp, _, _ in drafter.log[::4]:
-            torch.testing.assert_close(
-                logp, head_from_scratch(tiny, drafter.head, tokens, []), atol=1e-4, rtol=0
-            )
-        tokens, _, tree, expanded = drafter.log[-1]
-        for node, row in list(expanded.items())[::7]:
-            path, i = [], node
-            while i >= 0:
-                path.append(tree.tokens[i])
-                i = tree.parents[i]
-            torch.testing.assert_close(
-                row, head_from_scratch(tiny, drafter.head, tokens, path[::-1]), atol=1e-4, rtol=0
-            )
+        assert_drafts_match_the_head_from_scratch(tiny, drafter, every=4, deep_every=7)
 
 
 def test_eval_runs_eagle2_and_rasd_on_the_head(tmp_path, head_dir):
