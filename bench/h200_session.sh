@@ -25,6 +25,12 @@
 #             throwaway head (8 prompts, 1 epoch) runs a 2-question smoke eval of every method (it finds
 #             GPU-only faults early and fills the compile caches), then the 3-repeat eval. $METHODS,
 #             $SUITES and $HEAD_ARGS override its defaults; each stage's end is logged as "chain: ... done".
+#   chain2    the next session's plan in one job: prepare, the SAM store, then the retrieval corpus and
+#             stores (issue 13) generated while the head trains (both untimed, so they may share the
+#             GPU), then the timed runs one after another: the retrieval evals, and one pass of the head
+#             methods (METHODS2) with the device-resident tree. Needs /root/data and /root/cache (below).
+#             Estimated ~28 min after staging (head and corpus ~10 in parallel, retrieval evals ~11, head
+#             eval ~5): more than a session holds with staging, so set RET_EVALS to fewer evals.
 #   retrieval [STEP...]
 #             issue 13's comparison at size: bench/retrieval_at_scale.sh (default: all) on the staged
 #             target, the data root carried as /root/data (a copy of shared/data: GSM8K, CodeAlpaca,
@@ -37,6 +43,9 @@ RES=/root/res
 mkdir -p "$RES"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export SPECBENCH_MODEL_QWEN2_5_CODER_1_5B=/root/m/q15/hf SPECBENCH_MODEL_QWEN2_5_CODER_0_5B=/root/m/q05/hf
+# Suite files on a machine without a network: a copy of shared/data (carried as .data/) and of the
+# pinned downloads (~/.cache/specbench/data, carried as .cache-data/data/), copied to these paths.
+export SPECBENCH_DATA=${SPECBENCH_DATA:-/root/data} SPECBENCH_CACHE=${SPECBENCH_CACHE:-/root/cache}
 BEFORE=bench/results/2026-12-02-h200-fast-path/profile-random-qwen1.5b-fused.json
 step=$1
 shift
@@ -109,11 +118,30 @@ chain)
 retrieval)
     [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
         --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
-    DATA=/root/data SPECBENCH_DATA=/root/data OUT=/root/res/ras EVAL_ARGS="--engine compiled" \
+    DATA=$SPECBENCH_DATA OUT=/root/res/ras EVAL_ARGS="--engine compiled" \
         bash bench/retrieval_at_scale.sh "${@:-all}"
     ;;
+chain2)
+    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
+    methods=${METHODS2:-ar,pld,sam,eagle2,rasd,respec@strict,sam@eagle}
+    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
+    bash "$0" store
+    (bash "$0" retrieval corpus stores && echo "chain2: retrieval stores done $(date +%T)") \
+        > "$RES/ras-build.log" 2>&1 &
+    bash "$0" head /root/heads/q15 .corpus/train.jsonl .corpus/new_codealpaca.json \
+        -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
+    echo "chain2: head done $(date +%T)"
+    wait
+    # shellcheck disable=SC2086
+    bash "$0" retrieval ${RET_EVALS:-eval-dresd-protocol eval-math eval-humaneval-code}
+    echo "chain2: retrieval evals done $(date +%T)"
+    bash "$0" eval-head /root/res/run2 "$suites" "$methods" /root/heads/q15 --datastore /root/stores/sam15 \
+        --method-opt sam@eagle.fallback=eagle2 --method-opt respec@strict.relaxed=false
+    echo "chain2: eval done $(date +%T)"
+    ;;
 full480)
-    SPECBENCH_DATA=/root/data run_eval "$1" spec-bench ar,pld,sam --datastore /root/stores/sam15
+    run_eval "$1" spec-bench ar,pld,sam --datastore /root/stores/sam15
     ;;
 *)
     echo "unknown step $step" >&2
