@@ -44,7 +44,14 @@ class ScoredTree:
     node_logprobs: list[float] = field(default_factory=list)  # cumulative log-probability of the path
     token_logprobs: list[float] = field(default_factory=list)  # log-probability of the token given its parent
     root_logprobs: torch.Tensor | None = None  # (V,) draft log-probs after the root; None: no draft ran
-    expanded_logprobs: dict[int, torch.Tensor] = field(default_factory=dict)  # node -> (V,) of its children
+    # node -> (log-probs of its level's frontier (n, V), its row there): a view per node would cost the
+    # host a tensor index each on every step, and only tests read them (expanded_logprobs).
+    expanded_rows: dict[int, tuple[torch.Tensor, int]] = field(default_factory=dict)
+
+    @property
+    def expanded_logprobs(self) -> dict[int, torch.Tensor]:
+        """node -> (V,) draft log-probs of its children, for every node the drafter expanded."""
+        return {node: logp[row] for node, (logp, row) in self.expanded_rows.items()}
 
 
 def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, budget: int) -> ScoredTree:
@@ -100,11 +107,11 @@ def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, b
     parent = [int(p) for p in host[total : 2 * total]]
     score, own = host[2 * total : 3 * total], host[3 * total : 4 * total]
     level_of = levels
-    expanded_of: dict[int, torch.Tensor] = {}  # candidate -> log-probs of its children
+    expanded_of: dict[int, tuple[torch.Tensor, int]] = {}  # candidate -> (its level's log-probs, row)
     at = 4 * total
     for front, logp in expanded:
         for i in range(front.shape[0]):
-            expanded_of[int(host[at + i])] = logp[i]
+            expanded_of[int(host[at + i])] = (logp, i)
         at += front.shape[0]
 
     # Best `budget` candidates; ties: shallower, then earlier. A node whose parent was not taken is
@@ -124,5 +131,5 @@ def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, b
         out.node_logprobs.append(score[c])
         out.token_logprobs.append(own[c])
     out.tree = DraftTree(tuple(tokens), tuple(parents))
-    out.expanded_logprobs = {node_of[c]: row for c, row in expanded_of.items() if c in node_of}
+    out.expanded_rows = {node_of[c]: where for c, where in expanded_of.items() if c in node_of}
     return out
