@@ -58,6 +58,14 @@ run_eval() {
     python3 -m specbench_cli eval --model qwen2.5-coder-1.5b --suite "$suites" --methods "$methods" \
         --max-new-tokens 256 --out "$out" "${resume[@]}" "$@"
 }
+prepare_target() { # the staged GGUF -> a safetensors folder, once per machine
+    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf
+}
+train_head_q15() { # the head of the chains: 1,500 GSM8K + 1,500 CodeAlpaca prompts (~7.5 min)
+    bash "$0" head /root/heads/q15 .corpus/train.jsonl .corpus/new_codealpaca.json \
+        -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
+}
 
 case $step in
 sweep)
@@ -100,37 +108,32 @@ chain)
     methods=${METHODS:-ar,pld,sam,recycle,suffix,eagle2,rasd,respec,respec@strict,sam@eagle}
     head_eval=(--datastore /root/stores/sam15 --method-opt sam@eagle.fallback=eagle2
         --method-opt respec@strict.relaxed=false --baselines hf-static)
-    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
-        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
+    prepare_target || exit 1
     echo "chain: prepare done $(date +%T)"
     bash "$0" store
     echo "chain: store done $(date +%T)"
     (bash "$0" head /root/heads/tiny .corpus/train.jsonl -- --max-prompts 8 --max-new-tokens 32 --epochs 1 &&
         bash "$0" eval-head /root/res/smoke "$suites" "$methods" /root/heads/tiny "${head_eval[@]}" --limit 2 &&
         echo "chain: smoke done $(date +%T)") > "$RES/smoke.log" 2>&1 &
-    bash "$0" head /root/heads/q15 .corpus/train.jsonl .corpus/new_codealpaca.json \
-        -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
+    train_head_q15
     echo "chain: head done $(date +%T)"
     wait
     bash "$0" eval-head /root/res/run1 "$suites" "$methods" /root/heads/q15 "${head_eval[@]}" --repeats 3
     echo "chain: eval done $(date +%T)"
     ;;
 retrieval)
-    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
-        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
+    prepare_target || exit 1
     DATA=$SPECBENCH_DATA OUT=/root/res/ras EVAL_ARGS="--engine compiled" \
         bash bench/retrieval_at_scale.sh "${@:-all}"
     ;;
 chain2)
     suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
     methods=${METHODS2:-ar,pld,sam,eagle2,rasd,respec@strict,sam@eagle}
-    [ -f /root/m/q15/hf/specbench.json ] || python3 bench/device_prep.py prepare \
-        --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf || exit 1
+    prepare_target || exit 1
     bash "$0" store
     (bash "$0" retrieval corpus stores && echo "chain2: retrieval stores done $(date +%T)") \
         > "$RES/ras-build.log" 2>&1 &
-    bash "$0" head /root/heads/q15 .corpus/train.jsonl .corpus/new_codealpaca.json \
-        -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
+    train_head_q15
     echo "chain2: head done $(date +%T)"
     wait
     # shellcheck disable=SC2086

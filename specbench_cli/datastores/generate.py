@@ -19,11 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..files import sha256_file
-from ..generation import default_batch
+from ..generation import CPU_BATCH, default_batch
 from ..types import SpecbenchError
 from .corpus import DEFAULT_PROMPT_KEYS, CorpusSource, pick_keys, read_records, record_text
-
-DEFAULT_BATCH = 64  # prompts answered at once on a CPU (generation.default_batch: 256 on a GPU)
 
 
 def _slug(text: str) -> str:
@@ -63,7 +61,7 @@ class GenerationSettings:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     seed: int = 0  # sampling seed (a batch's generator is seeded from it and the batch's prompts)
-    batch_size: int = DEFAULT_BATCH  # padding and batch shapes change low-precision rounding
+    batch_size: int = CPU_BATCH  # generation.default_batch picks per device; padding and batch shapes change low-precision rounding
     prompt_format: str = "chat"  # prompts.PROMPT_FORMATS: how each prompt is laid out
 
     @property

@@ -86,12 +86,16 @@ class Eagle2(Drafter):
         self.runner.reset()
         self.seen, self.root_feature = [], None
 
-    def _run(self, tokens: list[int], features: torch.Tensor, parents: list[int] | None = None, **kw):
-        """One head forward: `features` (n, H) go into the buffer the head reads, then the runner runs."""
+    def _load_features(self, features: torch.Tensor) -> None:
+        """Put `features` (n, H) into the buffer the head's next forward reads (a device copy)."""
         import torch
 
         with torch.inference_mode():
-            self.head.features_in[: len(tokens)].copy_(features)
+            self.head.features_in[: features.shape[0]].copy_(features)
+
+    def _run(self, tokens: list[int], features: torch.Tensor, parents: list[int] | None = None, **kw):
+        """One head forward: `features` (n, H) go into the buffer the head reads, then the runner runs."""
+        self._load_features(features)
         return self.runner.forward(tokens, parents, want_hidden=True, **kw)
 
     def root_logits(self, ctx: DraftContext, headroom: int) -> torch.Tensor:
@@ -136,9 +140,9 @@ class Eagle2(Drafter):
         ) -> torch.Tensor:
             # All on the device: the frontier's parent features are rows of the last level's output.
             source = outputs[0]
-            feats = source.expand(tokens.shape[0], -1) if rows is None else source.index_select(0, rows)
-            with torch.inference_mode():
-                self.head.features_in[: tokens.shape[0]].copy_(feats)
+            self._load_features(
+                source.expand(tokens.shape[0], -1) if rows is None else source.index_select(0, rows)
+            )
             logits, hidden = self.runner.forward_tensors(tokens, slot_parents, want_hidden=True)
             outputs[0] = hidden
             return logits

@@ -184,10 +184,7 @@ class CompiledRunner(Runner):
         n = len(tokens)
         pending = 0 if parents is None else len(parents) - n
         self._check_room(pending, n)
-        size = next((b for b in self.buckets if b >= n), None)
-        width = (
-            size if pending == 0 else next((b for b in self.buckets if size and b >= pending + size), None)
-        )
+        size, width = self._shape(n, pending)
         if size is None or width is None:  # a long prompt or a wide tree: eager, variable length
             return self._eager_forward(tokens, parents, want_hidden, last_only, all_hidden)
 
@@ -210,9 +207,8 @@ class CompiledRunner(Runner):
         n = tokens.shape[0]
         pending = parents.shape[0] - n
         self._check_room(pending, n)
-        size = next((b for b in self.buckets if b >= n), None)
-        width = next((b for b in self.buckets if size and b >= pending + size), None)
-        if size is None or width is None:
+        size, width = self._shape(n, pending)
+        if size is None or width is None:  # as in forward: the eager path (it reads the tensors back)
             return super().forward_tensors(tokens, parents, want_hidden)
         bucket = self._bucket(size, width, want_hidden)
         self.forwards += 1
@@ -225,6 +221,15 @@ class CompiledRunner(Runner):
         inputs[size + width + 1].fill_(pending)
         logits, hidden = self._run_bucket(bucket, size, width, want_hidden)
         return logits[:n].clone(), hidden[:n].clone() if want_hidden else None
+
+    def _shape(self, n: int, pending: int) -> tuple[int | None, int | None]:
+        """(inputs bucket, window bucket) of a forward of n inputs after `pending` slots; None: no
+        bucket holds it (the caller runs eagerly)."""
+        size = next((b for b in self.buckets if b >= n), None)
+        width = (
+            size if pending == 0 else next((b for b in self.buckets if size and b >= pending + size), None)
+        )
+        return size, width
 
     def _run_bucket(
         self, bucket: Bucket, size: int, width: int, want_hidden: bool

@@ -132,6 +132,11 @@ def generate(
     # H200 host (bench/results/2026-12-03-h200-head-methods: ar's t_other 0.35 ms vs pld's 0.08),
     # which would slow the reference and inflate every speedup.
     margin_rows: list[torch.Tensor] = []
+
+    def flush_margins() -> None:
+        top2.append(torch.cat(margin_rows).float().topk(2, dim=-1).values)
+        margin_rows.clear()
+
     prefill_done = clock.mark()
     out = [root]
     steps = [StepRecord(0, 0, 0, 1)]
@@ -174,8 +179,7 @@ def generate(
             # A plain step keeps its only row: no indexing kernel on the clock.
             margin_rows.append(logits if kept == list(range(len(logits))) else logits[kept])
             if len(margin_rows) >= MARGIN_BATCH:
-                top2.append(torch.cat(margin_rows).float().topk(2, dim=-1).values)
-                margin_rows.clear()
+                flush_margins()
         if features is not None:
             features[runner.length : runner.length + len(kept)] = hidden[kept]
         runner.commit(kept)
@@ -225,7 +229,7 @@ def generate(
     gen = Generation(out, steps, wall, clock.seconds(start, prefill_done), stop or "length")
     if margins:
         if margin_rows:
-            top2.append(torch.cat(margin_rows).float().topk(2, dim=-1).values)
+            flush_margins()
         top = torch.cat(top2)[: len(out)].tolist()  # truncation at EOS / length cuts the tail rows
         gen.top1_logits = [a for a, _ in top]
         gen.top2_margins = [a - b for a, b in top]
