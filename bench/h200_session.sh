@@ -9,7 +9,7 @@
 #   kernels   random-weight Qwen2.5-1.5B shape (no model files): float32 compiled-vs-eager check of the
 #             graphs and the Triton kernel, then the per-kernel profile per bucket, compared with the
 #             profile committed before this round's kernel changes
-#   store     the static SAM automaton over CodeAlpaca's answers (carried in .corpus/)
+#   store     the static SAM automaton over CodeAlpaca's answers (from the carried data root)
 #   head OUT PROMPTS... [-- EXTRA...]
 #             `specbench train-head` on the staged target, prompts from the carried files (git-excluded
 #             .bd2/ or .corpus/, e.g. .bd2/gsm8k-train.jsonl .bd2/new_codealpaca.json); rerun to resume.
@@ -35,6 +35,12 @@
 #             issue 13's comparison at size: bench/retrieval_at_scale.sh (default: all) on the staged
 #             target, the data root carried as /root/data (a copy of shared/data: GSM8K, CodeAlpaca,
 #             Spec-Bench), compiled engine, results under /root/res/ras
+#   ras13     issue 13's comparison, then the fast methods 3 times (issue 15's spread, issue 9's ar):
+#             prepare, the SAM store, the aligned corpus and its stores on the GPU while the code
+#             corpus's REST store builds on the CPU (all untimed), then, one after another, the timed
+#             retrieval evals and ar,pld,sam,recycle,suffix with --repeats 3 on the 48 + 20 questions.
+#             ~7 min of builds + ~10 min of retrieval evals + ~8 min of repeats; the last is cut
+#             short when the session ends (the spread then counts the questions of every pass).
 #   full480 OUT
 #             the whole Spec-Bench (480 questions, both MT-Bench turns) with ar, pld and sam (+ the SAM
 #             store), resumed if OUT exists: rerun it until every answer is in
@@ -79,7 +85,7 @@ kernels)
     ;;
 store)
     python3 -m specbench_cli build-index --method sam --model qwen2.5-coder-1.5b \
-        --corpus .corpus/new_codealpaca.json --text-key output --out /root/stores/sam15 --force
+        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/sam15 --force
     ;;
 head)
     out=$1
@@ -142,6 +148,20 @@ chain2)
     bash "$0" eval-head /root/res/run2 "$suites" "$methods" /root/heads/q15 --datastore /root/stores/sam15 \
         --method-opt sam@eagle.fallback=eagle2 --method-opt respec@strict.relaxed=false
     echo "chain2: eval done $(date +%T)"
+    ;;
+ras13)
+    prepare_target || exit 1
+    bash "$0" store
+    (nice -n 10 bash "$0" retrieval code-store && echo "ras13: code store done $(date +%T)") \
+        > "$RES/code-store.log" 2>&1 &
+    bash "$0" retrieval corpus stores
+    wait
+    echo "ras13: stores done $(date +%T)"
+    bash "$0" retrieval eval-dresd-protocol eval-math eval-humaneval-code
+    echo "ras13: retrieval evals done $(date +%T)"
+    bash "$0" eval /root/res/fast3 "${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}" \
+        ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    echo "ras13: fast repeats done $(date +%T)"
     ;;
 full480)
     run_eval "$1" spec-bench ar,pld,sam --datastore /root/stores/sam15

@@ -9,8 +9,9 @@
 # Steps (each skips what an earlier run finished: stores that exist, evals resumed):
 #   corpus               the aligned generate: corpus (answers cached under $OUT/stores/generated),
 #                        made by the SAM store's build; prints the generated tokens/s
-#   stores               rest and dresd from that same corpus (the answers are reused, not regenerated),
-#                        and rest over the Python files of $CODE_CORPUS (--glob '**/*.py')
+#   stores               rest and dresd from that same corpus (the answers are reused, not regenerated)
+#   code-store           rest over the Python files of $CODE_CORPUS (--glob '**/*.py'); CPU only, so it
+#                        may run beside the GPU's corpus step
 #   eval-dresd-protocol  CodeAlpaca's seeded subset + MT-Bench turn 1, "Question: ...\nAnswer:\n"
 #                        prompt, $NEW_TOKENS new tokens, greedy: ar, pld, rest, dresd, sam
 #   eval-math            Spec-Bench math_reasoning with the same (GSM8K-aligned) stores
@@ -90,6 +91,8 @@ step() {
         aligned_store rest
         # shellcheck disable=SC2086
         aligned_store dresd $DRESD_OPTS
+        ;;
+    code-store)
         if [ -f "$STORES/code-rest/manifest.json" ]; then
             echo "$STORES/code-rest: built already"
         else
@@ -117,10 +120,10 @@ step() {
             --methods ar,pld,rest --datastore "$STORES/code-rest"
         ;;
     all)
-        for s in corpus stores eval-dresd-protocol eval-math eval-humaneval-code; do step $s; done
+        for s in corpus stores code-store eval-dresd-protocol eval-math eval-humaneval-code; do step $s; done
         ;;
     *)
-        echo "unknown step $1; choose from: corpus stores eval-dresd-protocol eval-math eval-humaneval-code all" >&2
+        echo "unknown step $1; choose from: corpus stores code-store eval-dresd-protocol eval-math eval-humaneval-code all" >&2
         exit 2
         ;;
     esac
