@@ -409,6 +409,11 @@ def answer_question(
     return choice, gens
 
 
+def graph_captures(engine) -> int:
+    """CUDA graphs captured so far by the run's runners (the target's and every draft network's)."""
+    return sum(runner.captures for _, runner in engine.runners.made)
+
+
 def _short(x: float) -> float:
     # Five significant digits: enough for a margin against a rounding bound, and a compact line.
     return float(f"{x:.5g}")
@@ -579,6 +584,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
         if lead:  # what a target step, a verification and a draft step cost on its runners (report: c)
             config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
             write_json_atomic(paths.config, config)
+        for _, runner in engine.runners.made:  # every graph a timed answer could need, captured now
+            runner.prepare_seen()
 
     # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.
     # Drafters that learn across answers (Token Recycling's matrix, SuffixDecoding's cross-request tree)
@@ -621,7 +628,16 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
                 continue
             progress.update(task, description=f"{s.name} {m}" + (f" #{r + 1}" if cfg.repeats > 1 else ""))
             margins = m == "ar"  # the reference of the lossless check (report.metrics.BASELINE)
+            captured = graph_captures(engine)
             choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device, margins)
+            captured = graph_captures(engine) - captured
+            if captured:  # its time includes a capture (and maybe a compilation): the report lists it
+                choice["graph_captures"] = captured
+                console.print(
+                    f"warning: {s.name} {m} question {q.question_id}: {captured} CUDA graph(s) captured on the clock",
+                    markup=False,
+                    highlight=False,
+                )
             record = {
                 "question_id": q.question_id,
                 "category": q.category,

@@ -268,3 +268,35 @@ def test_fused_projections_trace_under_torch_compile(tiny):
     with fused(plan), torch.no_grad():
         got = compiled(ids)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_prepare_seen_makes_every_bucket_of_the_forward_kinds_already_used(tiny):
+    """A warm-up reaches only some bucket sizes; `prepare_seen` makes the rest of each kind (hidden
+    states or not, after pending slots or not) so that no later forward of those kinds makes one."""
+    rng = random.Random(2)
+    runner = CompiledRunner(tiny.model, 300, max_nodes=40)
+    prompt = [rng.randrange(tiny.vocab_size) for _ in range(10)]
+    runner.forward(prompt, want_hidden=True)  # plain, with hidden states: one bucket of 16
+    runner.commit(list(range(len(prompt))))
+    level = [rng.randrange(tiny.vocab_size) for _ in range(3)]
+    runner.forward(level, [-1, -1, 0], want_hidden=False)
+    runner.forward(level, [-1, -1, 0, 0, 1, 2], want_hidden=False)  # after 3 pending slots
+    made = runner.captures
+    runner.prepare_seen()
+    assert runner.captures > made
+
+    made = runner.captures
+    for n in range(1, 42):  # every size the buckets hold, in each kind used above
+        runner.reset()
+        runner.forward(prompt[: min(n, len(prompt))], want_hidden=True)
+        tokens = [rng.randrange(tiny.vocab_size) for _ in range(n)]
+        runner.forward(tokens, [-1] * n, want_hidden=True)
+        runner.forward(tokens, [-1] * n, want_hidden=False)
+        pending = rng.randint(1, 41 - n) if n < 41 else 0
+        if pending:
+            runner.forward(tokens, [-1] * (pending + n), want_hidden=False)
+    assert runner.captures == made
+    # A kind never used (hidden states after pending slots) was left alone, and is made on demand.
+    runner.reset()
+    runner.forward(level, [-1, -1, 0, 0, 1, 2], want_hidden=True)
+    assert runner.captures == made + 1

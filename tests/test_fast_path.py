@@ -152,3 +152,22 @@ def test_a_method_on_the_head_is_priced_with_the_heads_costs():
     # Same steps, cheaper drafts: the head's prediction is MAT * t_T(1) / (6 * t_H(16) + t_T(64)).
     assert math.isclose(rows["eagle2"]["predicted_speedup"], 4 * 2.0 / (6 * 0.25 + 4.0))
     assert math.isclose(rows["sps-tree"]["predicted_speedup"], 4 * 2.0 / (6 * 1.5 + 4.0))
+
+
+def test_compiled_eval_makes_no_graph_on_the_clock(tmp_path):
+    """Under --engine compiled every bucket a timed answer could need is made after the warm-up
+    (`prepare_seen`): sps-tree's draft levels after pending slots reach window widths that the one
+    short warm-up answer does not, and none of them may be made inside a timed answer."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--model", "tiny-random", "--draft-model", "tiny-random-draft", "--suite", f"jsonl:{QUESTIONS}",
+         "--methods", "ar,sps-tree", "--engine", "compiled", "--limit", "3", "--max-new-tokens", "48",
+         "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for f in (out / "answers").glob("*/*.jsonl") for line in f.read_text().splitlines()]
+    assert len(records) == 6
+    assert not [r["question_id"] for r in records if r["choices"][0].get("graph_captures")]
+    assert json.loads((out / "summary.json").read_text())["graph_captures"] == []
+    assert "on the clock" not in result.output

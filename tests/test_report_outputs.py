@@ -112,6 +112,25 @@ def test_an_interrupted_pass_is_left_out_of_the_spread(run, tmp_path):
     assert "2 answered in fewer repeats" in (out / "summary.md").read_text()
 
 
+def test_answers_timed_with_a_graph_capture_are_named(run, tmp_path):
+    # eval writes `graph_captures` into an answer whose timed generation made a CUDA graph: the report
+    # must name it under the headline and in summary.json, and say nothing when no answer did.
+    out = copy_run(run, tmp_path / "run")
+    make_report(out)
+    assert json.loads((out / "summary.json").read_text())["graph_captures"] == []
+    assert "on the clock" not in (out / "summary.md").read_text()
+    path = out / "answers" / next(iter(answers(out)["pld"]))["suite"] / "pld.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    lines[1]["choices"][0]["graph_captures"] = 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    make_report(out)
+    (row,) = json.loads((out / "summary.json").read_text())["graph_captures"]
+    assert (row["method"], row["question_id"], row["repeat"], row["graph_captures"]) == (
+        "pld", lines[1]["question_id"], lines[1]["repeat"], 3
+    )
+    assert f"pld question {lines[1]['question_id']}" in (out / "summary.md").read_text()
+
+
 def test_resume_adds_only_the_missing_repeats(run, tmp_path):
     out = copy_run(run, tmp_path / "run")
     args = ["eval", "--model", "tiny-random", "--suite", f"jsonl:{QUESTIONS}", "--methods", "ar,pld"]

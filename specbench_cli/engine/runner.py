@@ -61,11 +61,16 @@ class Runner:
         self.cache = SlotCache(self.num_layers, cache_len or max_len)
         self.length = 0
         self.forwards = 0  # forwards run so far: the decode loop counts a drafter's per step
+        self.captures = 0  # buckets made so far (compiled runners; a CUDA graph each): none on the clock
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def reset(self) -> None:
         self.length = 0
         self.cache.slots.length = 0
+
+    def prepare_seen(self) -> None:
+        """Make now whatever a later forward of a kind already seen would make lazily (compiled
+        runners: every bucket of each forward variant); eager runners have nothing to make."""
 
     def rewind(self, length: int) -> None:
         """Forget committed tokens past `length` (a draft model rolls back to the agreed prefix)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..results import RunPaths, read_answer_lines
 from ..types import SpecbenchError
+from .captures import captured_on_the_clock, captures_line
 from .method_stats import method_stats_rows, render_method_stats
 from .validate import BadRecord, record_problem
 
@@ -44,6 +45,7 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
         "acceptance": acceptance_rows(records),
         "repeats": repeat_spread(records),
         "divergence": divergence_audit(records, config.get("dtype"), config.get("temperature") or 0.0),
+        "graph_captures": captured_on_the_clock(records),
     }
     quality = lossy_quality_rows(records, paths, console)
     costs = method_costs(records, df, paths)
@@ -79,8 +81,9 @@ def make_report(run_dir: Path, console: Any = None, write: bool = True) -> Any:
 
 
 def repeat_and_divergence_lines(sections: dict) -> list[str]:
-    """What the screen says about repeats (spread, identical ids) and the divergence audit."""
-    lines = []
+    """What the screen says about repeats (spread, identical ids), the divergence audit and answers
+    timed with a graph capture."""
+    lines = [captures_line(sections["graph_captures"])] if sections.get("graph_captures") else []
     repeats = sections["repeats"]
     if repeats["repeats"] > 1:
         same = [m for m in repeats["identical_ids"] if m["repeated_questions"]]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import __version__
 from ..results import RunPaths, write_json_atomic, write_text_atomic
+from .captures import captures_line
 from .metrics import ALL, BASELINE, COLUMNS, OVERALL
 
 # Digits after the point for each float column; every other column prints as it is.
@@ -62,7 +63,10 @@ def write_tables(
     """
     sections = sections or {}
     write_json_atomic(paths.summary_json, summary_json(df, paths, excluded or [], sections))
-    write_text_atomic(paths.summary_md, summary_markdown(df, paths.root.name, sections.get("repeats")))
+    write_text_atomic(
+        paths.summary_md,
+        summary_markdown(df, paths.root.name, sections.get("repeats"), sections.get("graph_captures")),
+    )
     write_text_atomic(paths.summary_csv, df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(paths.summary_tex, summary_latex(df, paths.root.name))
     return [paths.summary_json, paths.summary_md, paths.summary_csv, paths.summary_tex]
@@ -88,7 +92,9 @@ def summary_json(
     }
 
 
-def summary_markdown(df: pd.DataFrame, run_name: str, repeats: dict | None = None) -> str:
+def summary_markdown(
+    df: pd.DataFrame, run_name: str, repeats: dict | None = None, captures: list | None = None
+) -> str:
     table = format_frame(df, na="–")
     align = ["left" if col in _TEXT_COLUMNS else "right" for col in table.columns]
     body = table.to_markdown(index=False, disable_numparse=True, colalign=align)
@@ -100,6 +106,7 @@ def summary_markdown(df: pd.DataFrame, run_name: str, repeats: dict | None = Non
         + "\n\n"
         + spread_line(repeats)
         + best_lossless_line(df)
+        + (f"\n\n{captures_line(captures)}" if captures else "")
         + "\n\n## Every suite and category\n\n"
         f"Speedup and lossless are measured against `{BASELINE}` on the same questions of the same run; "
         "definitions in docs/results.md. Methods with `lossless_method` false are lossy and never ranked "
