@@ -139,3 +139,29 @@ def test_dense_at_scale_on_a_tiny_shape(tmp_path, no_faiss, monkeypatch):
     for row in (flat["search"], ivf["search"], ivf["exact_search"]):
         assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert data["peak_rss_mb"] > 0
+
+
+def test_answer_times_has_one_row_per_answer(tmp_path):
+    import csv
+
+    import answer_times
+    from typer.testing import CliRunner
+
+    from specbench_cli.cli import app
+
+    out = tmp_path / "run"
+    questions = Path(__file__).parent / "fixtures" / "questions_small.jsonl"
+    args = ["eval", "--model", "tiny-random", "--suite", f"jsonl:{questions}", "--methods", "ar,pld"]
+    args += ["--max-new-tokens", "8", "--warmup", "0", "--limit", "2", "--repeats", "2", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    answer_times.main([str(out)])
+    rows = list(csv.DictReader((out / "answer_times.csv").open()))
+    answers = [
+        json.loads(line) for f in (out / "answers").glob("*/*.jsonl") for line in f.read_text().splitlines()
+    ]
+    assert len(rows) == len(answers) == 8
+    by_key = {(r["method"], r["question_id"], r["repeat"]): r for r in rows}
+    for a in answers:
+        row = by_key[a["method"], str(a["question_id"]), str(a["repeat"])]
+        assert float(row["wall_time"]) == pytest.approx(sum(a["choices"][0]["wall_time"]), abs=1e-6)
+        assert int(row["new_tokens"]) == sum(a["choices"][0]["new_tokens"]) and row["graph_captures"] == "0"

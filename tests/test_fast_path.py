@@ -166,7 +166,9 @@ def test_compiled_eval_makes_no_graph_on_the_clock(tmp_path):
          "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for f in (out / "answers").glob("*/*.jsonl") for line in f.read_text().splitlines()]
+    records = [
+        json.loads(line) for f in (out / "answers").glob("*/*.jsonl") for line in f.read_text().splitlines()
+    ]
     assert len(records) == 6
     assert not [r["question_id"] for r in records if r["choices"][0].get("graph_captures")]
     assert json.loads((out / "summary.json").read_text())["graph_captures"] == []

@@ -126,7 +126,10 @@ def test_answers_timed_with_a_graph_capture_are_named(run, tmp_path):
     make_report(out)
     (row,) = json.loads((out / "summary.json").read_text())["graph_captures"]
     assert (row["method"], row["question_id"], row["repeat"], row["graph_captures"]) == (
-        "pld", lines[1]["question_id"], lines[1]["repeat"], 3
+        "pld",
+        lines[1]["question_id"],
+        lines[1]["repeat"],
+        3,
     )
     assert f"pld question {lines[1]['question_id']}" in (out / "summary.md").read_text()
 

@@ -292,26 +292,30 @@ def write_store(build: BuildInput, folder: Path) -> dict:
     row_tokens = max(max(len(d) for d in docs), min(opts.max_length, sum(len(d) for d in docs)))
     batches = hidden_batches(loaded, docs, opts.layer, build.batch_size, opts.seed, console, row_tokens)
     for batch, states in batches:
-        for d, h in zip(batch, states, strict=True):
-            rows = np.arange(row, row + len(h))
-            row += len(h)
-            # Values are known from the tokens alone; they follow the stored-key order.
-            keep = ~heldout[rows]
-            values[n_values : n_values + int(keep.sum())] = next_token_values(docs[d])[keep]
-            n_values += int(keep.sum())
-            take = min(len(h), sample_cap - n_sampled) if transform is None else 0
-            if take:
-                moments.add(h[:take])
-                raw[n_sampled : n_sampled + take] = h[:take].float().cpu().numpy()
-                n_sampled += take
-                if n_sampled == sample_cap:  # sample complete: fit, then project it (rows 0..cap-1)
-                    transform = moments.fit(opts.dim)
-                    query_tf = transform.to_torch(device)
-                    for start in range(0, sample_cap, 1 << 15):
-                        chunk = torch.from_numpy(np.asarray(raw[start : start + (1 << 15)])).to(device)
-                        writer.write(query_tf(chunk).cpu().numpy(), np.arange(start, start + len(chunk)))
-            if take < len(h):
-                writer.write(query_tf(h[take:]).cpu().numpy(), rows[take:])
+        # One forward's keys at once, documents in order: a copy to the host per forward, not per
+        # document (12,008 documents cost ~36k small synchronising copies on the H200 run of 2026-12-03).
+        h = torch.cat(states)
+        rows = np.arange(row, row + len(h))
+        row += len(h)
+        # Values are known from the tokens alone; they follow the stored-key order.
+        keep = ~heldout[rows]
+        values[n_values : n_values + int(keep.sum())] = np.concatenate(
+            [next_token_values(docs[d]) for d in batch]
+        )[keep]
+        n_values += int(keep.sum())
+        take = min(len(h), sample_cap - n_sampled) if transform is None else 0
+        if take:
+            moments.add(h[:take])
+            raw[n_sampled : n_sampled + take] = h[:take].float().cpu().numpy()
+            n_sampled += take
+            if n_sampled == sample_cap:  # sample complete: fit, then project it (rows 0..cap-1)
+                transform = moments.fit(opts.dim)
+                query_tf = transform.to_torch(device)
+                for start in range(0, sample_cap, 1 << 15):
+                    chunk = torch.from_numpy(np.asarray(raw[start : start + (1 << 15)])).to(device)
+                    writer.write(query_tf(chunk).cpu().numpy(), np.arange(start, start + len(chunk)))
+        if take < len(h):
+            writer.write(query_tf(h[take:]).cpu().numpy(), rows[take:])
     t_forward = time.perf_counter() - t_forward
     if transform is None or not writer.stored == n_values == n_stored or writer.held_rows != n_heldout:
         raise RuntimeError("dresd build: key and value counts disagree (a bug)")
