@@ -39,8 +39,8 @@
 #             prepare, the SAM store, the aligned corpus and its stores on the GPU while the code
 #             corpus's REST store builds on the CPU (all untimed), then, one after another, the timed
 #             retrieval evals and ar,pld,sam,recycle,suffix with --repeats 3 on the 48 + 20 questions.
-#             ~7 min of builds + ~10 min of retrieval evals + ~8 min of repeats; the last is cut
-#             short when the session ends (the spread then counts the questions of every pass).
+#             Measured 2026-12-03 (BATCH=512 CODE_MAX_DOCS=10000): builds 5.5 min with the prepare,
+#             retrieval evals 14.6 min, then the repeats until the session ended (1.8 passes in ~3.5 min).
 #   full480 OUT
 #             the whole Spec-Bench (480 questions, both MT-Bench turns) with ar, pld and sam (+ the SAM
 #             store), resumed if OUT exists: rerun it until every answer is in

@@ -165,3 +165,50 @@ def test_answer_times_has_one_row_per_answer(tmp_path):
         row = by_key[a["method"], str(a["question_id"]), str(a["repeat"])]
         assert float(row["wall_time"]) == pytest.approx(sum(a["choices"][0]["wall_time"]), abs=1e-6)
         assert int(row["new_tokens"]) == sum(a["choices"][0]["new_tokens"]) and row["graph_captures"] == "0"
+
+
+def test_retrieval_table_ratios_and_a_dropped_answer(tmp_path):
+    import csv
+
+    import retrieval_table
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cells = {
+        "acceptance_rate": 0.1,
+        "tokens_per_s": 1.0,
+        "t_draft_ms": 0.1,
+        "t_verify_ms": 2.0,
+        "t_other_ms": 0.1,
+    }
+    rows = [
+        {"suite": "s", "category": "overall", "method": m, "questions": 2, "mean_accepted_length": mat,
+         "accepted_per_depth": apd, "speedup": sp, **cells}
+        for m, mat, apd, sp in [("ar", 1.0, None, 1.0), ("rest", 2.0, 0.2, 1.5), ("dresd", 3.0, 0.3, 0.5)]
+    ]  # fmt: skip
+    (run / "summary.json").write_text(json.dumps({"rows": rows}))
+    times = [  # question 2 of dresd took 10 s (a compile on the clock): leave it out
+        ("ar", "1", 100, 1.0), ("ar", "2", 100, 1.0), ("rest", "1", 100, 0.5), ("rest", "2", 100, 0.5),
+        ("dresd", "1", 100, 0.4), ("dresd", "2", 100, 10.0),
+    ]  # fmt: skip
+    with (run / "answer_times.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(
+            f, fieldnames=["suite", "method", "question_id", "repeat", "new_tokens", "wall_time"]
+        )
+        writer.writeheader()
+        writer.writerows(
+            {"suite": "s", "method": m, "question_id": q, "repeat": 0, "new_tokens": n, "wall_time": w}
+            for m, q, n, w in times
+        )
+    out = tmp_path / "table.md"
+    result = retrieval_table.main([str(run), "--out", str(out), "--drop", "s/dresd/2"])
+    (suite,) = result["suites"]
+    assert suite["methods"]["dresd"]["speedup_dropped"] == pytest.approx((100 / 0.4) / (100 / 1.0))
+    ratios = suite["dresd_over_rest"]
+    assert ratios["accepted_per_depth"] == pytest.approx(1.5) and ratios[
+        "mean_accepted_length"
+    ] == pytest.approx(1.5)
+    assert ratios["speedup"] == pytest.approx(2.5 / 1.5)
+    assert (
+        "without question 2" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == result
+    )
