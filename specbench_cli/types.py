@@ -136,6 +136,18 @@ class DraftContext:
     hidden: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    # The same tokens as an int64 array, read-only: the decode loop keeps one buffer per generation and
+    # appends each step's tokens, so a drafter that searches with numpy pays no conversion per step
+    # (2,000 tokens: ~80 us for np.asarray on a CPU). None when whoever built the context gave none.
+    token_array: np.ndarray | None = None
+
+    def array(self) -> np.ndarray:
+        """`tokens` as an int64 numpy array (the decode loop's buffer when there is one)."""
+        import numpy as np
+
+        if self.token_array is not None:
+            return self.token_array
+        return np.asarray(self.tokens, dtype=np.int64)
 
 
 @dataclass

@@ -236,3 +236,29 @@ def test_eos_and_length_truncation_match_ar(tiny, engine):
     for n in (1, 2, 7):
         sd = generate(engine, Oracle(MethodSetup(target=tiny), p + ar_out), p, n)
         assert sd.output_ids == ar_out[:n]
+
+
+class ArrayChecker(Oracle):
+    """The oracle's drafts, checking at every step that ctx.array() is ctx.tokens (read-only) and that
+    the arrays handed out at earlier steps still hold what they held then."""
+
+    def __init__(self, setup, full):
+        super().__init__(setup, full)
+        self.seen: list[tuple] = []
+
+    def propose(self, ctx: DraftContext) -> DraftTree:
+        array = ctx.array()
+        assert array is ctx.token_array and array.dtype.name == "int64" and not array.flags.writeable
+        assert array.tolist() == ctx.tokens
+        self.seen.append((array, list(ctx.tokens)))
+        return super().propose(ctx)
+
+
+def test_the_token_array_is_the_committed_tokens_at_every_step(tiny, engine, reference):
+    p, ref = prompts(tiny.vocab_size)[0], reference[0]
+    drafter = ArrayChecker(MethodSetup(target=tiny), p + ref)
+    assert generate(engine, drafter, p, MAX_NEW).output_ids == ref
+    assert len(drafter.seen) > 2
+    assert all(array.tolist() == tokens for array, tokens in drafter.seen)
+    plain = DraftContext([5, 6, 7], 4)  # a context built without the buffer converts its list
+    assert plain.array().tolist() == [5, 6, 7]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..options import option
 from ..types import DraftContext, DraftTree
@@ -24,18 +23,29 @@ class PldOptions:
 
 
 def find_candidate(tokens: np.ndarray, max_ngram: int = 3, num_pred: int = 10) -> np.ndarray:
-    """The draft for `tokens` (1-D int array); empty when nothing matches."""
+    """The draft for `tokens` (1-D int array); empty when nothing matches.
+
+    Every n-gram suffix ends with the same tokens, so each context position is compared with each of
+    the last `max_ngram` tokens once: an n-gram starting at s matches when position s + j equals the
+    suffix's token j, for j < n. That is max_ngram comparisons in all instead of a window array per n
+    (the per-step drafting time is on the clock: 0.24 ms a step on the H200 host before this).
+    """
     length = len(tokens)
-    for n in range(min(max_ngram, length), 0, -1):
+    top = min(max_ngram, length)
+    # equal[k][i]: tokens[i] == tokens[length - 1 - k], the k-th token from the end.
+    equal = [tokens == tokens[length - 1 - k] for k in range(top)]
+    for n in range(top, 0, -1):
         # A usable match leaves num_pred tokens after it and its continuation starts before the
         # suffix itself (Spec-Bench: end <= length and start + n < length - n).
         last_start = min(length - n - num_pred, length - 2 * n - 1)
         if last_start < 0:
             continue
-        windows = sliding_window_view(tokens[: last_start + n], n)
-        hits = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
-        if len(hits):
-            start = int(hits[0]) + n
+        hit = equal[n - 1][: last_start + 1].copy()  # position s holds the suffix's first token
+        for j in range(1, n):
+            hit &= equal[n - 1 - j][j : j + last_start + 1]
+        first = int(hit.argmax())
+        if hit[first]:
+            start = first + n
             return tokens[start : start + num_pred]
     return tokens[:0]
 
@@ -45,6 +55,5 @@ class PromptLookup(Drafter):
     options_class = PldOptions
 
     def propose(self, ctx: DraftContext) -> DraftTree:
-        tokens = np.asarray(ctx.tokens, dtype=np.int64)
-        draft = find_candidate(tokens, self.opts.max_ngram, self.opts.num_pred)
+        draft = find_candidate(ctx.array(), self.opts.max_ngram, self.opts.num_pred)
         return DraftTree.chain(draft[: ctx.max_nodes].tolist())

@@ -147,7 +147,7 @@ class Retriever:
         out: list[Candidate] = []
         for source in self.sources:
             if source == "pld":
-                toks = np.asarray(ctx.tokens, dtype=np.int64)
+                toks = ctx.array()
                 for start, cont in context_candidates(
                     toks, self.max_ngram, self.num_pred, self.max_context_candidates
                 ):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..drafters.base import Drafter
@@ -74,6 +75,11 @@ class Engine:
         self.eos = set(self.loaded.eos_ids)
         self.vocab_size = self.loaded.vocab_size
         self.clock = StepClock(self.runner.device)
+
+
+def read_only(view: np.ndarray) -> np.ndarray:
+    view.flags.writeable = False  # the buffer's other views stay writable; this one is the drafter's
+    return view
 
 
 def sanitize(tree: DraftTree, vocab_size: int, max_nodes: int) -> DraftTree:
@@ -139,6 +145,12 @@ def generate(
 
     prefill_done = clock.mark()
     out = [root]
+    # Every committed token (prompt, output, the root last) in one int64 buffer, appended in place:
+    # drafters read a read-only view of it (ctx.token_array) instead of converting the list each step.
+    context = np.empty(len(prompt_ids) + max_new_tokens + 1, dtype=np.int64)
+    context[: len(prompt_ids)] = prompt_ids
+    context[len(prompt_ids)] = root
+    n_context = len(prompt_ids) + 1
     steps = [StepRecord(0, 0, 0, 1)]
     marks = [(start, start, prefill_done, prefill_done)]
     stop = "eos" if root in engine.eos else ""
@@ -164,6 +176,7 @@ def generate(
             hidden=last_hidden if want_hidden else None,
             logits=last_logits if want_logits else None,
             features=features,
+            token_array=read_only(context[:n_context]),
         )
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
         t1 = clock.mark()
@@ -196,6 +209,8 @@ def generate(
             committed = committed[: max_new_tokens - len(out)]
             stop = stop or "length"
         out.extend(committed)
+        context[n_context : n_context + len(committed)] = committed
+        n_context += len(committed)
         root = committed[-1]
         tokens = list(prompt_ids) + out
         feedback = StepFeedback(
