@@ -161,6 +161,20 @@ def test_store_keys_match_fresh_hidden_states(store, tiny):
             assert ds.values[ids[0]].tolist() == next_token_values(np.array(doc))[pos].tolist()
 
 
+def test_a_sample_kept_on_the_device_gives_the_same_store(store, tiny, tmp_path, monkeypatch):
+    # On a GPU the raw PCA sample stays in device memory (in the model's dtype) instead of a float32
+    # file: the keys, values and transform must be the ones the on-disk path writes.
+    from specbench_cli.datastores import dresd
+
+    path, docs = store
+    monkeypatch.setattr(dresd, "sample_on_device", lambda device: True)
+    again = build_store("dresd", docs, tmp_path / "again", loaded=tiny, dim=16, pca_sample=100)
+    for name in ("keys.npy", "values.npy"):
+        assert np.array_equal(np.load(path / name), np.load(again / name))
+    assert (path / "transform.safetensors").read_bytes() == (again / "transform.safetensors").read_bytes()
+    assert not (again / "sample.npy").exists()
+
+
 def test_ivf_index_measures_recall_on_held_out_keys(tiny, tmp_path):
     docs = _docs(tiny.vocab_size, n=8, length=60, seed=5)
     path = build_store("dresd", docs, tmp_path / "ivf", loaded=tiny, dim=8, index="IVF4,Flat", nprobe=4)
