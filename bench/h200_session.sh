@@ -41,6 +41,11 @@
 #             retrieval evals and ar,pld,sam,recycle,suffix with --repeats 3 on the 48 + 20 questions.
 #             Measured 2026-12-03 (BATCH=512 CODE_MAX_DOCS=10000): builds 5.5 min with the prepare,
 #             retrieval evals 14.6 min, then the repeats until the session ended (1.8 passes in ~3.5 min).
+#   keys      the dresd key pass on a real corpus of many short documents (GSM8K train's answers,
+#             7,473): its manifest's tokens_per_s against the 75,966 of the 2026-12-03 aligned build
+#   chain3    the next session's plan: prepare, the SAM store, `keys`, the whole Spec-Bench with ar,
+#             pld and sam (full480, ~11 min), then the fast methods 3 times on the 48 + 20 questions
+#             (~6 min). ~20 min after staging.
 #   full480 OUT
 #             the whole Spec-Bench (480 questions, both MT-Bench turns) with ar, pld and sam (+ the SAM
 #             store), resumed if OUT exists: rerun it until every answer is in
@@ -162,6 +167,21 @@ ras13)
     bash "$0" eval /root/res/fast3 "${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}" \
         ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
     echo "ras13: fast repeats done $(date +%T)"
+    ;;
+keys)
+    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
+        --corpus "$SPECBENCH_DATA/gsm8k/train.jsonl" --text-key answer --out /root/stores/dresd-gsm8k --force
+    ;;
+chain3)
+    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
+    prepare_target || exit 1
+    bash "$0" store
+    bash "$0" keys
+    echo "chain3: keys done $(date +%T)"
+    bash "$0" full480 /root/res/full480
+    echo "chain3: full480 done $(date +%T)"
+    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    echo "chain3: fast repeats done $(date +%T)"
     ;;
 full480)
     run_eval "$1" spec-bench ar,pld,sam --datastore /root/stores/sam15
