@@ -212,3 +212,12 @@ def test_retrieval_table_ratios_and_a_dropped_answer(tmp_path):
     assert (
         "without question 2" in out.read_text() and json.loads(out.with_suffix(".json").read_text()) == result
     )
+
+
+def test_pld_lookup_times_every_length(tmp_path):
+    import pld_lookup
+
+    result = pld_lookup.main(["--out", str(tmp_path / "p.json"), "--lengths", "40,80", "--reps", "3"])
+    assert [r["context_tokens"] for r in result["rows"]] == [40, 80]
+    assert all(r[k] > 0 for r in result["rows"] for k in r if k.endswith("_us"))
+    assert json.loads((tmp_path / "p.json").read_text()) == result
