@@ -44,8 +44,11 @@
 #   keys      the dresd key pass on a real corpus of many short documents (GSM8K train's answers,
 #             7,473): its manifest's tokens_per_s against the 75,966 of the 2026-12-03 aligned build
 #   chain3    the next session's plan: prepare, the SAM store, `keys`, the whole Spec-Bench with ar,
-#             pld and sam (full480, ~11 min), then the fast methods 3 times on the 48 + 20 questions
-#             (~6 min). ~20 min after staging.
+#             pld and sam (full480, ~11 min; killed with SIGKILL after $CUT seconds, default 240, then
+#             resumed, and its answer lines counted), then the fast methods 3 times on the 48 + 20
+#             questions (~6 min). ~20 min after staging.
+#   count OUT lines and distinct (question, repeat) keys of every answer file of run folder OUT: a
+#             resumed run must have as many lines as keys (nothing answered twice)
 #   full480 OUT
 #             the whole Spec-Bench (480 questions, both MT-Bench turns) with ar, pld and sam (+ the SAM
 #             store), resumed if OUT exists: rerun it until every answer is in
@@ -178,10 +181,23 @@ chain3)
     bash "$0" store
     bash "$0" keys
     echo "chain3: keys done $(date +%T)"
+    timeout -s KILL "${CUT:-240}" bash "$0" full480 /root/res/full480
+    echo "chain3: full480 killed after ${CUT:-240} s $(date +%T)"
+    bash "$0" count /root/res/full480
     bash "$0" full480 /root/res/full480
     echo "chain3: full480 done $(date +%T)"
+    bash "$0" count /root/res/full480
     bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
     echo "chain3: fast repeats done $(date +%T)"
+    ;;
+count)
+    python3 - "$1" <<'EOF'
+import collections, json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("answers/*/*.jsonl")):
+    lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    keys = collections.Counter((r["question_id"], r.get("repeat", 0)) for r in lines)
+    print(f"{f.parent.name}/{f.name}: {len(lines)} lines, {len(keys)} answers, {sum(n > 1 for n in keys.values())} answered twice")
+EOF
     ;;
 full480)
     run_eval "$1" spec-bench ar,pld,sam --datastore /root/stores/sam15
