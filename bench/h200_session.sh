@@ -43,7 +43,9 @@
 #             retrieval evals 14.6 min, then the repeats until the session ended (1.8 passes in ~3.5 min).
 #   keys      the dresd key pass on a real corpus of many short documents (GSM8K train's answers,
 #             7,473): its manifest's tokens_per_s against the 75,966 of the 2026-12-03 aligned build
-#   chain3    the next session's plan: prepare, the SAM store, `keys`, the whole Spec-Bench with ar,
+#   chain3    the next session's plan: prepare, the SAM store, `keys`, a step profile of ar, pld,
+#             recycle and sam (bench/profile_step.py: why a tree's verify costs ~1 ms more than its
+#             bucket's forward, 2026-12-03 fast-repeats), the whole Spec-Bench with ar,
 #             pld and sam (full480, ~11 min; killed with SIGKILL after $CUT seconds, default 240, then
 #             resumed, and its answer lines counted), then the fast methods 3 times on the 48 + 20
 #             questions (~6 min). ~20 min after staging.
@@ -181,6 +183,9 @@ chain3)
     bash "$0" store
     bash "$0" keys
     echo "chain3: keys done $(date +%T)"
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
+        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    echo "chain3: step profile done $(date +%T)"
     timeout -s KILL "${CUT:-240}" bash "$0" full480 /root/res/full480
     echo "chain3: full480 killed after ${CUT:-240} s $(date +%T)"
     bash "$0" count /root/res/full480

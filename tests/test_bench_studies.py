@@ -221,3 +221,29 @@ def test_pld_lookup_times_every_length(tmp_path):
     assert [r["context_tokens"] for r in result["rows"]] == [40, 80]
     assert all(r[k] > 0 for r in result["rows"] for k in r if k.endswith("_us"))
     assert json.loads((tmp_path / "p.json").read_text()) == result
+
+
+def test_profile_step_splits_each_methods_step(tmp_path):
+    import profile_step
+
+    out = tmp_path / "step.json"
+    result = profile_step.main(
+        [
+            "--model",
+            "tiny-random",
+            "--device",
+            "cpu",
+            "--methods",
+            "ar,pld",
+            "--max-new-tokens",
+            "12",
+            "--out",
+            str(out),
+        ]
+    )
+    assert set(result["methods"]) == {"ar", "pld"} and result["engine"] == "eager"
+    ar = result["methods"]["ar"]
+    assert ar["steps"] == 11 and ar["buckets_used"] == {"1": 11} and ar["mean_draft_nodes"] == 0
+    assert ar["t_verify_ms"] > 0 and ar["forward_ms_of_the_buckets_used"] > 0
+    assert ar["host_ops_per_step"]["top"] and ar["kernels_per_step"] is None
+    assert json.loads(out.read_text())["methods"]["pld"]["steps"] >= 1
