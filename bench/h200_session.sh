@@ -45,7 +45,8 @@
 #             7,473): its manifest's tokens_per_s against the 75,966 of the 2026-12-03 aligned build
 #   chain3    the next session's plan: prepare, the SAM store, `keys`, a step profile of ar, pld,
 #             recycle and sam (bench/profile_step.py: why a tree's verify costs ~1 ms more than its
-#             bucket's forward, 2026-12-03 fast-repeats), the whole Spec-Bench with ar,
+#             bucket's forward, 2026-12-03 fast-repeats), the 10M-key search p50 (dense_at_scale.py,
+#             target <= 0.5 ms), the whole Spec-Bench with ar,
 #             pld and sam (full480, ~11 min; killed with SIGKILL after $CUT seconds, default 240, then
 #             resumed, and its answer lines counted), then the fast methods 3 times on the 48 + 20
 #             questions (~6 min). ~20 min after staging.
@@ -186,6 +187,9 @@ chain3)
     python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
         --datastore /root/stores/sam15 --out "$RES/profile_step.json"
     echo "chain3: step profile done $(date +%T)"
+    python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --extract-tokens 200000 \
+        --out "$RES/dense_at_scale.json"
+    echo "chain3: 10M-key search done $(date +%T)"
     timeout -s KILL "${CUT:-240}" bash "$0" full480 /root/res/full480
     echo "chain3: full480 killed after ${CUT:-240} s $(date +%T)"
     bash "$0" count /root/res/full480

