@@ -43,13 +43,13 @@
 #             retrieval evals 14.6 min, then the repeats until the session ended (1.8 passes in ~3.5 min).
 #   keys      the dresd key pass on a real corpus of many short documents (GSM8K train's answers,
 #             7,473): its manifest's tokens_per_s against the 75,966 of the 2026-12-03 aligned build
-#   chain3    the next session's plan: prepare, the SAM store, `keys`, a step profile of ar, pld,
-#             recycle and sam (bench/profile_step.py: why a tree's verify costs ~1 ms more than its
-#             bucket's forward, 2026-12-03 fast-repeats), the 10M-key search p50 (dense_at_scale.py,
-#             target <= 0.5 ms), the whole Spec-Bench with ar,
-#             pld and sam (full480, ~11 min; killed with SIGKILL after $CUT seconds, default 240, then
-#             resumed, and its answer lines counted), then the fast methods 3 times on the 48 + 20
-#             questions (~6 min). ~20 min after staging.
+#   chain3    the next session's plan: prepare, the SAM store, the whole Spec-Bench with ar, pld and
+#             sam (full480, ~11 min; killed with SIGKILL after $CUT seconds, default 240, then resumed,
+#             and its answer lines counted), the fast methods 3 times on the 48 + 20 questions (~6
+#             min), then `keys`, the 10M-key search p50 (dense_at_scale.py, target <= 0.5 ms) and a
+#             step profile of ar, pld, recycle and sam (bench/profile_step.py: why a tree's verify
+#             costs ~1 ms more than its bucket's forward, 2026-12-03 fast-repeats). ~24 min after
+#             staging, so the last probes may be cut.
 #   count OUT lines and distinct (question, repeat) keys of every answer file of run folder OUT: a
 #             resumed run must have as many lines as keys (nothing answered twice)
 #   full480 OUT
@@ -179,17 +179,10 @@ keys)
         --corpus "$SPECBENCH_DATA/gsm8k/train.jsonl" --text-key answer --out /root/stores/dresd-gsm8k --force
     ;;
 chain3)
+    # Issue 15's two runs first (they close it); the short probes after, where a cut costs least.
     suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
     prepare_target || exit 1
     bash "$0" store
-    bash "$0" keys
-    echo "chain3: keys done $(date +%T)"
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
-        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
-    echo "chain3: step profile done $(date +%T)"
-    python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --extract-tokens 200000 \
-        --out "$RES/dense_at_scale.json"
-    echo "chain3: 10M-key search done $(date +%T)"
     timeout -s KILL "${CUT:-240}" bash "$0" full480 /root/res/full480
     echo "chain3: full480 killed after ${CUT:-240} s $(date +%T)"
     bash "$0" count /root/res/full480
@@ -198,6 +191,14 @@ chain3)
     bash "$0" count /root/res/full480
     bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
     echo "chain3: fast repeats done $(date +%T)"
+    bash "$0" keys
+    echo "chain3: keys done $(date +%T)"
+    python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --extract-tokens 200000 \
+        --out "$RES/dense_at_scale.json"
+    echo "chain3: 10M-key search done $(date +%T)"
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
+        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    echo "chain3: step profile done $(date +%T)"
     ;;
 count)
     python3 - "$1" <<'EOF'
