@@ -167,7 +167,7 @@ def test_a_sample_kept_on_the_device_gives_the_same_store(store, tiny, tmp_path,
     from specbench_cli.datastores import dresd
 
     path, docs = store
-    monkeypatch.setattr(dresd, "sample_on_device", lambda device: True)
+    monkeypatch.setattr(dresd, "sample_on_device", lambda device, nbytes: True)
     again = build_store("dresd", docs, tmp_path / "again", loaded=tiny, dim=16, pca_sample=100)
     for name in ("keys.npy", "values.npy"):
         assert np.array_equal(np.load(path / name), np.load(again / name))

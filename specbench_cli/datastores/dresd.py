@@ -210,9 +210,15 @@ def check_model(manifest: dict, target: LoadedModel, path: Path) -> None:
 # Building
 
 
-def sample_on_device(device: Any) -> bool:
-    """Whether the PCA sample is kept on the forward's device (a GPU) rather than on disk."""
-    return device.type == "cuda"
+def sample_on_device(device: Any, nbytes: int) -> bool:
+    """Whether the PCA sample (`nbytes`) is kept on the forward's device rather than on disk: on a GPU
+    with room to spare (a quarter of its free memory at most, so the forwards keep theirs)."""
+    if device.type != "cuda":
+        return False
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= free // 4
 
 
 def next_token_values(doc: np.ndarray, length: int = VALUE_LEN) -> np.ndarray:
@@ -289,11 +295,10 @@ def write_store(build: BuildInput, folder: Path) -> dict:
     # The raw sample stays on the GPU: written to disk it was 6 GB of float32 for 1M keys of a 1.5B,
     # written and read back inside the timed key pass (76k tokens/s on an H200 against the forwards'
     # 140k, 2026-12-03). bf16 -> float32 is exact, so the projected keys are the same either way.
-    on_device = sample_on_device(device)
+    model_dtype = next(loaded.model.parameters()).dtype
+    on_device = sample_on_device(device, sample_cap * hidden_size * model_dtype.itemsize)
     if on_device:
-        raw = torch.empty(
-            (sample_cap, hidden_size), dtype=next(loaded.model.parameters()).dtype, device=device
-        )
+        raw = torch.empty((sample_cap, hidden_size), dtype=model_dtype, device=device)
     else:
         raw = np.lib.format.open_memmap(
             folder / "sample.npy", mode="w+", dtype=np.float32, shape=(sample_cap, hidden_size)
