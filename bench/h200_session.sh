@@ -20,7 +20,7 @@
 #             `specbench eval` on the staged target and questions, resumed if OUT exists
 #   eval-head OUT SUITES METHODS HEAD [EXTRA...]
 #             `eval` with --draft-head HEAD (eagle2, rasd/respec on the head, sam.fallback=eagle2)
-#   chain     the whole head session in one background job, from a copy of the tree whose .corpus/ holds
+#   chain     the whole head session in one background job, with the data root carried (below) for
 #             the prompt files: prepare the staged 1.5B, build the SAM store, train the head while a
 #             throwaway head (8 prompts, 1 epoch) runs a 2-question smoke eval of every method (it finds
 #             GPU-only faults early and fills the compile caches), then the 3-repeat eval. $METHODS,
@@ -50,6 +50,11 @@
 #             step profile of ar, pld, recycle and sam (bench/profile_step.py: why a tree's verify
 #             costs ~1 ms more than its bucket's forward, 2026-12-03 fast-repeats). ~24 min after
 #             staging, so the last probes may be cut.
+#   chain4    issue 9's draft models, for a session after chain3's: needs the 0.5B staged too
+#             (.stage/q05, 9 pieces, to /root/m/q05). Prepare both models, one pass of ar, sps,
+#             sps-tree and rasd with the 0.5B draft (the compiled draft step against levels x its
+#             forward, predicted vs measured speedups), then the head trained as in `chain` and one
+#             pass of ar, eagle2 and rasd on it (the device-resident tree). ~22 min after staging.
 #   count OUT lines and distinct (question, repeat) keys of every answer file of run folder OUT: a
 #             resumed run must have as many lines as keys (nothing answered twice)
 #   full480 OUT
@@ -80,7 +85,7 @@ prepare_target() { # the staged GGUF -> a safetensors folder, once per machine
         --model qwen2.5-coder-1.5b=/root/m/q15/model.gguf --to /root/m/q15/hf
 }
 train_head_q15() { # the head of the chains: 1,500 GSM8K + 1,500 CodeAlpaca prompts (~7.5 min)
-    bash "$0" head /root/heads/q15 .corpus/train.jsonl .corpus/new_codealpaca.json \
+    bash "$0" head /root/heads/q15 "$SPECBENCH_DATA/gsm8k/train.jsonl" "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" \
         -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
 }
 
@@ -129,7 +134,7 @@ chain)
     echo "chain: prepare done $(date +%T)"
     bash "$0" store
     echo "chain: store done $(date +%T)"
-    (bash "$0" head /root/heads/tiny .corpus/train.jsonl -- --max-prompts 8 --max-new-tokens 32 --epochs 1 &&
+    (bash "$0" head /root/heads/tiny "$SPECBENCH_DATA/gsm8k/train.jsonl" -- --max-prompts 8 --max-new-tokens 32 --epochs 1 &&
         bash "$0" eval-head /root/res/smoke "$suites" "$methods" /root/heads/tiny "${head_eval[@]}" --limit 2 &&
         echo "chain: smoke done $(date +%T)") > "$RES/smoke.log" 2>&1 &
     train_head_q15
@@ -199,6 +204,18 @@ chain3)
     python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
         --datastore /root/stores/sam15 --out "$RES/profile_step.json"
     echo "chain3: step profile done $(date +%T)"
+    ;;
+chain4)
+    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
+    prepare_target || exit 1
+    [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
+    bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+    echo "chain4: draft-model pass done $(date +%T)"
+    train_head_q15
+    echo "chain4: head done $(date +%T)"
+    bash "$0" eval-head /root/res/head1 "$suites" ar,eagle2,rasd /root/heads/q15
+    echo "chain4: head pass done $(date +%T)"
     ;;
 count)
     python3 - "$1" <<'EOF'
