@@ -135,7 +135,6 @@ class CompiledRunner(Runner):
         self._zero = torch.zeros((), dtype=self.dtype, device=dev)
         self._masked = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=dev)
         self._buckets: dict[tuple[int, int, bool], Bucket] = {}  # (size, width, want_hidden) -> bucket
-        self._variants: set[tuple[bool, bool]] = set()  # (want_hidden, windowed) of the buckets made
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._copied = torch.cuda.Event() if dev.type == "cuda" else None  # host buffers free again
         self._move_bucket: Bucket | None = None  # inputs: src slots | dst slots (compaction graph)
@@ -271,7 +270,8 @@ class CompiledRunner(Runner):
         a forward has used so far. A warm-up generation reaches only the sizes its one prompt happened
         to need; a size first met in a timed answer would be captured, and compiled when its variant
         is new, on the clock (46.9 s on one DReSD answer on an H200 before this existed, 2026-12-03)."""
-        for want_hidden, windowed in sorted(self._variants):
+        variants = {(want_hidden, width != size) for size, width, want_hidden in self._buckets}
+        for want_hidden, windowed in sorted(variants):
             for size in self.buckets:
                 widths = [w for w in self.buckets if w > size] if windowed else [size]
                 for width in widths:
@@ -399,7 +399,6 @@ class CompiledRunner(Runner):
                 self._capture(bucket)
             self.captures += 1  # counted without CUDA too (static buffers only), so CPU tests see it
             self._buckets[size, width, want_hidden] = bucket
-            self._variants.add((want_hidden, width != size))
         return bucket
 
     def _capture(self, bucket: Bucket) -> None:
