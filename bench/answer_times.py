@@ -18,28 +18,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specbench_cli.results import RunPaths, read_answers  # noqa: E402
+from specbench_cli.report import read_run_records  # noqa: E402
+from specbench_cli.report.metrics import per_question  # noqa: E402
+from specbench_cli.results import RunPaths  # noqa: E402
 
 FIELDS = ("suite", "method", "question_id", "repeat", "new_tokens", "steps", "wall_time", "graph_captures")
 
 
 def answer_rows(run: Path) -> list[dict]:
+    """The report's own per-answer sums (`metrics.per_question`, one row per record, in order) with
+    each answer's `graph_captures` beside them."""
+    records, _ = read_run_records(RunPaths(run))
+    frame = per_question(records)
     rows = []
-    for suite, method, path in RunPaths(run).iter_answer_files():
-        for record in read_answers(path):
-            choice = record["choices"][0]
-            rows.append(
-                {
-                    "suite": suite,
-                    "method": method,
-                    "question_id": record["question_id"],
-                    "repeat": int(record.get("repeat") or 0),
-                    "new_tokens": int(sum(choice["new_tokens"])),
-                    "steps": int(sum(choice["decoding_steps"])),
-                    "wall_time": round(float(sum(choice["wall_time"])), 6),
-                    "graph_captures": int(choice.get("graph_captures") or 0),
-                }
-            )
+    for record, row in zip(records, frame.to_dict("records"), strict=True):
+        rows.append(
+            {key: row[key] for key in FIELDS[:-1]}
+            | {"wall_time": round(row["wall_time"], 6)}
+            | {"graph_captures": int(record["choices"][0].get("graph_captures") or 0)}
+        )
     return rows
 
 
