@@ -69,6 +69,8 @@ export SPECBENCH_MODEL_QWEN2_5_CODER_1_5B=/root/m/q15/hf SPECBENCH_MODEL_QWEN2_5
 # pinned downloads (~/.cache/specbench/data, carried as .cache-data/data/), copied to these paths.
 export SPECBENCH_DATA=${SPECBENCH_DATA:-/root/data} SPECBENCH_CACHE=${SPECBENCH_CACHE:-/root/cache}
 BEFORE=bench/results/2026-12-02-h200-fast-path/profile-random-qwen1.5b-fused.json
+# The questions of every timed run since 2026-12-02: 20 HumanEval + 48 Spec-Bench (8 per task), carried in .bd2/.
+suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
 step=$1
 shift
 echo "== $(date +%T) $step $*"
@@ -126,7 +128,6 @@ eval-head)
     run_eval "$out" "$suites" "$methods" --draft-head "$head" "$@"
     ;;
 chain)
-    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
     methods=${METHODS:-ar,pld,sam,recycle,suffix,eagle2,rasd,respec,respec@strict,sam@eagle}
     head_eval=(--datastore /root/stores/sam15 --method-opt sam@eagle.fallback=eagle2
         --method-opt respec@strict.relaxed=false --baselines hf-static)
@@ -149,7 +150,6 @@ retrieval)
         bash bench/retrieval_at_scale.sh "${@:-all}"
     ;;
 chain2)
-    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
     methods=${METHODS2:-ar,pld,sam,eagle2,rasd,respec@strict,sam@eagle}
     prepare_target || exit 1
     bash "$0" store
@@ -175,7 +175,7 @@ ras13)
     echo "ras13: stores done $(date +%T)"
     bash "$0" retrieval eval-dresd-protocol eval-math eval-humaneval-code
     echo "ras13: retrieval evals done $(date +%T)"
-    bash "$0" eval /root/res/fast3 "${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}" \
+    bash "$0" eval /root/res/fast3 "$suites" \
         ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
     echo "ras13: fast repeats done $(date +%T)"
     ;;
@@ -185,7 +185,6 @@ keys)
     ;;
 chain3)
     # Issue 15's two runs first (they close it); the short probes after, where a cut costs least.
-    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
     prepare_target || exit 1
     bash "$0" store
     timeout -s KILL "${CUT:-240}" bash "$0" full480 /root/res/full480
@@ -206,7 +205,6 @@ chain3)
     echo "chain3: step profile done $(date +%T)"
     ;;
 chain4)
-    suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
     prepare_target || exit 1
     [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
         --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
