@@ -131,6 +131,8 @@ def test_dense_at_scale_on_a_tiny_shape(tmp_path, no_faiss, monkeypatch):
         and ext["tokens_per_s"] > 0
         and ext["pca"]["keys"] == ext["tokens"] - ext["documents"]
     )
+    build = ext["build"]  # the product's build over the same documents: one key per position
+    assert build["vectors"] == ext["pca"]["keys"] and build["tokens_per_s"] > 0 and build["index"] == "Flat"
     flat, ivf = data["search"]["sizes"]
     assert (flat["keys"], flat["index"], flat["recall"]["at_10"]) == (2000, "Flat", 1.0)
     assert ivf["index"] == f"IVF{int(5 * 12000**0.5)},Flat" and ivf["recall"]["queries"] == 50

@@ -165,3 +165,35 @@ def test_torch_ivf_search_ranks_the_probed_lists_and_pads_a_short_one(tmp_path):
         assert torch.isinf(s[5:]).all()
     one_s, one_i = index.search(torch.from_numpy(queries[:1]), 8)  # one query: the step's case
     assert one_i.shape == (1, 8) and one_i[0].tolist() == ids[0].tolist()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_torch_ivf_search_in_fixed_shapes_equals_scoring_the_probed_lists(tmp_path, mmap):
+    """Lists of unequal length (one empty): the search scores a fixed number of slots (the nprobe
+    longest lists' total), so a probe set with fewer candidates leaves slots masked; the result must
+    still be exactly the probed lists' members ranked by score."""
+    from specbench_cli.datastores import torch_index
+
+    rng = np.random.default_rng(3)
+    sizes = [9, 1, 0, 4, 6]
+    keys = rng.normal(size=(sum(sizes), 6)).astype(np.float32)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    perm = rng.permutation(len(keys))  # key rows are not stored list by list
+    keys, owner = keys[perm], owner[perm]
+    centroids = rng.normal(size=(len(sizes), 6)).astype(np.float32)
+    np.save(tmp_path / torch_index.CENTROIDS_FILE, centroids)
+    np.save(tmp_path / torch_index.IDS_FILE, np.argsort(owner, kind="stable").astype(np.int64))
+    np.save(tmp_path / torch_index.OFFSETS_FILE, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    np.save(tmp_path / "keys.npy", keys)
+    stored = np.load(tmp_path / "keys.npy", mmap_mode="r") if mmap else keys
+    index = torch_index.TorchIndex(stored, "cpu", folder=tmp_path, nprobe=2, mmap=mmap)
+    assert index.params["candidates"] == 9 + 6
+    for q in rng.normal(size=(12, 6)).astype(np.float32):
+        probed = np.argsort(-(centroids @ q))[:2]
+        members = np.flatnonzero(np.isin(owner, probed))
+        expected = members[np.argsort(-(keys[members] @ q))][:7]
+        scores, ids = index.search(torch.from_numpy(q[None]), 7)
+        got = ids[0][ids[0] >= 0].tolist()
+        assert got == expected.tolist()
+        assert (ids[0][len(got) :] == -1).all() and torch.isinf(scores[0][len(got) :]).all()
+        np.testing.assert_allclose(scores[0][: len(got)].numpy(), keys[expected] @ q, rtol=1e-5)
