@@ -586,6 +586,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             write_json_atomic(paths.config, config)
         for _, runner in engine.runners.made:  # every graph a timed answer could need, captured now
             runner.prepare_seen()
+        if lead:  # how the target compacts an accepted path, known once its graphs exist
+            config["kv_compaction"] = engine.runner.move_kind
+            write_json_atomic(paths.config, config)
 
     # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.
     # Drafters that learn across answers (Token Recycling's matrix, SuffixDecoding's cross-request tree)

@@ -300,3 +300,52 @@ def test_prepare_seen_makes_every_bucket_of_the_forward_kinds_already_used(tiny)
     runner.reset()
     runner.forward(level, [-1, -1, 0, 0, 1, 2], want_hidden=True)
     assert runner.captures == made + 1
+
+
+def _slot_cache(layers: int = 3, heads: int = 2, slots: int = 12, dim: int = 8):
+    from specbench_cli.engine.kv_cache import SlotCache
+
+    cache = SlotCache(layers, slots)
+    for layer in cache.layers:
+        layer.lazy_initialization(torch.zeros(1, heads, 1, dim), torch.zeros(1, heads, 1, dim))
+        layer.keys.normal_()
+        layer.values.normal_()
+    return cache
+
+
+def test_cache_move_takes_the_fused_mover_only_for_moves_of_its_size():
+    from specbench_cli.engine.compaction import torch_move
+
+    cache = _slot_cache()
+    calls = []
+
+    class Recording:  # stands in for compaction.FusedMove (CUDA only): same contract, counted
+        rows = 4
+
+        def __call__(self, src, dst):
+            calls.append(len(src))
+            torch_move(cache.tensors(), src, dst)
+
+    cache.fused = Recording()
+    before = [t.clone() for t in cache.tensors()]
+    src, dst = torch.tensor([5, 7, 8, 11]), torch.tensor([4, 5, 6, 11])  # overlapping, last a pad
+    cache.move(src, dst)
+    assert calls == [4]
+    for old, new in zip(before, cache.tensors()):
+        assert torch.equal(new[:, :, 4:7], old[:, :, [5, 7, 8]]) and torch.equal(new[:, :, :4], old[:, :, :4])
+    cache.move(torch.tensor([9, 10]), torch.tensor([7, 8]))  # another size: the torch ops
+    assert calls == [4]
+    assert all(torch.equal(t[:, :, 7:9], t[:, :, 9:11]) for t in cache.tensors())
+
+
+def test_fused_move_says_why_the_torch_ops_stay():
+    from specbench_cli.engine.compaction import fused_move, why_not_fused
+
+    cache = _slot_cache()
+    mover, kind = fused_move(cache.tensors(), 8)
+    assert mover is None and kind == "per layer (not on CUDA)"
+    assert why_not_fused([]) == "no cache tensors"
+    assert "not a power of two" in why_not_fused(_slot_cache(dim=6).tensors())
+    mixed = cache.tensors() + _slot_cache(heads=1).tensors()
+    assert why_not_fused(mixed) == "cache tensors differ in shape, dtype or layout"
+    assert why_not_fused([torch.zeros(2, 2, 4, 8)]).startswith("cache tensors of shape (2, 2, 4, 8)")

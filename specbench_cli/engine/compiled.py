@@ -41,6 +41,7 @@ import torch
 
 from ..types import SpecbenchError
 from .attention import PACKED_ATTENTION, TREE_ATTENTION, register_attention, tree_mask
+from .compaction import fused_move
 from .fusion import build_fusions, fused
 from .runner import Runner
 
@@ -428,6 +429,8 @@ class CompiledRunner(Runner):
         """Compaction through a captured graph: `kept` inputs move to [length, length + k)."""
         top = self.buckets[-1]
         if self._move_bucket is None:
+            # All layers in two launches where Triton is there and passes its self-check (compaction.py).
+            self.cache.fused, self.move_kind = fused_move(self.cache.tensors(), top)
             move = self._new_bucket(top, top, 2 * top)
             self._fill_move(move, [], 0)
             with torch.inference_mode():

@@ -10,9 +10,13 @@ the same design as gpt-fast's KVCache(input_pos), so one captured graph per draf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+if TYPE_CHECKING:
+    from .compaction import FusedMove
 
 
 @dataclass
@@ -66,11 +70,18 @@ class SlotCache(Cache):
     def __init__(self, num_layers: int, max_len: int):
         self.slots = Slots()
         self.max_len = max_len
+        self.fused: FusedMove | None = None  # set by the compiled runner where it can fuse moves
         super().__init__(layers=[SlotLayer(self.slots, max_len) for _ in range(num_layers)])
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every allocated layer's keys and values, in layer order."""
+        return [t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+
     def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy the K/V at slots `src` to slots `dst` in every layer (compaction of an accepted path)."""
-        for layer in self.layers:
-            if layer.is_initialized:
-                layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
-                layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
+        """Copy the K/V at slots `src` to slots `dst` in every layer (compaction of an accepted path):
+        the fused kernels when the runner installed them for moves of this size, else torch ops."""
+        if self.fused is not None and len(src) == self.fused.rows:
+            self.fused(src, dst)
+            return
+        for t in self.tensors():
+            t.index_copy_(2, dst, t.index_select(2, src))

@@ -64,6 +64,8 @@ class Runner:
         self.captures = 0  # buckets made so far (compiled runners; a CUDA graph each): none on the clock
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
+    move_kind = "per layer"  # how commit moves an accepted path's K/V (compiled runners may fuse it)
+
     def reset(self) -> None:
         self.length = 0
         self.cache.slots.length = 0
