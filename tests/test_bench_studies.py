@@ -249,3 +249,36 @@ def test_profile_step_splits_each_methods_step(tmp_path):
     assert ar["t_verify_ms"] > 0 and ar["forward_ms_of_the_buckets_used"] > 0
     assert ar["host_ops_per_step"]["top"] and ar["kernels_per_step"] is None
     assert json.loads(out.read_text())["methods"]["pld"]["steps"] >= 1
+
+
+def test_step_parts_on_a_tiny_shape(tmp_path):
+    """The step-parts study runs the product's runner and verifier reads on CPU (no graphs, no fused move)."""
+    import step_parts
+
+    out = tmp_path / "parts.json"
+    argv = ["--out", str(out), "--device", "cpu", "--shape", "tiny", "--dtype", "float32"]
+    step_parts.main(argv + ["--sizes", "1,12", "--reps", "2", "--context", "32"])
+    data = json.loads(out.read_text())
+    one, twelve = data["rows"]
+    assert (one["inputs"], twelve["inputs"]) == (1, 12) and "tree_and_commit_ms" not in one
+    keys = (
+        "forward_chain_ms",
+        "forward_tree_ms",
+        "tree_and_argmax_ms",
+        "tree_and_top8_ms",
+        "tree_and_commit_ms",
+    )
+    assert all(twelve[k] > 0 for k in keys)
+    assert data["kv_compaction"] == "per layer" and data["graphs"] is False
+    assert data["move"]["rows"] == 12 and data["move"]["per_layer_ms"] > 0 and "fused_ms" not in data["move"]
+
+
+def test_recycle_parents_continue_the_template_as_a_chain():
+    import step_parts
+
+    from specbench_cli.drafters.recycle import PAPER_TEMPLATE, Template
+
+    template = Template.from_paths(PAPER_TEMPLATE, 8).parents.tolist()
+    assert step_parts.recycle_parents(5) == [-1] + [p + 1 for p in template[:5]]
+    long = step_parts.recycle_parents(len(template) + 3)
+    assert long[-3:] == [len(template), len(template) + 1, len(template) + 2]  # each below the one before
