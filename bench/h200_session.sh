@@ -55,6 +55,14 @@
 #             sps-tree and rasd with the 0.5B draft (the compiled draft step against levels x its
 #             forward, predicted vs measured speedups), then the head trained as in `chain` and one
 #             pass of ar, eagle2 and rasd on it (the device-resident tree). ~22 min after staging.
+#   pre5      no model files (random weights of the real shape), for the first call of a session while
+#             the staging calls run: bench/step_parts.py (a tree step's parts: forward, the verifier's
+#             reads, the K/V move per layer vs fused) and dense_at_scale.py (the product's dresd build
+#             key pass, target >= 100k tok/s; the 10M-key search, target p50 <= 0.5 ms). ~2-3 min.
+#   chain5    after pre5: prepare, the SAM store, the fast methods 3 times on the 48 + 20 questions
+#             (issue 15), the step profile, `keys`, and, when the 0.5B is staged too, one pass of ar,
+#             sps, sps-tree and rasd with it (issue 9). Measured parts: the repeats ~5 min (the full
+#             Spec-Bench's 1,238 answers took 3 min 58 s on 2026-12-03), the draft pass ~5 min.
 #   count OUT lines and distinct (question, repeat) keys of every answer file of run folder OUT: a
 #             resumed run must have as many lines as keys (nothing answered twice)
 #   full480 OUT
@@ -214,6 +222,33 @@ chain4)
     echo "chain4: head done $(date +%T)"
     bash "$0" eval-head /root/res/head1 "$suites" ar,eagle2,rasd /root/heads/q15
     echo "chain4: head pass done $(date +%T)"
+    ;;
+pre5)
+    # No model files: run by the first call while the staging calls copy the model (they use no GPU).
+    python3 bench/step_parts.py --out "$RES/step_parts.json"
+    echo "pre5: step parts done $(date +%T)"
+    python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --out "$RES/dense_at_scale.json"
+    echo "pre5: dense at scale done $(date +%T)"
+    ;;
+chain5)
+    # After pre5 (waits for it): issue 15's 3 repeats first, then the step profile and the key pass,
+    # then issue 9's draft-model pass when the 0.5B was staged too (.stage/q05 to /root/m/q05).
+    while pgrep -f "h200_session.sh pre5" > /dev/null; do sleep 5; done
+    prepare_target || exit 1
+    bash "$0" store
+    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    echo "chain5: fast repeats done $(date +%T)"
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
+        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    echo "chain5: step profile done $(date +%T)"
+    bash "$0" keys
+    echo "chain5: keys done $(date +%T)"
+    if [ -f /root/m/q05/model.gguf ]; then
+        [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+            --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
+        bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+        echo "chain5: draft-model pass done $(date +%T)"
+    fi
     ;;
 count)
     python3 - "$1" <<'EOF'
