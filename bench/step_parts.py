@@ -89,6 +89,16 @@ def move_times(runner: Any, device: str, reps: int) -> dict[str, Any]:
         fused = FusedMove(tensors, rows)
         movers["fused"] = lambda: fused(src, dst)
     out: dict[str, Any] = {"rows": rows, "tensors": len(tensors)}
+    if "fused" in movers:  # the same move both ways on copies of the spare slots: identical bits
+        before = [t[:, :, base:].clone() for t in tensors]
+        movers["fused"]()
+        fused_result = [t[:, :, base:].clone() for t in tensors]
+        for t, b in zip(tensors, before):
+            t[:, :, base:] = b
+        movers["per_layer"]()
+        out["fused_equals_per_layer"] = all(
+            torch.equal(a, t[:, :, base:]) for a, t in zip(fused_result, tensors)
+        )
     for name, move in movers.items():
         call = move
         if runner.use_graphs:

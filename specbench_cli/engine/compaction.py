@@ -25,46 +25,41 @@ from typing import Any
 
 import torch
 
-_KERNELS: Any = None
+_KERNEL: Any = None
 
 
-def _build_kernels() -> Any:
+def _build_kernel() -> Any:
     import triton
     import triton.language as tl
 
+    # Program (tensor, head): GATHER copies cache slots `Slots` of one head of one tensor into its
+    # scratch rows; the other pass copies the scratch rows back to slots `Slots`.
     @triton.jit
-    def gather_kernel(Ptrs, Src, Scratch, ROWS, HEADS, SLOTS, BLOCK_R: tl.constexpr, D: tl.constexpr):
+    def move_kernel(
+        Ptrs, Slots, Scratch, ROWS, HEADS, SLOTS,
+        GATHER: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
         tensor, head = tl.program_id(0), tl.program_id(1)
         base = tl.load(Ptrs + tensor).to(tl.pointer_type(Scratch.dtype.element_ty))
         rows = tl.arange(0, BLOCK_R)
         ok = rows < ROWS
-        slot = tl.load(Src + rows, mask=ok, other=0).to(tl.int64)
+        slot = tl.load(Slots + rows, mask=ok, other=0).to(tl.int64)
         d = tl.arange(0, D)
-        at = (head.to(tl.int64) * SLOTS + slot[:, None]) * D + d[None, :]
-        vals = tl.load(base + at, mask=ok[:, None], other=0.0)
-        out = ((tensor.to(tl.int64) * HEADS + head) * BLOCK_R + rows[:, None]) * D + d[None, :]
-        tl.store(Scratch + out, vals, mask=ok[:, None])
+        cache_at = (head.to(tl.int64) * SLOTS + slot[:, None]) * D + d[None, :]
+        scratch_at = ((tensor.to(tl.int64) * HEADS + head) * BLOCK_R + rows[:, None]) * D + d[None, :]
+        if GATHER:
+            tl.store(Scratch + scratch_at, tl.load(base + cache_at, mask=ok[:, None]), mask=ok[:, None])
+        else:
+            tl.store(base + cache_at, tl.load(Scratch + scratch_at, mask=ok[:, None]), mask=ok[:, None])
 
-    @triton.jit
-    def scatter_kernel(Ptrs, Dst, Scratch, ROWS, HEADS, SLOTS, BLOCK_R: tl.constexpr, D: tl.constexpr):
-        tensor, head = tl.program_id(0), tl.program_id(1)
-        base = tl.load(Ptrs + tensor).to(tl.pointer_type(Scratch.dtype.element_ty))
-        rows = tl.arange(0, BLOCK_R)
-        ok = rows < ROWS
-        slot = tl.load(Dst + rows, mask=ok, other=0).to(tl.int64)
-        d = tl.arange(0, D)
-        src = ((tensor.to(tl.int64) * HEADS + head) * BLOCK_R + rows[:, None]) * D + d[None, :]
-        vals = tl.load(Scratch + src, mask=ok[:, None], other=0.0)
-        tl.store(base + (head.to(tl.int64) * SLOTS + slot[:, None]) * D + d[None, :], vals, mask=ok[:, None])
-
-    return gather_kernel, scatter_kernel
+    return move_kernel
 
 
-def _kernels() -> Any:
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _build_kernels()
-    return _KERNELS
+def _kernel() -> Any:
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build_kernel()
+    return _KERNEL
 
 
 class FusedMove:
@@ -83,11 +78,13 @@ class FusedMove:
         )
 
     def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        gather, scatter = _kernels()
+        move = _kernel()
         grid = (len(self.tensors), self.heads)
-        args = (self.rows, self.heads, self.slots)
-        gather[grid](self.ptrs, src, self.scratch, *args, BLOCK_R=self.block, D=self.dim, num_warps=8)
-        scatter[grid](self.ptrs, dst, self.scratch, *args, BLOCK_R=self.block, D=self.dim, num_warps=8)
+        for slots, gather in ((src, True), (dst, False)):  # every read before any write
+            move[grid](
+                self.ptrs, slots, self.scratch, self.rows, self.heads, self.slots,
+                GATHER=gather, BLOCK_R=self.block, D=self.dim, num_warps=8,
+            )  # fmt: skip
 
 
 def torch_move(tensors: list[torch.Tensor], src: torch.Tensor, dst: torch.Tensor) -> None:
