@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reps": args.reps,
         "graphs": runner.use_graphs,
         "kv_compaction": runner.move_kind,
+        "compile_error": runner.compile_error,
         "rows": rows,
         "move": move,
     }

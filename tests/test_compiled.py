@@ -349,3 +349,22 @@ def test_fused_move_says_why_the_torch_ops_stay():
     mixed = cache.tensors() + _slot_cache(heads=1).tensors()
     assert why_not_fused(mixed) == "cache tensors differ in shape, dtype or layout"
     assert why_not_fused([torch.zeros(2, 2, 4, 8)]).startswith("cache tensors of shape (2, 2, 4, 8)")
+
+
+@pytest.mark.parametrize("attention", ["tree", "packed"])
+def test_positions_and_model_trace_as_two_whole_graphs(tiny, attention):
+    """The compiled runner compiles the positions/mask and the model apart (so inductor cannot recompute
+    the tree depths inside every layer): each must trace without a graph break, with the closure's fixed
+    round count, and a tree forward through both must equal the eager runner's."""
+    runner = CompiledRunner(tiny.model, 64, 15, attention=attention, use_graphs=False, compile_mode=None)
+    runner.compile_mode = "default"  # what a GPU run sets: fixed closure rounds, one graph for all sizes
+    torch._dynamo.reset()
+    runner._inputs = torch.compile(runner._static_inputs, backend="eager", fullgraph=True, dynamic=True)
+    runner._model_step = torch.compile(runner._static_model, backend="eager", fullgraph=True, dynamic=True)
+    eager = ModelRunner(tiny.model, 64)
+    tree = [-1, 0, 1, 1, 2, 0, 5, 3]
+    for run in (runner, eager):
+        run.forward([5, 6, 7, 8, 9])
+        run.commit([0, 1, 2, 3, 4])
+    got, want = (run.forward([11, 12, 13, 14, 15, 16, 17, 18], tree)[0] for run in (runner, eager))
+    assert torch.allclose(got, want, atol=1e-5) and torch.equal(got.argmax(-1), want.argmax(-1))

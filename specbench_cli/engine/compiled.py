@@ -139,18 +139,23 @@ class CompiledRunner(Runner):
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._copied = torch.cuda.Event() if dev.type == "cuda" else None  # host buffers free again
         self._move_bucket: Bucket | None = None  # inputs: src slots | dst slots (compaction graph)
-        self._step = self._static_forward
+        self._inputs, self._model_step = self._static_inputs, self._static_model
         # torch.compile fuses the ~45 small kernels per layer of an eager forward into ~15 (measured
         # on an H200: 1,243 -> 462 kernels per Qwen2.5-1.5B forward). With dynamic sizes one graph
         # serves every bucket above 1 (size 1 is specialised): two compilations per model, not five.
+        # The positions and the mask are compiled on their own, so the model's graph takes them as
+        # inputs: compiled together, inductor recomputed the tree depths (the ancestor closure's row
+        # sums) inside every layer's rotary kernel, ~0.15 ms per forward of 64 inputs on an H200
+        # (bench/results/2026-12-03-h200-kernels/profile.txt: a 28x kernel with gt/clamp/index_select).
         self.compile_mode = compile_mode if self.use_graphs else None
         self.compile_error: str | None = None
         if self.compile_mode is not None:
             import torch._dynamo as dynamo
 
-            # Every runner (target, draft model) and graph variant recompiles this one method.
+            # Every runner (target, draft model) and graph variant recompiles these two methods.
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
-            self._step = torch.compile(self._static_forward, mode=self.compile_mode, dynamic=True)
+            self._inputs = torch.compile(self._static_inputs, mode=self.compile_mode, dynamic=True)
+            self._model_step = torch.compile(self._static_model, mode=self.compile_mode, dynamic=True)
         # GPU time of every graph forward, read with take_forward_times() (benchmarks, and the decode
         # loop for draft runners: t_draft_forward).
         self.profile = False
@@ -323,12 +328,20 @@ class CompiledRunner(Runner):
     def _eager_context(self):
         return self._attention(graph=False)
 
-    def _static_forward(
+    def _step(
         self, inputs: torch.Tensor, size: int, width: int, want_hidden: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward of `size` inputs in a `width` window described by `inputs`; fixed shapes, no host
-        sync (capturable). Window node j is cache slot start + j; the inputs are nodes [m, m + size)."""
-        tokens, parents = inputs[:size], inputs[size : size + width]
+        sync (capturable): the positions and mask (`_inputs`), then the model (`_model_step`)."""
+        positions, mask, write = self._inputs(inputs, size, width)
+        return self._model_step(inputs[:size], positions, mask, write, want_hidden)
+
+    def _static_inputs(
+        self, inputs: torch.Tensor, size: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(position ids (1, size), attention mask, cache write slots (size,)) of the bucket's inputs.
+        Window node j is cache slot start + j; the inputs are nodes [m, m + size)."""
+        parents = inputs[size : size + width]
         start, pending = inputs[size + width], inputs[size + width + 1]
         window = self._cols[:width]
         anc = ancestor_closure(
@@ -344,11 +357,23 @@ class CompiledRunner(Runner):
             in_window = visible.index_select(1, rel.clamp(0, width - 1)) & ((rel >= 0) & (rel < width))
             allowed = in_window | (self._cols < start)
             mask = torch.where(allowed, self._zero, self._masked)[None, None]
-        self.cache.slots.write = start + nodes
+        return (start + depth).unsqueeze(0), mask, start + nodes
+
+    def _static_model(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        write: torch.Tensor,
+        want_hidden: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model over the static cache: logits (size, V) float32 and, with want_hidden, the final
+        hidden states (size, H)."""
+        self.cache.slots.write = write
         self.cache.slots.visible = None
         out = self.model(
             input_ids=tokens.unsqueeze(0),
-            position_ids=(start + depth).unsqueeze(0),
+            position_ids=positions,
             attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
@@ -417,7 +442,8 @@ class CompiledRunner(Runner):
                 if self.compile_mode is None:
                     raise
                 self.compile_error = f"{type(err).__name__}: {str(err)[:300]}"
-                self.compile_mode, self._step = None, self._static_forward
+                self.compile_mode = None
+                self._inputs, self._model_step = self._static_inputs, self._static_model
                 self._step(bucket.inputs, size, width, bucket.want_hidden)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
