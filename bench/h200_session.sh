@@ -63,6 +63,9 @@
 #             (issue 15), the step profile, `keys`, and, when the 0.5B is staged too, one pass of ar,
 #             sps, sps-tree and rasd with it (issue 9). Measured parts: the repeats ~5 min (the full
 #             Spec-Bench's 1,238 answers took 3 min 58 s on 2026-12-03), the draft pass ~5 min.
+#   poll [SECONDS]
+#             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
+#             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
 #   count OUT lines and distinct (question, repeat) keys of every answer file of run folder OUT: a
 #             resumed run must have as many lines as keys (nothing answered twice)
 #   full480 OUT
@@ -249,6 +252,14 @@ chain5)
         bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
         echo "chain5: draft-model pass done $(date +%T)"
     fi
+    ;;
+poll)
+    # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and
+    # bring back everything finished so far (answers included: the report runs here), the tar niced
+    # so it does not slow the eval's host work, renamed only when complete.
+    sleep "${1:-280}"
+    grep -a "^== \|done\|killed\|answered twice" "$RES/chain.log" | tail -20
+    nice -n 19 tar czf "$OUT/.res.tgz" -C "$RES" . && mv "$OUT/.res.tgz" "$OUT/res.tgz"
     ;;
 count)
     python3 - "$1" <<'EOF'

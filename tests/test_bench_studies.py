@@ -169,6 +169,27 @@ def test_answer_times_has_one_row_per_answer(tmp_path):
         assert int(row["new_tokens"]) == sum(a["choices"][0]["new_tokens"]) and row["graph_captures"] == "0"
 
 
+def test_keep_run_reports_and_copies_the_small_files_only(tmp_path):
+    import keep_run
+    from typer.testing import CliRunner
+
+    from specbench_cli.cli import app
+
+    out, dest = tmp_path / "run", tmp_path / "results" / "kept"
+    questions = Path(__file__).parent / "fixtures" / "questions_small.jsonl"
+    args = ["eval", "--model", "tiny-random", "--suite", f"jsonl:{questions}", "--methods", "ar,pld"]
+    args += ["--max-new-tokens", "8", "--warmup", "0", "--limit", "2", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    for name in ("summary.json", "summary.md"):  # as a run cut short on the GPU machine: no report yet
+        (out / name).unlink()
+    keep_run.main([str(out), str(dest)])
+    kept = {p.name for p in dest.iterdir()}
+    assert {"config.json", "env.json", "summary.json", "summary.md", "answer_times.csv"} <= kept
+    assert kept <= set(keep_run.KEPT) and not (dest / "answers").exists()
+    summary = json.loads((dest / "summary.json").read_text())
+    assert {"ar", "pld"} <= {row["method"] for row in summary["rows"]}
+
+
 def test_retrieval_table_ratios_and_a_dropped_answer(tmp_path):
     import csv
 
