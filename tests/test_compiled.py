@@ -368,3 +368,22 @@ def test_positions_and_model_trace_as_two_whole_graphs(tiny, attention):
         run.commit([0, 1, 2, 3, 4])
     got, want = (run.forward([11, 12, 13, 14, 15, 16, 17, 18], tree)[0] for run in (runner, eager))
     assert torch.allclose(got, want, atol=1e-5) and torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_inductor_compiles_the_two_graphs_to_the_eager_logits(tiny):
+    """The GPU compiles with inductor; on the CPU inductor generates C++ for the same two graphs
+    (positions/mask, model): a tree forward after a commit must give the eager runner's logits."""
+    runner = CompiledRunner(tiny.model, 64, 15, use_graphs=False, compile_mode=None)
+    runner.compile_mode = "default"
+    torch._dynamo.reset()
+    runner._inputs = torch.compile(runner._static_inputs, dynamic=True)
+    runner._model_step = torch.compile(runner._static_model, dynamic=True)
+    eager = ModelRunner(tiny.model, 64)
+    tree = [-1, 0, 1, 1, 2, 0, 5, 3, 7, 7]
+    for run in (runner, eager):
+        run.forward([5, 6, 7, 8, 9, 10])
+        run.commit([0, 1, 2, 3, 4, 5])
+        run.forward(list(range(20, 30)), tree)
+        run.commit([0, 1, 3, 7])  # a move: the next forward reads the compacted path
+    got, want = (run.forward([31, 32, 33])[0] for run in (runner, eager))
+    assert torch.allclose(got, want, atol=1e-4) and torch.equal(got.argmax(-1), want.argmax(-1))
