@@ -73,15 +73,20 @@ class DraftModelChain(Drafter):
         k = min(self.k, ctx.max_nodes)
         if k <= 0:
             return DraftTree.empty()
+        import torch
+
         logits = self.catch_up(ctx.tokens)
-        draft: list[int] = []
-        for i in range(k):
-            tok = int(logits.argmax())
-            draft.append(tok)
-            if i + 1 < k:
-                logits, _ = self.runner.forward([tok], last_only=True)
-                self.runner.commit([0])
-                self.seen.append(tok)
+        # Each token stays on the device and feeds the next forward (`forward_tensors`): on the compiled
+        # runner the k forwards queue on the GPU back to back, and the chain is read back once, instead
+        # of a host round trip (argmax read, then the next forward's inputs written) per token.
+        root = torch.full((1,), -1, dtype=torch.long, device=logits.device)  # a lone input: no parent
+        picks = [logits.argmax().view(1)]
+        for _ in range(k - 1):
+            logits, _ = self.runner.forward_tensors(picks[-1], root)
+            self.runner.commit([0])
+            picks.append(logits[-1].argmax().view(1))
+        draft = torch.cat(picks).tolist()
+        self.seen.extend(draft[:-1])  # the last draft token is not in the draft cache
         return DraftTree.chain(draft)
 
     def describe(self) -> dict:
