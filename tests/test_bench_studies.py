@@ -138,6 +138,8 @@ def test_dense_at_scale_on_a_tiny_shape(tmp_path, no_faiss, monkeypatch):
     assert ivf["index"] == f"IVF{int(5 * 12000**0.5)},Flat" and ivf["recall"]["queries"] == 50
     assert 0 < ivf["recall"]["at_10"] <= 1 and ivf["synthetic_keys"] is True
     assert ivf["backend"] == ("torch" if no_faiss else "faiss-cpu")
+    if no_faiss:  # torch's IVF: its fixed slot budget beside the candidates queries really had
+        assert ivf["search_mode"] == "eager" and 0 < ivf["mean_candidates"] <= ivf["candidate_slots"]
     for row in (flat["search"], ivf["search"], ivf["exact_search"]):
         assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert data["peak_rss_mb"] > 0

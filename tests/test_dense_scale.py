@@ -192,8 +192,12 @@ def test_torch_ivf_search_in_fixed_shapes_equals_scoring_the_probed_lists(tmp_pa
         probed = np.argsort(-(centroids @ q))[:2]
         members = np.flatnonzero(np.isin(owner, probed))
         expected = members[np.argsort(-(keys[members] @ q))][:7]
-        scores, ids = index.search(torch.from_numpy(q[None]), 7)
-        got = ids[0][ids[0] >= 0].tolist()
-        assert got == expected.tolist()
-        assert (ids[0][len(got) :] == -1).all() and torch.isinf(scores[0][len(got) :]).all()
-        np.testing.assert_allclose(scores[0][: len(got)].numpy(), keys[expected] @ q, rtol=1e-5)
+        # The eager search, and the fixed-shape form a GPU captures (every slot scored, unused masked).
+        eager = index.search(torch.from_numpy(q[None]), 7)
+        fixed = index._probe(torch.from_numpy(q), 7, fixed=True)
+        for scores, ids in ((eager[0][0], eager[1][0]), fixed):
+            got = ids[ids >= 0].tolist()
+            assert got == expected.tolist()
+            assert (ids[len(got) :] == -1).all() and torch.isinf(scores[len(got) :]).all()
+            np.testing.assert_allclose(scores[: len(got)].numpy(), keys[expected] @ q, rtol=1e-5)
+    assert index.search_mode() == "eager"

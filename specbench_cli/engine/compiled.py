@@ -19,8 +19,9 @@ the levels of a dynamic draft tree and its catch-up forwards all replay graphs t
 - each (B, W)'s forward is captured once in a CUDA graph, either of the eager HF forward or of a
   torch.compile'd one (`compile_mode`); inputs longer than the largest bucket run eagerly into the
   same cache;
-- accepted-path compaction (`commit`) replays one more captured graph (index_select + index_copy_ in
-  every layer), so a step's only host round trip is the verifier reading the argmax.
+- accepted-path compaction (`commit`) replays one more captured graph (the fused Triton move of
+  compaction.py, else index_select + index_copy_ in every layer), so a step's only host round trip is
+  the verifier reading the argmax.
 
 Attention (`attention.py`): the Triton tree kernel by default; `packed` is SDPA with grouped query heads
 stacked, `sdpa` transformers' own. The SDPA backend is pinned (`backend`): flash attention takes no
