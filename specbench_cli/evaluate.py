@@ -583,10 +583,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
                     run_turn(engine, drafters[m], ids[: max(1, len(ids) - 7)], min(cfg.max_new_tokens, 32))
         if lead:  # what a target step, a verification and a draft step cost on its runners (report: c)
             config["forward_costs"] = probe_costs(engine, ids, reps=10 if device.startswith("cuda") else 3)
-            write_json_atomic(paths.config, config)
         for _, runner in engine.runners.made:  # every graph a timed answer could need, captured now
             runner.prepare_seen()
-        if lead:  # how the target compacts an accepted path, known once its graphs exist
+        if lead:  # the costs, and how the target compacts an accepted path (known once its graphs exist)
             config["kv_compaction"] = engine.runner.move_kind
             write_json_atomic(paths.config, config)
 

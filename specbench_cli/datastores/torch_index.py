@@ -160,7 +160,8 @@ class TorchIndex:
         )
         self.n, self.chunk = len(keys), chunk
         self.ivf = folder is not None and (Path(folder) / CENTROIDS_FILE).is_file()
-        self.graphs: dict[int, Any] = {}  # k -> captured one-query search (CUDA)
+        self.graphs: dict[int, Any] = {}  # k -> captured one-query search (CUDA), False if capture failed
+        self.graph_error: str | None = None
         self.use_graphs = self.device.type == "cuda"
         if self.ivf:
             self.centroids = torch.from_numpy(np.load(folder / CENTROIDS_FILE)).to(self.device)
@@ -234,8 +235,9 @@ class TorchIndex:
         used = probe < self.nprobe
         probe = probe.clamp_(max=self.nprobe - 1)
         at = (starts - ends + lengths)[probe] + self.slots  # each slot's index into ids
-        at = torch.where(used, at, 0)
-        if not fixed:  # only the real candidates (from a mapped file: only those are read)
+        if fixed:  # unused slots read key 0, masked below
+            at = torch.where(used, at, 0)
+        else:  # only the real candidates (from a mapped file: only those are read)
             at, used = at[used], None
         cand = self.ids[at]
         scores = self.rows(cand) @ row
@@ -250,7 +252,6 @@ class TorchIndex:
 
     def _replay(self, row: Any, k: int) -> tuple[Any, Any]:
         """`_probe` from a CUDA graph captured per k (falls back to `_probe` if capture fails)."""
-
         graph = self.graphs.get(k)
         if graph is None:
             graph = self.graphs[k] = self._capture(row, k)
@@ -274,13 +275,11 @@ class TorchIndex:
             captured = torch.cuda.CUDAGraph()
             with torch.cuda.graph(captured):
                 out = self._probe(query, k, fixed=True)
-        except RuntimeError as err:  # an op this torch cannot capture: stay eager, say why in params
+        except RuntimeError as err:  # an op this torch cannot capture: stay eager (`search_mode` says why)
             torch.cuda.current_stream().wait_stream(side)
             self.graph_error = f"{type(err).__name__}: {str(err)[:200]}"
             return False
         return query, out, captured
-
-    graph_error: str | None = None
 
     def _exact(self, q: Any, k: int) -> tuple[Any, Any]:
         import torch
