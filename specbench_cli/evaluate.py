@@ -21,6 +21,7 @@ from .distributed import Ranks, launched_ranks
 from .drafters.base import Drafter
 from .inputs import check_eval_inputs, check_prompts_fit, model_context
 from .progress import progress_bar
+from .quiet_gc import collector_paused, frozen_heap
 from .registry import DRAFTERS
 from .types import Generation, MethodSetup, SpecbenchError
 
@@ -615,7 +616,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     live = {m: [0, 0, 0.0] for m in names}  # tokens, steps, seconds
     scored_programs: dict[tuple[str, str], dict] = {}  # (suite, method) -> program -> its score line
     progress = progress_bar("[bold]{task.description}", "{task.fields[stats]}", console, transient=False)
-    with progress:
+    with progress, frozen_heap():  # the collector off the clock (quiet_gc.py)
         task = progress.add_task("eval", total=total, completed=total - len(todo), stats="")
         started = None
         for s, q, r, m, written in plan:
@@ -631,7 +632,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             progress.update(task, description=f"{s.name} {m}" + (f" #{r + 1}" if cfg.repeats > 1 else ""))
             margins = m == "ar"  # the reference of the lossless check (report.metrics.BASELINE)
             captured = graph_captures(engine)
-            choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device, margins)
+            with collector_paused():
+                choice, gens = answer_question(engine, drafters[m], target.tokenizer, q, cfg, device, margins)
             captured = graph_captures(engine) - captured
             if captured:  # its time includes a capture (and maybe a compilation): the report lists it
                 choice["graph_captures"] = captured

@@ -110,6 +110,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def sample_positions(numel: int, count: int):
+    """`count` evenly spaced positions in [0, numel), the first and last included, in integer arithmetic.
+
+    Not `torch.linspace(...).long()`: it computes in float32, which cannot hold positions past 2**24, and
+    on CUDA its last value rounded up past the end of a 233M-element embedding (an out-of-bounds read,
+    2026-12-03); its values also differed between devices, so one model got two fingerprints."""
+    import torch
+
+    count = min(count, numel)
+    if count <= 1:
+        return torch.zeros(count, dtype=torch.long)
+    return torch.arange(count, dtype=torch.long) * (numel - 1) // (count - 1)
+
+
 def weights_fingerprint(loaded: LoadedModel) -> str:
     """Which weights a model computes with: "sha256:<hash of the weight files>" when they are known,
     else a hash of every parameter's name, shape and 256 evenly spaced values (models built in code,
@@ -123,7 +137,7 @@ def weights_fingerprint(loaded: LoadedModel) -> str:
     with torch.no_grad():
         for name, param in loaded.model.named_parameters():
             flat = param.detach().reshape(-1)
-            picks = torch.linspace(0, flat.numel() - 1, min(256, flat.numel()), device=flat.device).long()
+            picks = sample_positions(flat.numel(), 256).to(flat.device)
             sample = flat[picks].to(torch.bfloat16).float().cpu().numpy()
             digest.update(f"{name}{tuple(param.shape)}".encode())
             digest.update(sample.tobytes())

@@ -15,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specbench_cli import files, gguf, model_aliases, tiny_model
-from specbench_cli.models import ALIASES, GGUF_MODELS, load_model, load_tokenizer, tokenizer_fingerprint
+from specbench_cli.models import (
+    ALIASES,
+    GGUF_MODELS,
+    load_model,
+    load_tokenizer,
+    sample_positions,
+    tokenizer_fingerprint,
+)
 from specbench_cli.types import SpecbenchError
 
 
@@ -110,6 +117,19 @@ def test_fingerprint_is_stable_and_tracks_vocab(tiny):
     assert tokenizer_fingerprint(fresh) == tokenizer_fingerprint(tiny.tokenizer)
     fresh.add_tokens(["<extra>"])
     assert tokenizer_fingerprint(fresh) != tokenizer_fingerprint(tiny.tokenizer)
+
+
+@given(numel=st.integers(1, 2**40), count=st.integers(1, 300))
+def test_fingerprint_positions_stay_in_bounds_past_float32(numel, count):
+    # float32 linspace rounded the last position of a 233M-element embedding past its end on CUDA.
+    picks = sample_positions(numel, count).tolist()
+    want = min(count, numel)
+    assert len(picks) == want and picks == sorted(set(picks))
+    assert picks[0] == 0 and 0 <= picks[-1] <= numel - 1
+    if want > 1:
+        assert picks[-1] == numel - 1
+        gaps = {b - a for a, b in zip(picks, picks[1:])}
+        assert max(gaps) - min(gaps) <= 1  # evenly spaced
 
 
 def test_local_folder_round_trip(tiny, tmp_path):

@@ -256,3 +256,24 @@ def test_lock_is_held_while_the_model_loads_and_a_failed_start_leaves_no_folder(
     assert_one_line_error(run(*eval_args(out)), "simulated load failure")
     assert seen == {"locked": True, "files": [".lock"]}
     assert not out.exists()  # created for the run, removed again: nothing was written
+
+
+def test_eval_times_answers_with_the_collector_paused_and_the_warm_heap_frozen(tmp_path, monkeypatch):
+    # A full collection over the compiled process stalled one timed H200 answer for 1.44 s (quiet_gc.py).
+    import gc
+
+    from specbench_cli import evaluate
+
+    seen = []
+    real = evaluate.answer_question
+
+    def spy(*args, **kwargs):
+        seen.append((gc.isenabled(), gc.get_freeze_count()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "answer_question", spy)
+    assert gc.isenabled()
+    result = run(*eval_args(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert seen and all(not enabled and frozen > 0 for enabled, frozen in seen), seen
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the process is left as it was
