@@ -64,9 +64,9 @@
 #             sps, sps-tree and rasd with it (issue 9). Measured parts: the repeats ~5 min (the full
 #             Spec-Bench's 1,238 answers took 3 min 58 s on 2026-12-03), the draft pass ~5 min.
 #   dense     dense_at_scale.py alone (no model files): the dresd build's key pass and the 10M-key search
-#   chain6    after `dense` (waits for it): prepare, the SAM store, ar and suffix 3 times on the 48 + 20
+#   chain6    after `dense` (waits for it): prepare, ar and suffix 3 times on the 48 + 20
 #             questions (issue 15: SuffixDecoding's spread once the collector is off the clock,
-#             specbench_cli/quiet_gc.py), then the step profile. ~5 min after staging.
+#             specbench_cli/quiet_gc.py), then the SAM store and the step profile. ~5 min after staging.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -263,9 +263,9 @@ dense)
 chain6)
     while pgrep -f "h200_session.sh dense" > /dev/null; do sleep 5; done
     prepare_target || exit 1
-    bash "$0" store
-    bash "$0" eval /root/res/suffix3 "$suites" ar,suffix --datastore /root/stores/sam15 --repeats 3
+    bash "$0" eval /root/res/suffix3 "$suites" ar,suffix --repeats 3
     echo "chain6: suffix repeats done $(date +%T)"
+    bash "$0" store
     python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
         --datastore /root/stores/sam15 --out "$RES/profile_step.json"
     echo "chain6: step profile done $(date +%T)"
