@@ -201,3 +201,58 @@ def test_torch_ivf_search_in_fixed_shapes_equals_scoring_the_probed_lists(tmp_pa
             assert (ids[len(got) :] == -1).all() and torch.isinf(scores[len(got) :]).all()
             np.testing.assert_allclose(scores[: len(got)].numpy(), keys[expected] @ q, rtol=1e-5)
     assert index.search_mode() == "eager"
+
+
+@pytest.mark.parametrize("graph_faster", [True, False])
+def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypatch, graph_faster):
+    """On CUDA the first search of each k times the captured graph against the eager search and keeps
+    the faster (on an H200 the graph lost: it scores the worst case's slots). A stand-in graph here: its
+    replay writes the eager result, slowly or at once; either way every search returns the same ids."""
+    import time
+
+    from specbench_cli.datastores import torch_index
+
+    rng = np.random.default_rng(5)
+    sizes = [30, 2, 5, 12]
+    keys = rng.normal(size=(sum(sizes), 6)).astype(np.float32)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    np.save(tmp_path / torch_index.CENTROIDS_FILE, rng.normal(size=(len(sizes), 6)).astype(np.float32))
+    np.save(tmp_path / torch_index.IDS_FILE, np.argsort(owner, kind="stable").astype(np.int64))
+    np.save(tmp_path / torch_index.OFFSETS_FILE, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    index = torch_index.TorchIndex(keys, "cpu", folder=tmp_path, nprobe=2)
+    index.use_graphs = True  # as on CUDA; capture and synchronisation are stood in for below
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    real_probe = index._probe
+    replays = []
+
+    class Captured:
+        def __init__(self, query, out):
+            self.query, self.out = query, out
+
+        def replay(self):
+            replays.append(1)
+            if not graph_faster:
+                time.sleep(0.005)
+            s, i = real_probe(self.query, 7, fixed=True)
+            self.out[0].copy_(s), self.out[1].copy_(i)
+
+    def capture(row, k):
+        query = row.clone()
+        out = (torch.empty(k), torch.empty(k, dtype=torch.long))
+        return query, out, Captured(query, out)
+
+    if graph_faster:  # the eager form pays a stand-in for its launches and host sync
+        monkeypatch.setattr(index, "_probe", lambda *a, **kw: (time.sleep(0.005), real_probe(*a, **kw))[1])
+    monkeypatch.setattr(index, "_capture", capture)
+    queries = torch.from_numpy(rng.normal(size=(6, 6)).astype(np.float32))
+    for q in queries:
+        got = index.search(q[None], 7)[1][0]
+        probed = torch.topk(index.centroids @ q, 2).indices.numpy()
+        members = np.flatnonzero(np.isin(owner, probed))
+        assert got.tolist() == members[np.argsort(-(keys[members] @ q.numpy()))][:7].tolist()
+    graph_ms, eager_ms = index.timed[7]
+    assert (graph_ms < eager_ms) == graph_faster
+    mode = index.search_mode()
+    assert mode.startswith("cuda graph (" if graph_faster else "eager (") and "k=7: graph" in mode
+    calibration = torch_index.CALIBRATION_SEARCHES + 1  # the graph's warm-up and timed replays
+    assert len(replays) == calibration + (len(queries) if graph_faster else 0)
