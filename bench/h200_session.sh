@@ -67,6 +67,11 @@
 #   chain6    after `dense` (waits for it): prepare, ar and suffix 3 times on the 48 + 20
 #             questions (issue 15: SuffixDecoding's spread once the collector is off the clock,
 #             specbench_cli/quiet_gc.py), then the SAM store and the step profile. ~5 min after staging.
+#   chain7    the next session's plan, started by the last staging call (1.5B and 0.5B staged): prepare
+#             both, issue 9's draft-model pass (ar, sps, sps-tree, rasd with the 0.5B; never measured on
+#             the fast path yet), the step profile (where a tree verify's ~0.8 ms beyond its forward
+#             goes), then every fast method 3 times with the collector off the clock (issue 15's run in
+#             one piece). ~15 min after staging; each stage's results come back with the next poll.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -269,6 +274,19 @@ chain6)
     python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
         --datastore /root/stores/sam15 --out "$RES/profile_step.json"
     echo "chain6: step profile done $(date +%T)"
+    ;;
+chain7)
+    prepare_target || exit 1
+    [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
+    bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+    echo "chain7: draft-model pass done $(date +%T)"
+    bash "$0" store
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
+        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    echo "chain7: step profile done $(date +%T)"
+    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    echo "chain7: fast repeats done $(date +%T)"
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and
