@@ -111,6 +111,20 @@ train_head_q15() { # the head of the chains: 1,500 GSM8K + 1,500 CodeAlpaca prom
         -- --max-prompts 1500 --batch-size 256 ${HEAD_ARGS:-}
 }
 
+prepare_draft() { # the 0.5B draft, staged like the target (.stage/q05 to /root/m/q05)
+    [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
+        --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf
+}
+draft_pass() { # issue 9: the draft-model methods with the 0.5B, one pass
+    bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+}
+step_profile() { # where a step's time goes, per method (bench/profile_step.py)
+    step_profile
+}
+fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store)
+    fast_repeats
+}
+
 case $step in
 sweep)
     python3 bench/attention_sweep.py --out "$RES/sweep.json" --shapes 2x6x128
@@ -195,8 +209,7 @@ ras13)
     echo "ras13: stores done $(date +%T)"
     bash "$0" retrieval eval-dresd-protocol eval-math eval-humaneval-code
     echo "ras13: retrieval evals done $(date +%T)"
-    bash "$0" eval /root/res/fast3 "$suites" \
-        ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    fast_repeats
     echo "ras13: fast repeats done $(date +%T)"
     ;;
 keys)
@@ -213,22 +226,20 @@ chain3)
     bash "$0" full480 /root/res/full480
     echo "chain3: full480 done $(date +%T)"
     bash "$0" count /root/res/full480
-    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    fast_repeats
     echo "chain3: fast repeats done $(date +%T)"
     bash "$0" keys
     echo "chain3: keys done $(date +%T)"
     python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --extract-tokens 200000 \
         --out "$RES/dense_at_scale.json"
     echo "chain3: 10M-key search done $(date +%T)"
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
-        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    step_profile
     echo "chain3: step profile done $(date +%T)"
     ;;
 chain4)
     prepare_target || exit 1
-    [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
-        --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
-    bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+    prepare_draft || exit 1
+    draft_pass
     echo "chain4: draft-model pass done $(date +%T)"
     train_head_q15
     echo "chain4: head done $(date +%T)"
@@ -248,17 +259,15 @@ chain5)
     while pgrep -f "h200_session.sh pre5" > /dev/null; do sleep 5; done
     prepare_target || exit 1
     bash "$0" store
-    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    fast_repeats
     echo "chain5: fast repeats done $(date +%T)"
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
-        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    step_profile
     echo "chain5: step profile done $(date +%T)"
     bash "$0" keys
     echo "chain5: keys done $(date +%T)"
     if [ -f /root/m/q05/model.gguf ]; then
-        [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
-            --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
-        bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+        prepare_draft || exit 1
+        draft_pass
         echo "chain5: draft-model pass done $(date +%T)"
     fi
     ;;
@@ -271,21 +280,18 @@ chain6)
     bash "$0" eval /root/res/suffix3 "$suites" ar,suffix --repeats 3
     echo "chain6: suffix repeats done $(date +%T)"
     bash "$0" store
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
-        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    step_profile
     echo "chain6: step profile done $(date +%T)"
     ;;
 chain7)
     prepare_target || exit 1
-    [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
-        --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf || exit 1
-    bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+    prepare_draft || exit 1
+    draft_pass
     echo "chain7: draft-model pass done $(date +%T)"
     bash "$0" store
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
-        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+    step_profile
     echo "chain7: step profile done $(date +%T)"
-    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+    fast_repeats
     echo "chain7: fast repeats done $(date +%T)"
     ;;
 poll)
