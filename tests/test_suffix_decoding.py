@@ -256,3 +256,37 @@ def test_statistics_over_a_decode(tiny):
     assert stats["match_len"] >= stats["drafted_steps"]  # every draft matched at least one token
     assert stats["shared_steps"] == 0  # nothing finished yet
     assert stats["request_tree_nodes"] == len(d.local.kids) - 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    answers=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=30), max_size=4),
+    prompt=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+    generated=st.lists(st.integers(0, 3), max_size=60),
+    commits=st.lists(st.integers(1, 6), min_size=1, max_size=30),
+    depth=st.integers(2, 8),
+)
+def test_kept_matches_equal_matching_from_the_root_every_step(
+    tiny, answers, prompt, generated, commits, depth
+):
+    """The drafter keeps both trees' matches across steps (the request tree's open suffixes; the
+    cross-request tree's followed token by token) instead of walking every suffix from the root: at
+    every step, commits of 1-6 tokens, they must be what `matches` finds, and the drafts the same."""
+    d = drafter(tiny, max_tree_depth=depth)
+    for answer in answers:
+        d.finish_answer(answer)
+    d.reset(prompt)
+    tokens, at = list(prompt), 0
+    for n in commits:
+        if at >= len(generated):
+            break
+        tokens += generated[at : at + n]
+        at += n
+        tree = d.propose(DraftContext(tokens=list(tokens), max_nodes=128))
+        context = tokens[-depth:]
+        assert d.shared_matches[: len(context) - 1] == d.shared.matches(context)
+        assert d.local.active[::-1][: len(context) - 1] == d.local.matches(context)
+        limit = min(d.max_spec, 128)
+        fresh = [t.speculate(context, d.opts, limit) for t in (d.local, d.shared)]
+        best = fresh[0] if fresh[0].score >= fresh[1].score else fresh[1]
+        assert (tree.tokens, tree.parents) == (tuple(best.tokens), tuple(best.parents))

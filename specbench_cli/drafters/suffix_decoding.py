@@ -164,37 +164,68 @@ class SuffixTrie:
         return ranked
 
     def grow(self, node: int, max_tokens: int, min_prob: float, tree: bool) -> Draft:
-        """The draft below `node`: the most probable candidate next, until full or none reaches min_prob."""
+        """The draft below `node`: the most probable candidate next, until full or none reaches min_prob.
+
+        Written for speed (it runs once per match length per step, in Python, on the clock): the
+        children offered are walked in rank order and the walk stops at the first one below min_prob,
+        so at most 1 / min_prob of a node's children are ever read."""
         draft = Draft()
-        order = 0  # equal probabilities: the candidate found first goes first
+        tokens, parents, probs = draft.tokens, draft.parents, draft.probs
+        count, ranked_kids, push, pop = self.count, self.ranked_kids, heapq.heappush, heapq.heappop
         heap: list[tuple[float, int, int, int, int]] = []  # (-prob, order, token, child, parent index)
-
-        def offer(parent_node: int, parent_index: int, prob: float) -> None:
-            nonlocal order
-            for tok, child in self.ranked_kids(parent_node)[: None if tree else 1]:
-                p = prob * self.count[child] / self.count[parent_node]
+        order = 0  # equal probabilities: the candidate offered first goes first
+        parent_node, parent_index, prob = node, -1, 1.0
+        while True:
+            total = count[parent_node]
+            for tok, child in ranked_kids(parent_node):  # most frequent first: the rest are less probable
+                p = prob * count[child] / total
                 if p < min_prob:
-                    break  # ranked by count: the rest are less probable still
-                heapq.heappush(heap, (-p, order, tok, child, parent_index))
+                    break
+                push(heap, (-p, order, tok, child, parent_index))
                 order += 1
+                if not tree:  # a single path: the most frequent child only
+                    break
+            if not heap or len(tokens) >= max_tokens:
+                return draft
+            neg_p, _, tok, parent_node, parent_index = pop(heap)
+            tokens.append(tok)
+            parents.append(parent_index)
+            probs.append(-neg_p)
+            parent_index, prob = len(tokens) - 1, -neg_p
 
-        offer(node, -1, 1.0)
-        while heap and len(draft.tokens) < max_tokens:
-            neg_p, _, tok, child, parent = heapq.heappop(heap)
-            draft.tokens.append(tok)
-            draft.parents.append(parent)
-            draft.probs.append(-neg_p)
-            offer(child, len(draft.tokens) - 1, -neg_p)
-        return draft
-
-    def speculate(self, context: list[int], opts: SuffixOptions, max_spec_tokens: int) -> Draft:
-        """The best-scoring draft over every match length of `context`'s suffix (the longer on ties)."""
-        nodes = []  # nodes[m - 1]: the node of the last m tokens, for m below the context's length
+    def matches(self, context) -> list[int]:
+        """nodes[m - 1]: the node of `context`'s last m tokens, for every m below its length that occurs."""
+        nodes = []
         for m in range(1, len(context)):
             node = self.find(context[-m:])
             if node is None:
                 break
             nodes.append(node)
+        return nodes
+
+    def follow(self, nodes: list[int], tok: int) -> list[int]:
+        """`matches` of a context one token longer, from the shorter context's (depth steps, not
+        depth^2 / 2): the last m tokens now end in `tok`, so each node is a child of the last m - 1's."""
+        kids = self.kids
+        first = kids[0].get(tok)
+        if first is None:
+            return []
+        grown = [first]
+        for node in nodes[: self.max_depth - 2]:
+            child = kids[node].get(tok)
+            if child is None:
+                break
+            grown.append(child)
+        return grown
+
+    def speculate(
+        self, context: list[int], opts: SuffixOptions, max_spec_tokens: int, nodes: list[int] | None = None
+    ) -> Draft:
+        """The best-scoring draft over every match length of `context`'s suffix (the longer on ties).
+        `nodes`: the context's `matches` when the caller keeps them."""
+        if nodes is None:
+            nodes = self.matches(context)
+        nodes = nodes[: len(context) - 1]
         # Longest match first, so a shorter one must score strictly better. A draft scores at most its
         # token cap (every probability is at most 1) and the cap shrinks with m: once the cap cannot
         # beat the best score, no shorter match can.
@@ -230,16 +261,19 @@ class SuffixDecoding(Drafter):
         self.local = SuffixTrie(self.depth)
         self.fed = 0  # committed tokens already in the per-request tree
         self.last: Draft | None = None  # the latest speculation (tests, debugging)
+        self.shared_matches: list[int] | None = None  # the cross-request tree's matches of the text
         self.last_source = ""
 
     def start_run(self) -> None:
         self.answers: deque[list[int]] = deque()
         self.shared = SuffixTrie(self.depth)
+        self.shared_matches = None
 
     def finish_answer(self, output_ids: list[int]) -> None:
         if self.opts.max_cached_requests == 0 or not output_ids:
             return
         answer = [int(t) for t in output_ids]
+        self.shared_matches = None
         self.shared.extend(answer)
         self.shared.close()
         self.answers.append(answer)
@@ -250,17 +284,25 @@ class SuffixDecoding(Drafter):
         self.local = SuffixTrie(self.depth)
         self.local.extend(prompt_ids)
         self.fed = len(prompt_ids)
+        self.shared_matches = None
         self.count("request_tree_nodes", len(self.local.kids) - 1)  # the root is no substring
 
     def propose(self, ctx: DraftContext) -> DraftTree:
         grown_from = len(self.local.kids)
-        self.local.extend(ctx.tokens[self.fed :])  # the engine only appends: the new committed tokens
+        new_tokens = ctx.tokens[self.fed :]  # the engine only appends: the new committed tokens
+        self.local.extend(new_tokens)
         self.fed = len(ctx.tokens)
         self.count("request_tree_nodes", len(self.local.kids) - grown_from)
         context = ctx.tokens[-self.depth :]
         limit = min(self.max_spec, ctx.max_nodes)
-        mine = self.local.speculate(context, self.opts, limit)
-        shared = self.shared.speculate(context, self.opts, limit)
+        # The request tree holds this very text: its open suffixes are the matches, longest first.
+        mine = self.local.speculate(context, self.opts, limit, self.local.active[::-1])
+        if self.shared_matches is None:  # a new turn or a changed tree: matched from the root once
+            self.shared_matches = self.shared.matches(context)
+        else:
+            for tok in new_tokens:
+                self.shared_matches = self.shared.follow(self.shared_matches, int(tok))
+        shared = self.shared.speculate(context, self.opts, limit, self.shared_matches)
         self.last, self.last_source = (mine, "request") if mine.score >= shared.score else (shared, "shared")
         if self.last.tokens:
             self.count("drafted_steps")
