@@ -213,7 +213,7 @@ def search_scale(args, device: str, n: int) -> dict[str, Any]:
             ivf = index.index
             row["search_mode"] = ivf.search_mode()
             probed = torch.topk(queries @ ivf.centroids.T, ivf.nprobe, dim=1).indices
-            row["candidate_slots"] = ivf.budget
+            row["candidate_slots"] = ivf.graph_budget  # the graph's; the worst case in search_params
             row["mean_candidates"] = round(float(ivf.lengths[probed].sum(dim=1).float().mean()), 1)
         del index
         if factory != "Flat":  # the same keys searched exactly: why an IVF above flat_max

@@ -188,19 +188,29 @@ def test_torch_ivf_search_in_fixed_shapes_equals_scoring_the_probed_lists(tmp_pa
     stored = np.load(tmp_path / "keys.npy", mmap_mode="r") if mmap else keys
     index = torch_index.TorchIndex(stored, "cpu", folder=tmp_path, nprobe=2, mmap=mmap)
     assert index.params["candidates"] == 9 + 6
-    for q in rng.normal(size=(12, 6)).astype(np.float32):
+    # The graph's slots: the largest probe set of the key rows sampled (here, with few keys, every row).
+    key_probes = np.argsort(-(keys @ centroids.T), axis=1)[:, :2]
+    assert index.params["graph_candidates"] == max(sum(sizes[c] for c in row) for row in key_probes)
+    index.graph_budget = 9 + 4  # fewer slots than the worst case, so some queries overflow them
+    index.graph_slots = index.slots[: index.graph_budget]
+    overflowed = 0
+    for q in rng.normal(size=(24, 6)).astype(np.float32):
         probed = np.argsort(-(centroids @ q))[:2]
         members = np.flatnonzero(np.isin(owner, probed))
         expected = members[np.argsort(-(keys[members] @ q))][:7]
-        # The eager search, and the fixed-shape form a GPU captures (every slot scored, unused masked).
+        # The eager search, and the fixed-shape form a GPU captures (every slot scored, unused masked),
+        # whose result counts only when the probe set's candidates fit its slots.
         eager = index.search(torch.from_numpy(q[None]), 7)
-        fixed = index._probe(torch.from_numpy(q), 7, fixed=True)
-        for scores, ids in ((eager[0][0], eager[1][0]), fixed):
+        *fixed, total = index._probe(torch.from_numpy(q), 7, fixed=True)
+        assert int(total) == len(members)
+        overflowed += int(total) > index.graph_budget
+        forms = [(eager[0][0], eager[1][0])] + ([fixed] if int(total) <= index.graph_budget else [])
+        for scores, ids in forms:
             got = ids[ids >= 0].tolist()
             assert got == expected.tolist()
             assert (ids[len(got) :] == -1).all() and torch.isinf(scores[len(got) :]).all()
             np.testing.assert_allclose(scores[: len(got)].numpy(), keys[expected] @ q, rtol=1e-5)
-    assert index.search_mode() == "eager"
+    assert index.search_mode() == "eager" and 0 < overflowed < 24
 
 
 @pytest.mark.parametrize("graph_faster", [True, False])
@@ -233,12 +243,12 @@ def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypa
             replays.append(1)
             if not graph_faster:
                 time.sleep(0.005)
-            s, i = real_probe(self.query, 7, fixed=True)
-            self.out[0].copy_(s), self.out[1].copy_(i)
+            s, i, total = real_probe(self.query, 7, fixed=True)
+            self.out[0].copy_(s), self.out[1].copy_(i), self.out[2].copy_(total)
 
     def capture(row, k):
         query = row.clone()
-        out = (torch.empty(k), torch.empty(k, dtype=torch.long))
+        out = (torch.empty(k), torch.empty(k, dtype=torch.long), torch.zeros((), dtype=torch.long))
         return query, out, Captured(query, out)
 
     if graph_faster:  # the eager form pays a stand-in for its launches and host sync

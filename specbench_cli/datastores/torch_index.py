@@ -26,6 +26,7 @@ KMEANS_ITERATIONS = 10
 CHUNK = 1 << 18  # keys scored at once (bounds the (queries x keys) score block)
 SCORE_BLOCK = 1 << 27  # scores of (keys x centroids) computed at once while assigning
 CALIBRATION_SEARCHES = 20  # per form, graph and eager, on a CUDA index's first search for each k
+SAMPLED_QUERIES = 512  # key rows whose probe sets size the graph's candidate slots
 
 
 def normalise(x: Any) -> Any:
@@ -173,17 +174,38 @@ class TorchIndex:
             self.starts = torch.from_numpy(offsets[:-1].copy()).to(self.device)
             self.lengths = torch.from_numpy(lengths.copy()).to(self.device)
             self.nprobe = int(min(max(nprobe, 1), len(self.centroids)))
-            # No probe set holds more candidates than the nprobe longest lists: a search scores that
-            # many slots, the unused ones masked, so every shape is fixed and nothing waits for the GPU.
+            # No probe set holds more candidates than the nprobe longest lists: the eager search's slots.
             self.budget = max(int(np.sort(lengths)[::-1][: self.nprobe].sum()), 1)
             self.slots = torch.arange(self.budget, device=self.device)
+            # The fixed-shape (graph) form scores fewer: as many as the largest probe set of sampled key
+            # rows (queries come from the keys' distribution). On unbalanced lists that is a fraction of
+            # the worst case; a query with more candidates (about 1 in SAMPLED_QUERIES + 1) is searched
+            # again eagerly, so results never depend on the form.
+            self.graph_budget = self._sampled_budget()
+            self.graph_slots = self.slots[: self.graph_budget]
 
     @property
     def params(self) -> dict:
         if not self.ivf:
             return {"exact": True}
         # Whether a search runs from a CUDA graph is known only after its first capture: `search_mode`.
-        return {"nprobe": self.nprobe, "nlist": len(self.centroids), "candidates": self.budget}
+        return {
+            "nprobe": self.nprobe,
+            "nlist": len(self.centroids),
+            "candidates": self.budget,
+            "graph_candidates": self.graph_budget,
+        }
+
+    def _sampled_budget(self) -> int:
+        import torch
+
+        if self.n <= SAMPLED_QUERIES:
+            picks = torch.arange(self.n)
+        else:
+            picks = torch.randint(self.n, (SAMPLED_QUERIES,), generator=torch.Generator().manual_seed(0))
+        sample = self.rows(picks if self.mmap else picks.to(self.device)).to(self.device)
+        lists = torch.topk(sample @ self.centroids.T, self.nprobe, dim=1).indices
+        return max(min(int(self.lengths[lists].sum(1).max()), self.budget), 1)
 
     def search_mode(self) -> str:
         """How IVF searches have run so far: from CUDA graphs, or eagerly (on the CPU, after a failed
@@ -221,16 +243,19 @@ class TorchIndex:
             return self._exact(q, k)
         # Inference mode throughout: the captured query buffer is written by every later call.
         with torch.inference_mode():
-            probe = self._replay if self.use_graphs and not self.mmap else self._probe
-            found = [probe(row, k) for row in q]
+            if self.use_graphs and not self.mmap:
+                found = [self._replay(row, k) for row in q]
+            else:
+                found = [self._probe(row, k)[:2] for row in q]
         if len(found) == 1:
             return found[0][0][None], found[0][1][None]
         return torch.stack([s for s, _ in found]), torch.stack([i for _, i in found])
 
-    def _probe(self, row: Any, k: int, fixed: bool = False) -> tuple[Any, Any]:
-        """One query's IVF search: `budget` candidate slots, filled list after list. `fixed` (the CUDA
-        graph's form) scores every slot with the unused ones masked; otherwise only the used slots are
-        kept first (a host sync on a GPU; on a CPU no wasted scoring).
+    def _probe(self, row: Any, k: int, fixed: bool = False) -> tuple[Any, Any, Any]:
+        """One query's IVF search: (scores, ids, the probe set's candidate count). Candidate slots are
+        filled list after list. `fixed` (the CUDA graph's form) scores `graph_budget` slots with the
+        unused ones masked, and its result is complete only if the count fits them; otherwise only the
+        real candidates are kept first (a host sync on a GPU; on a CPU no wasted scoring).
 
         One query per decode step: every op here is a kernel launch, and at this size launches and a
         host sync, not arithmetic, were the search's time (p50 0.52 ms for 10M keys on an H200 with a
@@ -241,10 +266,11 @@ class TorchIndex:
         lists = torch.topk(self.centroids @ row, self.nprobe).indices
         lengths, starts = self.lengths[lists], self.starts[lists]
         ends = torch.cumsum(lengths, 0)  # slot ranges [end - length, end) per probed list
-        probe = torch.searchsorted(ends, self.slots, right=True)  # nprobe for slots past the last
+        slots = self.graph_slots if fixed else self.slots
+        probe = torch.searchsorted(ends, slots, right=True)  # nprobe for slots past the last
         used = probe < self.nprobe
         probe = probe.clamp_(max=self.nprobe - 1)
-        at = (starts - ends + lengths)[probe] + self.slots  # each slot's index into ids
+        at = (starts - ends + lengths)[probe] + slots  # each slot's index into ids
         if fixed:  # unused slots read key 0, masked below
             at = torch.where(used, at, 0)
         else:  # only the real candidates (from a mapped file: only those are read)
@@ -258,7 +284,7 @@ class TorchIndex:
         if len(s) < k:  # fewer slots than asked for
             s = torch.cat([s, torch.full((k - len(s),), -float("inf"), device=self.device)])
             i = torch.cat([i, torch.full((k - len(i),), -1, dtype=torch.long, device=self.device)])
-        return s, i
+        return s, i, ends[-1]
 
     def _replay(self, row: Any, k: int) -> tuple[Any, Any]:
         """`_probe` from a CUDA graph captured per k, or eagerly where capture failed or the eager
@@ -269,21 +295,25 @@ class TorchIndex:
             self.graphs[k] = graph and self._faster(graph, row, k)
             graph = self.graphs[k]
         if graph is False:
-            return self._probe(row, k)
-        return self._run(graph, row)
+            return self._probe(row, k)[:2]
+        return self._run(graph, row, k)
 
-    @staticmethod
-    def _run(graph: tuple, row: Any) -> tuple[Any, Any]:
+    def _run(self, graph: tuple, row: Any, k: int) -> tuple[Any, Any]:
         query, out, captured = graph
         query.copy_(row)
         captured.replay()
+        # Read now, not later: the caller reads the ids right after anyway.
+        if int(out[2]) > self.graph_budget:  # more candidates than the graph's slots: not all scored
+            return self._probe(row, k)[:2]
         return out[0].clone(), out[1].clone()
 
     def _faster(self, graph: tuple, row: Any, k: int, reps: int = CALIBRATION_SEARCHES) -> Any:
         """The graph if it searches faster than the eager form here, else False. The graph saves the
-        eager form's launches and its host sync, but scores the worst case's `budget` slots where the
-        eager form scores only the real candidates; on unbalanced lists that loses (10M keys, nprobe
-        250 on an H200: 617k slots against 158k candidates on average, graph 0.80 ms, eager 0.52 ms)."""
+        eager form's launches and its host sync, but scores a fixed number of slots where the eager
+        form scores only the real candidates. Sized for the worst case, on unbalanced lists the graph
+        lost (10M keys, nprobe 250 on an H200: 617k slots against 158k candidates on average, graph
+        0.80 ms, eager 0.52 ms); it is now sized on sampled queries (`graph_budget`), and this check
+        keeps whichever form is faster on the index at hand."""
         import time
 
         import torch
@@ -297,7 +327,7 @@ class TorchIndex:
             torch.cuda.synchronize()
             return (time.perf_counter() - start) * 1000 / reps
 
-        graph_ms, eager_ms = ms(lambda: self._run(graph, row)), ms(lambda: self._probe(row, k))
+        graph_ms, eager_ms = ms(lambda: self._run(graph, row, k)), ms(lambda: self._probe(row, k))
         self.timed[k] = (graph_ms, eager_ms)
         return graph if graph_ms <= eager_ms else False
 
