@@ -23,13 +23,17 @@ from contextlib import contextmanager
 
 @contextmanager
 def frozen_heap() -> Iterator[None]:
-    """Collect once, then exempt every object alive now from later collections (until the block ends)."""
+    """Collect once, then exempt every object alive now from later collections (until the block ends;
+    left frozen if something else in the process had frozen objects before, which unfreezing would
+    release too)."""
+    frozen_before = gc.get_freeze_count()
     gc.collect()
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if frozen_before == 0:
+            gc.unfreeze()
 
 
 @contextmanager

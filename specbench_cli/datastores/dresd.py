@@ -198,11 +198,18 @@ def check_model(manifest: dict, target: LoadedModel, path: Path) -> None:
             f"but {target.name} has size {hidden}; rebuild it with this --model"
         )
     weights = weights_fingerprint(target)
-    if built.get("weights_fingerprint") != weights:
+    stored = str(built.get("weights_fingerprint"))
+    if stored != weights:
+        # Sampled fingerprints (models without known weight files) changed on 2026-12-03, when their
+        # sampled positions moved to integer arithmetic: a store that old is refused for that reason too.
+        older = (
+            " or was built before 2026-12-03, when sampled fingerprints changed;"
+            if stored.startswith("sample:")
+            else ";"
+        )
         raise SpecbenchError(
-            f"datastore {path} holds hidden states of '{built.get('name')}' (weights "
-            f"{str(built.get('weights_fingerprint'))[:12]}), not of {target.name}'s weights ({weights[:12]}); "
-            "rebuild it with this --model"
+            f"datastore {path} holds hidden states of '{built.get('name')}' (weights {stored[:12]}), not of "
+            f"{target.name}'s weights ({weights[:12]}){older} rebuild it with this --model"
         )
 
 
