@@ -411,8 +411,11 @@ def answer_question(
 
 
 def graph_captures(engine) -> int:
-    """CUDA graphs captured so far by the run's runners (the target's and every draft network's)."""
-    return sum(runner.captures for _, runner in engine.runners.made)
+    """CUDA graphs captured so far by the run's runners (the target's and every draft network's) and
+    by dense-store searches (each capture followed by its graph-vs-eager timing, ~40 searches)."""
+    from .datastores.torch_index import captures_made
+
+    return sum(runner.captures for _, runner in engine.runners.made) + captures_made()
 
 
 def _short(x: float) -> float:

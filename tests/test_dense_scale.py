@@ -255,11 +255,13 @@ def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypa
         monkeypatch.setattr(index, "_probe", lambda *a, **kw: (time.sleep(0.005), real_probe(*a, **kw))[1])
     monkeypatch.setattr(index, "_capture", capture)
     queries = torch.from_numpy(rng.normal(size=(6, 6)).astype(np.float32))
+    captured_before = torch_index.captures_made()
     for q in queries:
         got = index.search(q[None], 7)[1][0]
         probed = torch.topk(index.centroids @ q, 2).indices.numpy()
         members = np.flatnonzero(np.isin(owner, probed))
         assert got.tolist() == members[np.argsort(-(keys[members] @ q.numpy()))][:7].tolist()
+    assert torch_index.captures_made() == captured_before + 1  # one per k: what eval flags on the clock
     graph_ms, eager_ms = index.timed[7]
     assert (graph_ms < eager_ms) == graph_faster
     mode = index.search_mode()

@@ -27,6 +27,11 @@ CHUNK = 1 << 18  # keys scored at once (bounds the (queries x keys) score block)
 SCORE_BLOCK = 1 << 27  # scores of (keys x centroids) computed at once while assigning
 CALIBRATION_SEARCHES = 20  # per form, graph and eager, on a CUDA index's first search for each k
 SAMPLED_QUERIES = 512  # key rows whose probe sets size the graph's candidate slots
+_captures = 0  # search graphs captured (with their timing) in this process: `eval` flags one on the clock
+
+
+def captures_made() -> int:
+    return _captures
 
 
 def normalise(x: Any) -> Any:
@@ -290,8 +295,10 @@ class TorchIndex:
     def _replay(self, row: Any, k: int) -> tuple[Any, Any]:
         """`_probe` from a CUDA graph captured per k, or eagerly where capture failed or the eager
         search timed faster on this index (`_faster`)."""
+        global _captures
         graph = self.graphs.get(k)
         if graph is None:
+            _captures += 1
             graph = self._capture(row, k)
             self.graphs[k] = graph and self._faster(graph, row, k)
             graph = self.graphs[k]
