@@ -212,9 +212,8 @@ def search_scale(args, device: str, n: int) -> dict[str, Any]:
         if index.backend == "torch" and index.index.ivf:  # the fixed-shape search's slots vs real candidates
             ivf = index.index
             row["search_mode"] = ivf.search_mode()
-            probed = torch.topk(queries @ ivf.centroids.T, ivf.nprobe, dim=1).indices
             row["candidate_slots"] = ivf.graph_budget  # the graph's; the worst case in search_params
-            row["mean_candidates"] = round(float(ivf.lengths[probed].sum(dim=1).float().mean()), 1)
+            row["mean_candidates"] = round(float(ivf.candidate_counts(queries).float().mean()), 1)
         del index
         if factory != "Flat":  # the same keys searched exactly: why an IVF above flat_max
             exact = TorchIndex(mapped, dev)  # no folder: no IVF lists, every key scored

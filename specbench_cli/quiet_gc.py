@@ -5,8 +5,9 @@ the graph captures that is millions of objects (compiled code, FX graphs, sympy 
 process with one small compiled function already holds 490k, and a full pass over them takes 0.24 s).
 On the H200 one SuffixDecoding drafting step of a HumanEval answer took 1,437.75 ms in the third repeat
 against at most 0.67 ms in the first two, same tokens and same drafts, the signature of such a pass, and
-that one step made the method's speedup spread 5.9% instead of under 1% (2026-12-03 fast-repeats). Whichever method allocates when a
-collection falls due pays for everything the process holds, so the numbers compared would depend on luck.
+that one step made the method's speedup spread 5.9% instead of under 1% (2026-12-03 fast-repeats).
+Whichever method allocates when a collection falls due pays for everything the process holds, so the
+numbers compared would depend on luck.
 
 Two remedies, as `timeit` does for the second: what exists once the warm-up is done (the compiled
 graphs, the model, the loaded datastores) is frozen, so later collections never walk it again, and the

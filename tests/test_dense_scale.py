@@ -192,7 +192,6 @@ def test_torch_ivf_search_in_fixed_shapes_equals_scoring_the_probed_lists(tmp_pa
     key_probes = np.argsort(-(keys @ centroids.T), axis=1)[:, :2]
     assert index.params["graph_candidates"] == max(sum(sizes[c] for c in row) for row in key_probes)
     index.graph_budget = 9 + 4  # fewer slots than the worst case, so some queries overflow them
-    index.graph_slots = index.slots[: index.graph_budget]
     overflowed = 0
     for q in rng.normal(size=(24, 6)).astype(np.float32):
         probed = np.argsort(-(centroids @ q))[:2]

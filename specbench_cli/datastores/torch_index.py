@@ -188,7 +188,6 @@ class TorchIndex:
             # again eagerly, so both forms score the same candidates (exact score ties aside, which the
             # two top-k's may order differently: drafts, never verified tokens, could differ).
             self.graph_budget = self._sampled_budget()
-            self.graph_slots = self.slots[: self.graph_budget]
 
     @property
     def params(self) -> dict:
@@ -202,6 +201,13 @@ class TorchIndex:
             "graph_candidates": self.graph_budget,
         }
 
+    def candidate_counts(self, queries: Any) -> Any:
+        """How many keys each query's probe set holds (its nprobe lists' total); queries (B, dim)."""
+        import torch
+
+        lists = torch.topk(queries.float().to(self.device) @ self.centroids.T, self.nprobe, dim=1).indices
+        return self.lengths[lists].sum(1)
+
     def _sampled_budget(self) -> int:
         import torch
 
@@ -209,9 +215,8 @@ class TorchIndex:
             picks = torch.arange(self.n)
         else:
             picks = torch.randint(self.n, (SAMPLED_QUERIES,), generator=torch.Generator().manual_seed(0))
-        sample = self.rows(picks if self.mmap else picks.to(self.device)).to(self.device)
-        lists = torch.topk(sample @ self.centroids.T, self.nprobe, dim=1).indices
-        return max(min(int(self.lengths[lists].sum(1).max()), self.budget), 1)
+        sample = self.rows(picks if self.mmap else picks.to(self.device))
+        return max(min(int(self.candidate_counts(sample).max()), self.budget), 1)
 
     def search_mode(self) -> str:
         """How IVF searches have run so far: from CUDA graphs, or eagerly (on the CPU, after a failed
@@ -272,7 +277,7 @@ class TorchIndex:
         lists = torch.topk(self.centroids @ row, self.nprobe).indices
         lengths, starts = self.lengths[lists], self.starts[lists]
         ends = torch.cumsum(lengths, 0)  # slot ranges [end - length, end) per probed list
-        slots = self.graph_slots if fixed else self.slots
+        slots = self.slots[: self.graph_budget] if fixed else self.slots
         probe = torch.searchsorted(ends, slots, right=True)  # nprobe for slots past the last
         used = probe < self.nprobe
         probe = probe.clamp_(max=self.nprobe - 1)
@@ -307,13 +312,19 @@ class TorchIndex:
         return self._run(graph, row, k)
 
     def _run(self, graph: tuple, row: Any, k: int) -> tuple[Any, Any]:
+        # The count is read now, not later: the caller reads the ids right after anyway.
+        if self._replay_graph(graph, row) > self.graph_budget:  # more candidates than slots: not all scored
+            return self._probe(row, k)[:2]
+        out = graph[1]
+        return out[0].clone(), out[1].clone()
+
+    @staticmethod
+    def _replay_graph(graph: tuple, row: Any) -> int:
+        """Search `row` with the captured graph; the probe set's candidate count (results in graph[1])."""
         query, out, captured = graph
         query.copy_(row)
         captured.replay()
-        # Read now, not later: the caller reads the ids right after anyway.
-        if int(out[2]) > self.graph_budget:  # more candidates than the graph's slots: not all scored
-            return self._probe(row, k)[:2]
-        return out[0].clone(), out[1].clone()
+        return int(out[2])
 
     def _faster(self, graph: tuple, row: Any, k: int, reps: int = CALIBRATION_SEARCHES) -> Any:
         """The graph if it searches faster than the eager form here, else False. The graph saves the
@@ -335,12 +346,8 @@ class TorchIndex:
             torch.cuda.synchronize()
             return (time.perf_counter() - start) * 1000 / reps
 
-        def replay() -> None:  # the graph alone: a first query past its slots must not time the fallback
-            graph[0].copy_(row)
-            graph[2].replay()
-            int(graph[1][2])
-
-        graph_ms, eager_ms = ms(replay), ms(lambda: self._probe(row, k))
+        # The graph alone: a first query past its slots must not time the eager fallback.
+        graph_ms, eager_ms = ms(lambda: self._replay_graph(graph, row)), ms(lambda: self._probe(row, k))
         self.timed[k] = (graph_ms, eager_ms)
         return graph if graph_ms <= eager_ms else False
 

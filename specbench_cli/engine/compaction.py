@@ -132,12 +132,10 @@ def self_check(like: torch.Tensor, rows: int) -> str | None:
     base = 3
     kept = torch.arange(0, rows, 2, device=like.device)
     # src and dst as the two halves of one vector, as the runner's compaction graph holds them (dst
-    # then starts at an offset Triton specialises differently from a fresh allocation).
+    # then starts at an offset Triton specialises differently from a fresh allocation). Unused
+    # entries copy a spare slot onto itself, as the runner's pads do.
     both = torch.full((2 * rows,), slots - 1, dtype=torch.int64, device=like.device)
-    src, dst = (
-        both[:rows],
-        both[rows:],
-    )  # unused entries copy a spare slot onto itself, as the runner's pads do
+    src, dst = both[:rows], both[rows:]
     src[: len(kept)] = base + kept
     dst[: len(kept)] = base + torch.arange(len(kept), device=like.device)
     try:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .compaction import torch_move
+
 if TYPE_CHECKING:
     from .compaction import FusedMove
 
@@ -82,6 +84,5 @@ class SlotCache(Cache):
         the fused kernels when the runner installed them for moves of this size, else torch ops."""
         if self.fused is not None and len(src) == self.fused.rows:
             self.fused(src, dst)
-            return
-        for t in self.tensors():
-            t.index_copy_(2, dst, t.index_select(2, src))
+        else:
+            torch_move(self.tensors(), src, dst)
