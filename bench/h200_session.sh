@@ -119,10 +119,11 @@ draft_pass() { # issue 9: the draft-model methods with the 0.5B, one pass
     bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
 }
 step_profile() { # where a step's time goes, per method (bench/profile_step.py)
-    step_profile
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
+        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
 }
 fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store)
-    fast_repeats
+    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
 }
 
 case $step in
