@@ -12,7 +12,9 @@ depend on the weights), on the compiled runner `eval` uses, at a 512-token conte
   inputs shaped like Token Recycling's (the paper's template cut to N - 1 nodes);
 - `choose`: the same forward plus the verifier's argmax read back to the host (`sample_tokens`), and
   plus the argmax and every row's top-8 (`choices_with_topk`, Token Recycling and SAM's fallback);
-  the top-8 alone, and a two-pass top-8 over chunks of 128 columns (`chunked_topk`) to compare;
+  the top-8 alone with torch.topk and with the product's `row_topk` (`node_topk` says whether it took
+  the Triton chunked pass; a torch-ops version over chunks of 128 columns was slower than torch.topk
+  on the 2026-12-03 H200 run, 0.67 vs 0.20 ms at 64 rows);
 - `commit`: keeping a tree's accepted path of depth 4 (a K/V move) with the compaction the runner
   installed (`kv_compaction`) and with the per-layer torch ops, each from its captured graph.
 
@@ -111,24 +113,9 @@ def move_times(runner: Any, device: str, reps: int) -> dict[str, Any]:
     return out
 
 
-def chunked_topk(logits: Any, k: int, chunk: int = 128) -> Any:
-    """Each row's top-k indices in two passes: the top k of every `chunk` columns, then the top k of
-    those. The same set as one topk over the row (the best k are among their chunks' best k); timed
-    here against torch.topk over 150k columns, which may spend its time on few, long rows."""
-    import torch
-
-    n, vocab = logits.shape
-    pad = -vocab % chunk
-    if pad:
-        logits = torch.nn.functional.pad(logits, (0, pad), value=-float("inf"))
-    blocks = logits.view(n, -1, chunk).topk(k, dim=-1)
-    best = blocks.values.flatten(1).topk(k, dim=-1).indices  # into (chunk index, rank) pairs
-    local = blocks.indices.flatten(1).gather(1, best)
-    return (best // k) * chunk + local
-
-
 def size_row(runner: Any, n: int, context: list[int], device: str, reps: int) -> dict[str, Any]:
     """The forward of n inputs (chain and tree), with the verifier's reads, and a commit that moves."""
+    from specbench_cli.engine.row_topk import row_topk
     from specbench_cli.engine.verifier import choices_with_topk, sample_tokens
 
     tokens, tree = context[:n], recycle_parents(n - 1)
@@ -156,7 +143,7 @@ def size_row(runner: Any, n: int, context: list[int], device: str, reps: int) ->
     row["tree_and_top8_ms"] = median_ms(lambda: choices_with_topk(treed(), 8, 0.0, None), device, reps)
     logits = treed()
     row["top8_ms"] = median_ms(lambda: logits.topk(8, dim=-1).indices, device, reps)
-    row["top8_chunked_ms"] = median_ms(lambda: chunked_topk(logits, 8), device, reps)
+    row["top8_row_topk_ms"] = median_ms(lambda: row_topk(logits, 8), device, reps)
     if n > 4:
         row["tree_and_commit_ms"] = median_ms(commit, device, reps)
     return row
@@ -167,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from specbench_cli.engine.compiled import CompiledRunner
+    from specbench_cli.engine.row_topk import topk_kind
 
     device = resolve_device(args.device)
     loaded = random_loaded(args.shape, args.dtype, device)
@@ -188,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reps": args.reps,
         "graphs": runner.use_graphs,
         "kv_compaction": runner.move_kind,
+        "node_topk": topk_kind(runner.device),
         "compile_error": runner.compile_error,
         "rows": rows,
         "move": move,

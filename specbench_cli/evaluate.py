@@ -439,6 +439,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
     from .datastores.manifest import check_datastore, prompt_format_mismatch
     from .engine.costs import probe_costs
     from .engine.decode import DEFAULT_MAX_NODES, Engine
+    from .engine.row_topk import topk_kind
     from .env import collect_env
     from .models import load_model, tokenizer_fingerprint
     from .prompts import build_prompt_ids
@@ -591,6 +592,7 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             runner.prepare_seen()
         if lead:  # the costs, and how the target compacts an accepted path (known once its graphs exist)
             config["kv_compaction"] = engine.runner.move_kind
+            config["node_topk"] = topk_kind(engine.runner.device)  # Token Recycling's per-input top-k
             write_json_atomic(paths.config, config)
 
     # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.

@@ -293,6 +293,7 @@ def test_step_parts_on_a_tiny_shape(tmp_path):
     )
     assert all(twelve[k] > 0 for k in keys)
     assert data["kv_compaction"] == "per layer" and data["graphs"] is False
+    assert data["node_topk"] == "torch.topk (not on CUDA)" and twelve["top8_row_topk_ms"] > 0
     assert data["move"]["rows"] == 12 and data["move"]["per_layer_ms"] > 0 and "fused_ms" not in data["move"]
 
 

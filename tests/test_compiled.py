@@ -387,3 +387,40 @@ def test_inductor_compiles_the_two_graphs_to_the_eager_logits(tiny):
         run.commit([0, 1, 3, 7])  # a move: the next forward reads the compacted path
     got, want = (run.forward([31, 32, 33])[0] for run in (runner, eager))
     assert torch.allclose(got, want, atol=1e-4) and torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_row_topk_takes_torch_topk_off_cuda_and_says_so():
+    from specbench_cli.engine.row_topk import row_topk, topk_kind, why_not_chunked
+
+    logits = torch.randn(5, 9000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(row_topk(logits, 8), logits.topk(8, dim=-1).indices)
+    assert row_topk(logits[:, :3], 8).shape == (5, 3)  # k capped at the row length
+    assert topk_kind(torch.device("cpu")) == "torch.topk (not on CUDA)"
+    assert why_not_chunked(logits, 8) == "not on CUDA"
+
+
+def test_chunked_topk_merges_every_chunks_best_into_the_rows_best(monkeypatch):
+    """The second pass (on the host side of the Triton kernel) with the kernel replaced by its torch
+    equivalent: per chunk of BLOCK columns, its k largest with their column ids."""
+    from specbench_cli.engine import row_topk
+
+    class TorchChunks:  # the kernel's contract, written with torch ops
+        def __getitem__(self, grid):
+            def launch(x, values, ids, stride, cols, chunks, K, BLOCK_C, num_warps):
+                rows = x.shape[0]
+                padded = torch.nn.functional.pad(x, (0, chunks * BLOCK_C - cols), value=float("-inf"))
+                top = padded.view(rows, chunks, BLOCK_C).topk(K, dim=-1)
+                offsets = torch.arange(chunks)[None, :, None] * BLOCK_C
+                values.copy_(top.values.flatten(1))
+                ids.copy_((top.indices + offsets).clamp(max=cols - 1).flatten(1))
+
+            return launch
+
+    monkeypatch.setattr(row_topk, "_KERNEL", TorchChunks())
+    gen = torch.Generator().manual_seed(2)
+    for cols, k in [(3 * row_topk.BLOCK + 17, 8), (2 * row_topk.BLOCK, 3)]:
+        logits = torch.randn(6, cols, generator=gen)
+        logits[1, 5] = 50.0  # a row's best in the first chunk, another's in the last, short one
+        logits[2, cols - 1] = 60.0
+        got = row_topk.chunked_topk(logits, k)
+        assert torch.equal(got, logits.topk(k, dim=-1).indices)

@@ -93,6 +93,7 @@ def test_eval_records_engine_choice_and_forward_costs(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["engine"] == "eager" and config["engine_requested"] == "auto"
     assert config["kv_compaction"] == "per layer"  # the fused move needs CUDA and Triton
+    assert config["node_topk"] == "torch.topk (not on CUDA)"  # so does the chunked top-k
     costs = config["forward_costs"]
     assert set(costs["target"]) >= {"1", "16"} and set(costs["draft"]) == {"1", "16"}
     assert all(v > 0 for v in costs["target"].values())

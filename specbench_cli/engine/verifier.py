@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..types import DraftTree
+from .row_topk import row_topk
 
 
 @dataclass
@@ -58,12 +59,12 @@ def choices_with_topk(
     """The verifier's choice per row and each row's k most likely token ids, in one host copy.
 
     For drafters that learn from every forwarded input (Token Recycling): the top-k is taken on the
-    device and packed beside the choices, so a step still reads the device once. The choices are drawn
+    device (row_topk.py) and packed beside the choices, so a step still reads the device once. The choices are drawn
     exactly as `sample_tokens` draws them (same generator calls), so passing them to `verify` as
     `picks` changes nothing in the output.
     """
     chosen = choose_tokens(logits, temperature, generator)
-    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+    top = row_topk(logits, k)
     rows = torch.cat([chosen[:, None], top], dim=1).cpu().numpy()
     return rows[:, 0].tolist(), rows[:, 1:]
 
