@@ -64,11 +64,13 @@
 #             sps, sps-tree and rasd with it (issue 9). Measured parts: the repeats ~5 min (the full
 #             Spec-Bench's 1,238 answers took 3 min 58 s on 2026-12-03), the draft pass ~5 min.
 #   dense     dense_at_scale.py alone (no model files): the dresd build's key pass and the 10M-key search
+#   pre6      no model files, for the first call while the staging calls run: `dense`, then
+#             bench/step_parts.py (the chunked top-k of row_topk.py against torch.topk on the GPU)
 #   chain6    after `dense` (waits for it): prepare, ar and suffix 3 times on the 48 + 20
 #             questions (issue 15: SuffixDecoding's spread once the collector is off the clock,
 #             specbench_cli/quiet_gc.py), then the SAM store and the step profile. ~5 min after staging.
 #   chain7    the next session's plan, started by the last staging call (1.5B and 0.5B staged): prepare
-#             both, issue 9's draft-model pass (ar, sps, sps-tree, rasd with the 0.5B; never measured on
+#             both, wait for pre6, issue 9's draft-model pass (ar, sps, sps-tree, rasd with the 0.5B; never measured on
 #             the fast path yet), the step profile (where a tree verify's ~0.8 ms beyond its forward
 #             goes), then every fast method 3 times with the collector off the clock (issue 15's run in
 #             one piece). ~15 min after staging; each stage's results come back with the next poll.
@@ -272,6 +274,12 @@ chain5)
         echo "chain5: draft-model pass done $(date +%T)"
     fi
     ;;
+pre6)
+    bash "$0" dense
+    echo "pre6: dense at scale done $(date +%T)"
+    python3 bench/step_parts.py --out "$RES/step_parts.json"
+    echo "pre6: step parts done $(date +%T)"
+    ;;
 dense)
     python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --out "$RES/dense_at_scale.json"
     ;;
@@ -287,6 +295,7 @@ chain6)
 chain7)
     prepare_target || exit 1
     prepare_draft || exit 1
+    while pgrep -f "h200_session.sh pre6" > /dev/null; do sleep 5; done # its timings alone on the GPU
     draft_pass
     echo "chain7: draft-model pass done $(date +%T)"
     bash "$0" store
