@@ -74,6 +74,10 @@
 #             the fast path yet), the step profile (where a tree verify's ~0.8 ms beyond its forward
 #             goes), then every fast method 3 times with the collector off the clock (issue 15's run in
 #             one piece). ~15 min after staging; each stage's results come back with the next poll.
+#   chain8    the next session's plan (1.5B and 0.5B staged, the last staging call starts it): prepare
+#             both, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
+#             24-60 ms eagerly; row_topk in recycle/sam), then the draft-model pass (row_topk in each
+#             level of sps-tree and rasd), then the step profile. ~20 min after staging.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -303,6 +307,17 @@ chain7)
     echo "chain7: step profile done $(date +%T)"
     fast_repeats
     echo "chain7: fast repeats done $(date +%T)"
+    ;;
+chain8)
+    prepare_target || exit 1
+    prepare_draft || exit 1
+    bash "$0" store
+    fast_repeats
+    echo "chain8: fast repeats done $(date +%T)"
+    draft_pass
+    echo "chain8: draft-model pass done $(date +%T)"
+    step_profile
+    echo "chain8: step profile done $(date +%T)"
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and

@@ -306,13 +306,3 @@ def test_recycle_parents_continue_the_template_as_a_chain():
     assert step_parts.recycle_parents(5) == [-1] + [p + 1 for p in template[:5]]
     long = step_parts.recycle_parents(len(template) + 3)
     assert long[-3:] == [len(template), len(template) + 1, len(template) + 2]  # each below the one before
-
-
-def test_chunked_topk_finds_the_rows_top_k():
-    import step_parts
-    import torch
-
-    logits = torch.randn(5, 1000)  # 1000 is not a multiple of the chunk: padded columns never win
-    got = step_parts.chunked_topk(logits, 8, chunk=128)
-    expected = logits.topk(8, dim=-1).indices
-    assert torch.equal(got.sort(dim=-1).values, expected.sort(dim=-1).values)

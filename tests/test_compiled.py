@@ -49,14 +49,14 @@ def test_ancestor_closure_matches_host_matrix():
 @pytest.mark.parametrize("attention", ["tree", "packed", "sdpa"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_forwards_match_eager_runner(tiny, attention, seed):
-    """Step by step against ModelRunner: long (eager) and short (bucketed) prefills, random trees of
+    """Step by step against ModelRunner: long (chunked) and short (bucketed) prefills, random trees of
     every bucket size including the largest, random accepted paths compacted, rewinds."""
     rng = random.Random(seed)
     vocab = tiny.vocab_size
     compiled = CompiledRunner(tiny.model, 300, max_nodes=40, attention=attention)
     eager = ModelRunner(tiny.model, 300)
     assert compiled.buckets == [1, 16, 32, 41]
-    for prompt_len in (60, 9):  # longer than the largest bucket (eager path), then bucketed
+    for prompt_len in (60, 9):  # longer than the largest bucket (chunks of 41), then bucketed
         prompt = [rng.randrange(vocab) for _ in range(prompt_len)]
         for runner in (compiled, eager):
             runner.reset()
@@ -84,6 +84,45 @@ def test_forwards_match_eager_runner(tiny, attention, seed):
                 compiled.rewind(back)
                 eager.rewind(back)
             assert compiled.length == eager.length
+
+
+def test_a_long_prompt_runs_in_bucket_chunks_and_fills_the_cache_as_one_forward(tiny, monkeypatch):
+    """A prompt longer than the largest bucket: chunks of it through the graph forwards (no eager
+    forward), every row's logits and hidden states as the eager runner's, nothing committed, and the
+    cache left as one forward leaves it (the next step matches). Longer than CHUNKED_PREFILL_MAX
+    buckets: the eager forward."""
+    from specbench_cli.engine import compiled as compiled_module
+
+    rng = random.Random(7)
+    compiled = CompiledRunner(tiny.model, 200, max_nodes=15)
+    eager = ModelRunner(tiny.model, 200)
+    eager_calls = []
+    real_eager = compiled._eager_forward
+    monkeypatch.setattr(
+        compiled, "_eager_forward", lambda *a, **k: eager_calls.append(1) or real_eager(*a, **k)
+    )
+    for prompt_len in (16 * 3, 16 * 2 + 5):  # whole chunks, then a partial last one
+        prompt = [rng.randrange(tiny.vocab_size) for _ in range(prompt_len)]
+        for runner in (compiled, eager):
+            runner.reset()
+        before = compiled.forwards
+        lc, hc = compiled.forward(prompt, want_hidden=True, all_hidden=True)
+        le, he = eager.forward(prompt, want_hidden=True, all_hidden=True)
+        assert compiled.forwards - before == -(-prompt_len // 16) and compiled.length == 0 and not eager_calls
+        assert lc.shape == (prompt_len, tiny.vocab_size) and hc.shape[0] == prompt_len
+        torch.testing.assert_close(lc, le, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hc, he, atol=1e-4, rtol=1e-4)
+        last, last_hidden = compiled.forward(prompt, want_hidden=True, last_only=True)
+        torch.testing.assert_close(last, le[-1:], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(last_hidden, he[-1:], atol=1e-4, rtol=1e-4)
+        for runner in (compiled, eager):
+            runner.commit(list(range(prompt_len)))
+        step = [rng.randrange(tiny.vocab_size) for _ in range(5)]
+        torch.testing.assert_close(compiled.forward(step)[0], eager.forward(step)[0], atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(compiled_module, "CHUNKED_PREFILL_MAX", 2)
+    compiled.reset()
+    compiled.forward([1] * 40)
+    assert eager_calls == [1]
 
 
 @pytest.mark.parametrize(("attention", "as_tensors"), [("tree", False), ("packed", False), ("tree", True)])

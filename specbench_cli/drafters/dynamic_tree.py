@@ -58,6 +58,8 @@ def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, b
     """EAGLE-2's tree below a root whose children have draft log-probabilities `root_logp` (V,)."""
     import torch
 
+    from ..engine.row_topk import row_topk
+
     if budget <= 0:
         return ScoredTree(root_logprobs=root_logp)
     k = min(top_k, root_logp.shape[-1])
@@ -84,7 +86,10 @@ def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, b
         slot_parents = torch.cat([slot_parents, own_parents])
         logp = torch.log_softmax(expand(front_tok, slot_parents, rows), dim=-1)
         expanded.append((front_ids, logp))
-        val, idx = logp.topk(k, dim=-1)  # (n, k)
+        # (n, k): the chunked top-k where it runs (engine/row_topk.py: torch.topk gives each of the n
+        # rows one thread block over the whole vocabulary), values read back at its ids
+        idx = row_topk(logp, k)
+        val = logp.gather(-1, idx)
         cum = (val + front_score[:, None]).flatten()
         first = len(levels)
         cand_tokens.append(idx.flatten())

@@ -17,8 +17,9 @@ the levels of a dynamic draft tree and its catch-up forwards all replay graphs t
   step (one copy). Positions, write slots and the mask are derived from it on the GPU, inside the graph
   (the ancestor relation by repeated squaring of the parent matrix);
 - each (B, W)'s forward is captured once in a CUDA graph, either of the eager HF forward or of a
-  torch.compile'd one (`compile_mode`); inputs longer than the largest bucket run eagerly into the
-  same cache;
+  torch.compile'd one (`compile_mode`). A chain longer than the largest bucket (a prompt) runs as
+  consecutive forwards of that bucket, each after the ones before it (`_chunked_forward`); only
+  longer chains and trees wider than every bucket run eagerly into the same cache;
 - accepted-path compaction (`commit`) replays one more captured graph (the fused Triton move of
   compaction.py, else index_select + index_copy_ in every layer), so a step's only host round trip is
   the verifier reading the argmax.
@@ -55,6 +56,12 @@ BUCKETS = (
     80,
     96,
 )  # input counts, root included; max_nodes + 1 is always added as the largest
+# A chain of up to this many largest buckets (4,128 tokens with 128 draft nodes) is run chunk by chunk
+# through the graphs instead of eagerly. Measured on an H200 (bench/results/2026-12-03-h200-fast-repeats-7,
+# prefill_time of ar): prompts that fit a bucket took 2.6-2.9 ms, longer ones 24-60 ms eagerly, that is
+# ~27 ms of Python and launches plus ~3 ms per 129 tokens, about what a 129-token graph forward costs.
+# Past a few thousand tokens each chunk's attention reads a long prefix and one eager forward may win.
+CHUNKED_PREFILL_MAX = 32
 SDPA_BACKENDS = ("efficient", "math", "cudnn", "flash")
 ATTENTIONS = ("tree", "packed", "sdpa")  # graph forwards: our kernel, packed-GQA SDPA, transformers' SDPA
 
@@ -131,6 +138,8 @@ class CompiledRunner(Runner):
         register_attention()
         # q/k/v and gate/up as one GEMM each in graph forwards (fusion.py): a copy of those weights.
         self.fusions = build_fusions(model) if fuse else []
+        # A model that reads side inputs by input row (an EAGLE head's features) takes each forward whole.
+        self.chunkable = not getattr(model, "reads_inputs_by_row", False)
 
         dev = self.device
         self._cols = torch.arange(self.cache_len, device=dev)
@@ -192,7 +201,14 @@ class CompiledRunner(Runner):
         pending = 0 if parents is None else len(parents) - n
         self._check_room(pending, n)
         size, width = self._shape(n, pending)
-        if size is None or width is None:  # a long prompt or a wide tree: eager, variable length
+        if (
+            size is None
+            and parents is None
+            and self.chunkable
+            and n <= CHUNKED_PREFILL_MAX * self.buckets[-1]
+        ):
+            return self._chunked_forward(tokens, want_hidden, last_only, all_hidden)
+        if size is None or width is None:  # a very long prompt or a wide tree: eager, variable length
             return self._eager_forward(tokens, parents, want_hidden, last_only, all_hidden)
 
         bucket = self._bucket(size, width, want_hidden)
@@ -204,6 +220,28 @@ class CompiledRunner(Runner):
         logits = logits[rows].clone()
         hidden = hidden[slice(0, n) if all_hidden else rows].clone() if want_hidden else None
         return logits, hidden
+
+    def _chunked_forward(
+        self, tokens: list[int], want_hidden: bool, last_only: bool, all_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` of a chain longer than the largest bucket: chunks of that size, each written after
+        the ones before it and seeing them as its committed prefix. Nothing is committed here (the
+        caller commits the whole chain, as after one forward)."""
+        top, base = self.buckets[-1], self.length
+        parts = []
+        try:
+            for start in range(0, len(tokens), top):
+                self.length = base + start
+                parts.append(
+                    self.forward(tokens[start : start + top], None, want_hidden, last_only, all_hidden)
+                )
+        finally:
+            self.length = base
+        logits = parts[-1][0] if last_only else torch.cat([part[0] for part in parts])
+        if not want_hidden:
+            return logits, None
+        every_row = all_hidden or not last_only
+        return logits, torch.cat([part[1] for part in parts]) if every_row else parts[-1][1]
 
     @torch.inference_mode()
     def forward_tensors(
@@ -231,7 +269,7 @@ class CompiledRunner(Runner):
 
     def _shape(self, n: int, pending: int) -> tuple[int | None, int | None]:
         """(inputs bucket, window bucket) of a forward of n inputs after `pending` slots; None: no
-        bucket holds it (the caller runs eagerly)."""
+        bucket holds it (the caller runs it in chunks or eagerly)."""
         size = next((b for b in self.buckets if b >= n), None)
         width = (
             size if pending == 0 else next((b for b in self.buckets if size and b >= pending + size), None)

@@ -59,6 +59,10 @@ def decoder_of(model: Any) -> Any:
 
 
 class EagleHead(nn.Module):
+    # Input i of a forward reads row i of `features_in`: a runner must not split one forward into
+    # several (the compiled runner's chunked prefill), each of which would read rows from 0 again.
+    reads_inputs_by_row = True
+
     def __init__(self, target: Any, feature_rows: int = FEATURE_ROWS):
         super().__init__()
         decoder = decoder_of(target)

@@ -90,7 +90,8 @@ def _time_table(df: pd.DataFrame) -> pd.DataFrame:
         "t_other_ms": "other ms",
     }
     text = format_frame(pooled.assign(method=_method_labels(pooled)))
-    return text[[*columns, "overhead_frac"]].rename(columns={**columns, "overhead_frac": "overhead"})
+    named = {**columns, "overhead_frac": "overhead", "prefill_ms": "prefill ms (per turn)"}
+    return text[list(named)].rename(columns=named)
 
 
 def _repeats_section(repeats: dict) -> str:

@@ -39,6 +39,7 @@ COLUMNS = [
     "t_verify_ms",
     "t_other_ms",
     "overhead_frac",
+    "prefill_ms",
     "draft_host_ratio",
 ]
 
@@ -47,8 +48,9 @@ NAN = float("nan")
 
 def summarise(records: Iterable[dict]) -> pd.DataFrame:
     """One row per (suite, category, method), each suite closed by one `overall` row per method, and
-    last one `all`/`all` row per method. Sums are taken over the questions of the row, per-step values over
-    all of their steps (the prefill counts as one step: accept length 1, no draft).
+    last one `all`/`all` row per method. Sums are taken over the questions of the row; MAT and acceptance
+    over all of their steps (the prefill counts as one step: accept length 1, no draft), step times
+    over their decoding steps only (each turn's prefill has its own column).
 
     Columns:
       lossless_method      the method claims to be lossless (answer field `lossless_method`; a missing
@@ -75,11 +77,16 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
       lossless             fraction of those questions whose output token ids, over all turns, equal
                            `ar`'s. Questions without recorded ids on either side are left out.
       t_draft_ms, t_verify_ms, t_other_ms
-                           mean milliseconds per recorded step spent drafting, in the target's
-                           verification forward (the prefill step counts its forward here), and on
-                           everything else (acceptance, KV compaction, bookkeeping).
-      overhead_frac        (t_draft + t_other) / (t_draft + t_verify + t_other): the share of the step
-                           outside the target forward.
+                           mean milliseconds per decoding step (prefills left out) spent drafting, in
+                           the target's verification forward and the verifier's reads, and on
+                           everything else (KV compaction, the drafter's update, bookkeeping). A
+                           prefill is one long forward per turn: averaged in, it made long-prompt
+                           tasks look like slow verification (Spec-Bench rag: 6.2 ms per pld step
+                           with it, 2.3 without, on the 2026-12-03 H200 run).
+      overhead_frac        (t_draft + t_other) / (t_draft + t_verify + t_other) over the decoding
+                           steps: the share of a step outside the target forward.
+      prefill_ms           mean milliseconds of a turn's prefill forward (a step of its own, the
+                           first of each turn; the same work for every method).
       draft_host_ratio     t_draft / the GPU time of the draft runners' graph forwards inside it: 1.0
                            means drafting is nothing but its forwards; NaN where not measured (CPU,
                            methods without a draft runner).
@@ -144,8 +151,11 @@ def _question_row(record: dict) -> dict[str, Any]:
     suite, method, qid = record.get("suite"), record.get("method"), record.get("question_id")
     try:
         choice = record["choices"][0]
-        # The per-step lists are optional so that plain Spec-Bench answer files still summarise.
+        # The per-step lists are optional so that plain Spec-Bench answer files still summarise. They run
+        # over every turn's steps in order, each turn's first step its prefill.
         timed = [choice.get(key) or [] for key in ("t_draft", "t_verify", "t_other")]
+        prefills = prefill_steps(choice["decoding_steps"], max(len(t) for t in timed))
+        decoding = [[t for i, t in enumerate(times) if i not in prefills] for times in timed]
         output_ids = choice.get("output_ids")
         return {
             "suite": str(suite),
@@ -161,11 +171,13 @@ def _question_row(record: dict) -> dict[str, Any]:
             "accepted": int(sum(max(int(n) - 1, 0) for n in choice.get("accept_lengths") or [])),
             "draft_nodes": int(sum(choice.get("draft_nodes") or [])),
             "draft_depth": int(sum(choice.get("draft_depth") or [])),
-            "t_draft": float(sum(timed[0])),
-            "t_verify": float(sum(timed[1])),
-            "t_other": float(sum(timed[2])),
+            "t_draft": float(sum(decoding[0])),
+            "t_verify": float(sum(decoding[1])),
+            "t_other": float(sum(decoding[2])),
+            "t_prefill": float(sum(timed[1][i] for i in prefills if i < len(timed[1]))),
+            "prefills": len(prefills),
             "t_draft_forward": float(sum(choice["t_draft_forward"])) if "t_draft_forward" in choice else NAN,
-            "timed_steps": max(len(t) for t in timed),
+            "timed_steps": max(len(t) for t in decoding),
             "output_ids": None if output_ids is None else [list(map(int, turn)) for turn in output_ids],
         }
     except (KeyError, IndexError, TypeError, ValueError) as err:
@@ -173,6 +185,16 @@ def _question_row(record: dict) -> dict[str, Any]:
             f"answer for question {qid!r} in {suite}/{method} is malformed ({type(err).__name__}: {err}); "
             "expected the fields listed in docs/results.md"
         ) from None
+
+
+def prefill_steps(decoding_steps: list[int], recorded: int) -> set[int]:
+    """Indices of the turns' prefill steps in the flat per-step lists (none when nothing was recorded)."""
+    starts, at = set(), 0
+    for n in decoding_steps:
+        if at < recorded:
+            starts.add(at)
+        at += int(n)
+    return starts
 
 
 def _rows_per_method(questions: pd.DataFrame, suite: str, category: str, methods: list[str]) -> list[dict]:
@@ -210,6 +232,7 @@ def _aggregate(g: pd.DataFrame) -> dict[str, Any]:
         "t_verify_ms": 1000 * _ratio(t_verify, timed_steps),
         "t_other_ms": 1000 * _ratio(t_other, timed_steps),
         "overhead_frac": _ratio(t_draft + t_other, t_draft + t_verify + t_other),
+        "prefill_ms": 1000 * _ratio(float(g["t_prefill"].sum()), int(g["prefills"].sum())),
         # Drafting time over the GPU time of the draft forwards in it (NaN where not measured).
         "draft_host_ratio": _ratio(t_draft, float(g["t_draft_forward"].sum(min_count=1))),
     }

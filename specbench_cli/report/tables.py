@@ -30,6 +30,7 @@ DIGITS = {
     "t_verify_ms": 2,
     "t_other_ms": 2,
     "overhead_frac": 3,
+    "prefill_ms": 2,
     "draft_host_ratio": 2,
 }
 
