@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             rows = groups * size
             gen = torch.Generator(device=args.device).manual_seed(size)
-            q = torch.randn(kv_heads, rows, dim, device=args.device, dtype=dtype, generator=gen)
+            # The query as the model hands it over: (query heads, inputs, dim), a transposed view.
+            q = torch.randn(size, kv_heads * groups, dim, device=args.device, dtype=dtype, generator=gen)
+            q = q.transpose(0, 1)
             k = torch.randn(kv_heads, args.length, dim, device=args.device, dtype=dtype, generator=gen)
             v = torch.randn_like(k)
             vis = visibility(random_tree(size, size)).to(args.device)

@@ -75,7 +75,7 @@
 #             goes), then every fast method 3 times with the collector off the clock (issue 15's run in
 #             one piece). ~15 min after staging; each stage's results come back with the next poll.
 #   chain8    the next session's plan (1.5B and 0.5B staged, the last staging call starts it): prepare
-#             both, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
+#             both, wait for pre6, the SAM store, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
 #             24-60 ms eagerly; row_topk in recycle/sam), then the draft-model pass (row_topk in each
 #             level of sps-tree and rasd), then the step profile. ~20 min after staging.
 #   poll [SECONDS]
@@ -311,6 +311,7 @@ chain7)
 chain8)
     prepare_target || exit 1
     prepare_draft || exit 1
+    while pgrep -f "h200_session.sh pre6" > /dev/null; do sleep 5; done # its timings alone on the GPU
     bash "$0" store
     fast_repeats
     echo "chain8: fast repeats done $(date +%T)"

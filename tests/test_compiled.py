@@ -436,6 +436,9 @@ def test_row_topk_takes_torch_topk_off_cuda_and_says_so():
     assert row_topk(logits[:, :3], 8).shape == (5, 3)  # k capped at the row length
     assert topk_kind(torch.device("cpu")) == "torch.topk (not on CUDA)"
     assert why_not_chunked(logits, 8) == "not on CUDA"
+    # a last chunk narrower than k would offer its padding as candidates
+    assert why_not_chunked(torch.zeros(2, 4096 + 5), 8) == "logits of shape (2, 4101) with k=8"
+    assert why_not_chunked(torch.zeros(2, 4096 + 8), 8) == "not on CUDA"
 
 
 def test_chunked_topk_merges_every_chunks_best_into_the_rows_best(monkeypatch):

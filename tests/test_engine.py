@@ -130,3 +130,23 @@ def test_sanitize_cuts_bad_nodes_and_budget():
     assert sanitize(tree, 100, 10).tokens == (1, 2)
     assert sanitize(DraftTree((1, 2), (-1, 5)), 100, 10).tokens == (1,)
     assert len(sanitize(DraftTree.chain(list(range(20))), 100, 7)) == 7
+
+
+def test_the_drafters_setup_is_the_prefill_steps_drafting_time_not_the_prefills(tiny):
+    """prefill_time (and the prefill step's t_verify) is the forward alone, the same for every method;
+    what a drafter does in reset (indexing the prompt) is that step's t_draft."""
+    import time
+
+    from specbench_cli.drafters.ar import Autoregressive
+    from specbench_cli.engine.decode import Engine, generate
+    from specbench_cli.types import MethodSetup
+
+    class SlowSetup(Autoregressive):
+        def reset(self, prompt_ids):
+            super().reset(prompt_ids)
+            time.sleep(0.2)
+
+    gen = generate(Engine(tiny, max_len=64), SlowSetup(MethodSetup(target=tiny)), [1, 2, 3], 4)
+    first = gen.steps[0]
+    assert first.t_draft >= 0.2 and first.t_verify < 0.2
+    assert gen.prefill_time == pytest.approx(first.t_verify)

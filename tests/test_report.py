@@ -115,6 +115,7 @@ def expected_row(records, suite, category, method) -> dict:
         sum(t for x, f in zip(c, firsts) for i, t in enumerate(x[k]) if i not in f)
         for k in ("t_draft", "t_verify", "t_other")
     )
+    td += sum(x["t_draft"][i] for x, f in zip(c, firsts) for i in f)  # the drafter's setup per turn
     prefill = sum(x["t_verify"][i] for x, f in zip(c, firsts) for i in f)
     turns = sum(len(f) for f in firsts)
     pairs = [(r, ar[(r["suite"], r["question_id"])]) for r in mine if (r["suite"], r["question_id"]) in ar]
@@ -204,11 +205,13 @@ def test_step_times_leave_each_turns_prefill_out_and_report_it_apart():
     first_of_second = choice["decoding_steps"][0]
     for steps in (choice["t_draft"], choice["t_verify"], choice["t_other"]):
         steps[:] = [0.001] * len(steps)
-    for i in (0, first_of_second):  # each turn's prefill: one 90 ms forward, nothing drafted
-        choice["t_draft"][i], choice["t_verify"][i], choice["t_other"][i] = 0.0, 0.09, 0.0
+    for i in (0, first_of_second):  # each turn's prefill: a 90 ms forward after 3 ms of drafter setup
+        choice["t_draft"][i], choice["t_verify"][i], choice["t_other"][i] = 0.003, 0.09, 0.0
+    decoding = sum(choice["decoding_steps"]) - 2
     row = summarise([record]).iloc[-1]
-    assert row["t_verify_ms"] == pytest.approx(1.0) and row["t_draft_ms"] == pytest.approx(1.0)
-    assert row["overhead_frac"] == pytest.approx(2 / 3)
+    assert row["t_verify_ms"] == pytest.approx(1.0) and row["t_other_ms"] == pytest.approx(1.0)
+    assert row["t_draft_ms"] == pytest.approx(1.0 + 6.0 / decoding)  # the setup counts as drafting
+    assert row["overhead_frac"] == pytest.approx((decoding * 2 + 6) / (decoding * 3 + 6))
     assert row["prefill_ms"] == pytest.approx(90.0)
     assert row["steps"] == sum(choice["decoding_steps"])  # MAT still counts the prefill as a step
 

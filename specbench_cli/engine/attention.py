@@ -79,12 +79,17 @@ def dense_tree_mask(mask: torch.Tensor, length: int, dtype: torch.dtype) -> torc
 
 
 def reference_tree_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+    query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """q (Hkv, R, D) with R = groups * B rows (row r is input r % B); k, v (Hkv, L, D) -> (Hkv, R, D)."""
+    """query (Hq, B, D), k, v (Hkv, L, D) -> (B, Hq, D): the query heads of a K/V head stacked as its
+    rows (row r is input r % B), one SDPA over the whole cache with the dense tree mask."""
+    q_heads, size, dim = query.shape
+    heads = k.shape[0]
+    q = query.reshape(heads, q_heads // heads * size, dim)
     dense = dense_tree_mask(mask, k.shape[1], q.dtype)
     rows = dense.repeat(q.shape[1] // dense.shape[0], 1)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=scale)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=rows, scale=scale)
+    return out.reshape(q_heads, size, dim).transpose(0, 1).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,8 +116,8 @@ def _build_tree_kernels() -> Any:
     @triton.jit
     def split_kernel(
         Q, K, V, Mask, Opart, Mpart, Lpart,
-        stride_qh, stride_qr, stride_kh, stride_kn, stride_vh, stride_vn,
-        R, R_PAD, HEADS, SIZE, WIDTH, SPLITS, scale,
+        stride_qh, stride_qb, stride_kh, stride_kn, stride_vh, stride_vn,
+        R, R_PAD, HEADS, GROUPS, SIZE, WIDTH, SPLITS, scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
         split, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -126,9 +131,10 @@ def _build_tree_kernels() -> Any:
             row_ok = rows < R
             node = rows % SIZE
             d = tl.arange(0, D)
-            q = tl.load(
-                Q + head * stride_qh + rows[:, None] * stride_qr + d[None, :], mask=row_ok[:, None], other=0.0
-            )
+            # Row r of K/V head `head` is query head head * GROUPS + r // SIZE at input r % SIZE, read
+            # where the model left it: no copy of the query into a row-major layout first.
+            q_at = (head * GROUPS + rows // SIZE) * stride_qh + node * stride_qb
+            q = tl.load(Q + q_at[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
             m = tl.full([BLOCK_M], float("-inf"), tl.float32)
             denom = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -171,7 +177,7 @@ def _build_tree_kernels() -> Any:
 
     @triton.jit
     def merge_kernel(
-        Opart, Mpart, Lpart, Out, Mask, stride_oh, stride_or, R_PAD, HEADS, WIDTH, SPLITS,
+        Opart, Mpart, Lpart, Out, Mask, stride_ob, stride_oh, R_PAD, HEADS, GROUPS, SIZE, WIDTH, SPLITS,
         SPLITS_P2: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     ):  # fmt: skip
         head, row = tl.program_id(0), tl.program_id(1)
@@ -188,7 +194,9 @@ def _build_tree_kernels() -> Any:
         d = tl.arange(0, D)
         parts = tl.load(Opart + at[:, None] * D + d[None, :], mask=used[:, None], other=0.0)
         out = tl.sum(weight[:, None] * parts, 0) / tl.where(total > 0, total, 1.0)
-        tl.store(Out + head * stride_oh + row * stride_or + d, out.to(Out.dtype.element_ty))
+        # Written as (input, query head, dim), the layout the output projection reads.
+        out_at = (row % SIZE) * stride_ob + (head * GROUPS + row // SIZE) * stride_oh
+        tl.store(Out + out_at + d, out.to(Out.dtype.element_ty))
 
     return split_kernel, merge_kernel
 
@@ -253,16 +261,19 @@ def kernel_config(rows: int, length: int, heads: int, dim: int) -> KernelConfig:
 
 
 def triton_tree_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+    query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """`reference_tree_attention` as two Triton kernels: partial softmax per live chunk, then a merge."""
+    """`reference_tree_attention` as two Triton kernels: partial softmax per live chunk, then a merge.
+    query (Hq, B, D) in any layout with unit stride along D; k, v (Hkv, L, D) -> (B, Hq, D) contiguous."""
     global _TREE_KERNELS
     if _TREE_KERNELS is None:
         _TREE_KERNELS = _build_tree_kernels()
     split_kernel, merge_kernel = _TREE_KERNELS
-    heads, rows, dim = q.shape
-    size, width, length = mask.shape[-2], mask.shape[-1] - 1, k.shape[1]
-    ieee = q.dtype == torch.float32
+    q_heads, size, dim = query.shape
+    heads, length = k.shape[0], k.shape[1]
+    groups = q_heads // heads
+    rows, width = groups * size, mask.shape[-1] - 1
+    ieee = query.dtype == torch.float32
     # The table was tuned in bf16; float32 tiles are twice the bytes, so float32 (the exactness
     # checks) keeps the rule it was verified with.
     config = kernel_config(rows, length, heads, dim)
@@ -271,20 +282,20 @@ def triton_tree_attention(
     block_m, block_n, splits = config.block_m, config.block_n, max(1, min(config.splits, cdiv(length, 16)))
     blocks = cdiv(rows, block_m)
     r_pad = blocks * block_m
-    opart = torch.empty(splits * heads * r_pad, dim, dtype=torch.float32, device=q.device)
-    mpart = torch.empty(splits * heads * r_pad, dtype=torch.float32, device=q.device)
+    opart = torch.empty(splits * heads * r_pad, dim, dtype=torch.float32, device=query.device)
+    mpart = torch.empty(splits * heads * r_pad, dtype=torch.float32, device=query.device)
     lpart = torch.empty_like(mpart)
-    out = torch.empty_like(q)
+    out = torch.empty(size, q_heads, dim, dtype=query.dtype, device=query.device)
     mask = mask.contiguous()
     split_kernel[(splits, heads, blocks)](
-        q, k, v, mask, opart, mpart, lpart,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        rows, r_pad, heads, size, width, splits, scale,
+        query, k, v, mask, opart, mpart, lpart,
+        query.stride(0), query.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        rows, r_pad, heads, groups, size, width, splits, scale,
         BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee, num_warps=config.warps,
     )  # fmt: skip
     merge_kernel[(heads, rows)](
-        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), r_pad, heads, width, splits,
-        SPLITS_P2=triton_next_pow2(splits), BLOCK_N=block_n, D=dim,
+        opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), r_pad, heads, groups, size, width,
+        splits, SPLITS_P2=triton_next_pow2(splits), BLOCK_N=block_n, D=dim,
     )  # fmt: skip
     return out
 
@@ -308,16 +319,22 @@ def tree_attention_op() -> Any:
 
         @torch.library.custom_op("specbench::tree_attention", mutates_args=())
         def op(
-            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+            query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
         ) -> torch.Tensor:
-            dim = q.shape[-1]
-            if q.is_cuda and dim & (dim - 1) == 0 and dim >= 16 and q.stride(-1) == 1 and k.stride(-1) == 1:
-                return triton_tree_attention(q, k, v, mask, scale)
-            return reference_tree_attention(q, k, v, mask, scale)
+            dim = query.shape[-1]
+            if (
+                query.is_cuda
+                and dim & (dim - 1) == 0
+                and dim >= 16
+                and query.stride(-1) == 1
+                and k.stride(-1) == 1
+            ):
+                return triton_tree_attention(query, k, v, mask, scale)
+            return reference_tree_attention(query, k, v, mask, scale)
 
         @op.register_fake
-        def _(q, k, v, mask, scale):
-            return torch.empty_like(q)
+        def _(query, k, v, mask, scale):
+            return query.new_empty(query.shape[1], query.shape[0], query.shape[2])
 
         _TREE_OP = op
     return _TREE_OP
@@ -334,13 +351,14 @@ def tree_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function for the graph forwards: query (1, Hq, B, D), key/value the whole
-    static cache (1, Hkv, L, D), attention_mask the tree mask -> (1, B, Hq, D)."""
-    _, heads, q_len, dim = query.shape
-    kv_heads = key.shape[1]
-    q = query.reshape(kv_heads, heads // kv_heads * q_len, dim)  # query heads of a group stacked
+    static cache (1, Hkv, L, D), attention_mask the tree mask -> (1, B, Hq, D).
+
+    The kernel reads the query where the model left it and writes the output in the layout the output
+    projection reads: reshaping them around it cost two copy kernels per layer once B > 1 (54 + 47 us
+    per 96-input forward on an H200, bench/results/2026-12-03-h200-session7/profile_step.json)."""
+    dim = query.shape[-1]
     scale = scaling if scaling is not None else dim**-0.5
-    out = tree_attention_op()(q, key[0], value[0], attention_mask, float(scale))
-    return out.reshape(1, heads, q_len, -1).transpose(1, 2).contiguous(), None
+    return tree_attention_op()(query[0], key[0], value[0], attention_mask, float(scale))[None], None
 
 
 def register_attention() -> None:

@@ -71,10 +71,13 @@ def chunked_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def why_not_chunked(logits: torch.Tensor, k: int) -> str | None:
     """Why these logits take torch.topk (None: the Triton pass can take them)."""
+    # A last chunk of fewer than k columns would offer padding as candidates (duplicate ids in a row
+    # with fewer than k finite values): such widths take torch.topk.
+    cols = logits.shape[-1]
+    if logits.dim() != 2 or cols < 2 * BLOCK or not 0 < k <= 64 or 0 < cols % BLOCK < k:
+        return f"logits of shape {tuple(logits.shape)} with k={k}"
     if logits.device.type != "cuda":
         return "not on CUDA"
-    if logits.dim() != 2 or logits.shape[1] < 2 * BLOCK or not 0 < k <= 64:
-        return f"logits of shape {tuple(logits.shape)} with k={k}"
     key = str(logits.device)
     if key not in _CHECKED:
         _CHECKED[key] = self_check(logits.device)

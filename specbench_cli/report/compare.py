@@ -34,6 +34,8 @@ CONFIG_KEYS = (
     "repeats",
     "methods",
     "method_options",
+    "kv_compaction",  # how the engine ran its steps: a different path is a different measurement
+    "node_topk",
 )
 
 

@@ -77,7 +77,8 @@ def summarise(records: Iterable[dict]) -> pd.DataFrame:
       lossless             fraction of those questions whose output token ids, over all turns, equal
                            `ar`'s. Questions without recorded ids on either side are left out.
       t_draft_ms, t_verify_ms, t_other_ms
-                           mean milliseconds per decoding step (prefills left out) spent drafting, in
+                           mean milliseconds per decoding step (prefills left out; the drafter's
+                           setup for a turn, timed in its prefill step, counts as drafting) spent drafting, in
                            the target's verification forward and the verifier's reads, and on
                            everything else (KV compaction, the drafter's update, bookkeeping). A
                            prefill is one long forward per turn: averaged in, it made long-prompt
@@ -171,11 +172,13 @@ def _question_row(record: dict) -> dict[str, Any]:
             "accepted": int(sum(max(int(n) - 1, 0) for n in choice.get("accept_lengths") or [])),
             "draft_nodes": int(sum(choice.get("draft_nodes") or [])),
             "draft_depth": int(sum(choice.get("draft_depth") or [])),
-            "t_draft": float(sum(decoding[0])),
+            # A prefill step's drafting time is the drafter's setup for the turn: drafting, spread
+            # over the turn's steps like the rest of it.
+            "t_draft": float(sum(decoding[0]) + sum(timed[0][i] for i in prefills if i < len(timed[0]))),
             "t_verify": float(sum(decoding[1])),
             "t_other": float(sum(decoding[2])),
             "t_prefill": float(sum(timed[1][i] for i in prefills if i < len(timed[1]))),
-            "prefills": len(prefills),
+            "prefills": sum(i < len(timed[1]) for i in prefills),
             "t_draft_forward": float(sum(choice["t_draft_forward"])) if "t_draft_forward" in choice else NAN,
             "timed_steps": max(len(t) for t in decoding),
             "output_ids": None if output_ids is None else [list(map(int, turn)) for turn in output_ids],

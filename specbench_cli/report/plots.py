@@ -186,7 +186,7 @@ def _grouped_bars(
 
 
 def _time_breakdown_figure(df: pd.DataFrame) -> Any:
-    """Stacked bars per method over all suites: ms per step drafting, verifying and the rest."""
+    """Stacked bars per method over all suites: ms per decoding step drafting, verifying and the rest."""
     rows = df[(df["suite"] == ALL) & (df["category"] == ALL)]
     fig, ax = _figure(width=max(5.0, 1.5 + 1.0 * len(rows)))
     timed = rows[rows[[key for key, _, _ in DRAFT_VERIFY_OTHER]].map(_finite).all(axis=1)]
@@ -212,7 +212,7 @@ def _time_breakdown_figure(df: pd.DataFrame) -> Any:
         ax.set_xticklabels(
             names, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center"
         )
-        ax.set_ylabel("ms per step (mean)")
+        ax.set_ylabel("ms per decoding step (mean)")
         ax.set_ylim(top=max(bottom) * 1.15 if max(bottom) > 0 else 1.0)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         ax.grid(axis="y", alpha=0.3)
