@@ -74,8 +74,11 @@
 #             the fast path yet), the step profile (where a tree verify's ~0.8 ms beyond its forward
 #             goes), then every fast method 3 times with the collector off the clock (issue 15's run in
 #             one piece). ~15 min after staging; each stage's results come back with the next poll.
+#   pre8      no model files, for the next session's first call: `kernels` (the float32 check of the
+#             graphs and the tree-attention kernel, which now reads the query in the model's layout,
+#             and the per-kernel profile against the committed one), then bench/step_parts.py
 #   chain8    the next session's plan (1.5B and 0.5B staged, the last staging call starts it): prepare
-#             both, wait for pre6, the SAM store, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
+#             both, wait for pre8, the SAM store, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
 #             24-60 ms eagerly; row_topk in recycle/sam), then the draft-model pass (row_topk in each
 #             level of sps-tree and rasd), then the step profile. ~20 min after staging.
 #   poll [SECONDS]
@@ -94,7 +97,7 @@ export SPECBENCH_MODEL_QWEN2_5_CODER_1_5B=/root/m/q15/hf SPECBENCH_MODEL_QWEN2_5
 # Suite files on a machine without a network: a copy of shared/data (carried as .data/) and of the
 # pinned downloads (~/.cache/specbench/data, carried as .cache-data/data/), copied to these paths.
 export SPECBENCH_DATA=${SPECBENCH_DATA:-/root/data} SPECBENCH_CACHE=${SPECBENCH_CACHE:-/root/cache}
-BEFORE=bench/results/2026-12-02-h200-fast-path/profile-random-qwen1.5b-fused.json
+BEFORE=bench/results/2026-12-03-h200-kernels/profile-random-qwen1.5b.json
 # The questions of every timed run since 2026-12-02: 20 HumanEval + 48 Spec-Bench (8 per task), carried in .bd2/.
 suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
 step=$1
@@ -278,6 +281,12 @@ chain5)
         echo "chain5: draft-model pass done $(date +%T)"
     fi
     ;;
+pre8)
+    bash "$0" kernels
+    echo "pre8: kernels done $(date +%T)"
+    python3 bench/step_parts.py --out "$RES/step_parts.json"
+    echo "pre8: step parts done $(date +%T)"
+    ;;
 pre6)
     bash "$0" dense
     echo "pre6: dense at scale done $(date +%T)"
@@ -311,7 +320,7 @@ chain7)
 chain8)
     prepare_target || exit 1
     prepare_draft || exit 1
-    while pgrep -f "h200_session.sh pre6" > /dev/null; do sleep 5; done # its timings alone on the GPU
+    while pgrep -f "h200_session.sh pre8" > /dev/null; do sleep 5; done # its timings alone on the GPU
     bash "$0" store
     fast_repeats
     echo "chain8: fast repeats done $(date +%T)"

@@ -458,7 +458,7 @@ def test_chunked_topk_merges_every_chunks_best_into_the_rows_best(monkeypatch):
 
             return launch
 
-    monkeypatch.setattr(row_topk, "_KERNEL", TorchChunks())
+    monkeypatch.setattr(row_topk, "_kernel", TorchChunks)
     gen = torch.Generator().manual_seed(2)
     for cols, k in [(3 * row_topk.BLOCK + 17, 8), (2 * row_topk.BLOCK, 3)]:
         logits = torch.randn(6, cols, generator=gen)

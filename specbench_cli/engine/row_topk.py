@@ -19,16 +19,17 @@ elsewhere, and for rows too short to chunk, it is torch.topk.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 BLOCK = 2048  # columns per program: 75 chunks for a 152k vocabulary
-_KERNEL: Any = None
 _CHECKED: dict[str, str | None] = {}  # device -> None (the kernel is in use) or why torch.topk stays
 
 
-def _build_kernel() -> Any:
+@functools.cache  # built on first use: Triton is imported only where the pass runs
+def _kernel() -> Any:
     import triton
     import triton.language as tl
 
@@ -47,13 +48,6 @@ def _build_kernel() -> Any:
             live = live & (cols != at)
 
     return chunk_topk_kernel
-
-
-def _kernel() -> Any:
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_kernel()
-    return _KERNEL
 
 
 def chunked_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
