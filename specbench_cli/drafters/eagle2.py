@@ -113,8 +113,11 @@ class Eagle2(Drafter):
             self.runner.ensure_capacity(n + headroom + 64)
             keep = 0
         self.runner.rewind(keep)
-        for start in range(keep, n - 1, self.rows):  # pair i = (f_i, t_{i+1}) at position i
-            end = min(n - 1, start + self.rows)
+        # Pieces that fit the feature buffer and, on a compiled runner, its largest graph (a longer
+        # forward would run eagerly: the head cannot be split by the runner, it reads features by row).
+        piece = min(self.rows, self.runner.max_graph_inputs() or self.rows)
+        for start in range(keep, n - 1, piece):  # pair i = (f_i, t_{i+1}) at position i
+            end = min(n - 1, start + piece)
             logits, hidden = self._run(tokens[start + 1 : end + 1], features[start:end], last_only=True)
             self.runner.commit(list(range(end - start)))
         self.seen = list(tokens)

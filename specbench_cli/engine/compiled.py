@@ -187,6 +187,9 @@ class CompiledRunner(Runner):
                 f"cache holds {self.max_len}; use a larger max_len, fewer --max-new-tokens or --engine eager"
             )
 
+    def max_graph_inputs(self) -> int | None:
+        return self.buckets[-1]
+
     @torch.inference_mode()
     def forward(
         self,

@@ -66,6 +66,11 @@ class Runner:
 
     move_kind = "per layer"  # how commit moves an accepted path's K/V (compiled runners may fuse it)
 
+    def max_graph_inputs(self) -> int | None:
+        """The most inputs one forward runs from a captured graph (None: no graphs, any length runs
+        alike). A caller that splits a long run of forwards itself can cut it to this size."""
+        return None
+
     def reset(self) -> None:
         self.length = 0
         self.cache.slots.length = 0
