@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 BLOCK = 2048  # columns per program: 75 chunks for a 152k vocabulary
-_CHECKED: dict[str, str | None] = {}  # device -> None (the kernel is in use) or why torch.topk stays
 
 
 @functools.cache  # built on first use: Triton is imported only where the pass runs
@@ -72,14 +71,13 @@ def why_not_chunked(logits: torch.Tensor, k: int) -> str | None:
         return f"logits of shape {tuple(logits.shape)} with k={k}"
     if logits.device.type != "cuda":
         return "not on CUDA"
-    key = str(logits.device)
-    if key not in _CHECKED:
-        _CHECKED[key] = self_check(logits.device)
-    return _CHECKED[key]
+    return self_check(logits.device)
 
 
+@functools.cache  # once per device and process
 def self_check(device: torch.device) -> str | None:
-    """The Triton pass against torch.topk on random rows the size of a real vocabulary (no ties)."""
+    """The Triton pass against torch.topk on random rows the size of a real vocabulary (no ties):
+    None when they agree, else why torch.topk stays."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -108,10 +106,7 @@ def topk_kind(device: torch.device) -> str:
     """How `row_topk` runs on this device, for the run's config."""
     if device.type != "cuda":
         return "torch.topk (not on CUDA)"
-    key = str(device)
-    if key not in _CHECKED:
-        _CHECKED[key] = self_check(device)
-    problem = _CHECKED[key]
+    problem = self_check(device)
     return (
         "torch.topk (" + problem + ")"
         if problem

@@ -172,9 +172,9 @@ def _question_row(record: dict) -> dict[str, Any]:
             "accepted": int(sum(max(int(n) - 1, 0) for n in choice.get("accept_lengths") or [])),
             "draft_nodes": int(sum(choice.get("draft_nodes") or [])),
             "draft_depth": int(sum(choice.get("draft_depth") or [])),
-            # A prefill step's drafting time is the drafter's setup for the turn: drafting, spread
-            # over the turn's steps like the rest of it.
-            "t_draft": float(sum(decoding[0]) + sum(timed[0][i] for i in prefills if i < len(timed[0]))),
+            # Every step's, the prefill's included: its drafting time is the drafter's setup for the
+            # turn, drafting spread over the turn's steps like the rest of it.
+            "t_draft": float(sum(timed[0])),
             "t_verify": float(sum(decoding[1])),
             "t_other": float(sum(decoding[2])),
             "t_prefill": float(sum(timed[1][i] for i in prefills if i < len(timed[1]))),
