@@ -131,6 +131,9 @@ step_profile() { # where a step's time goes, per method (bench/profile_step.py)
     python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
         --datastore /root/stores/sam15 --out "$RES/profile_step.json"
 }
+step_parts() { # a step's parts on random weights of the 1.5B's shape (no model files)
+    python3 bench/step_parts.py --out "$RES/step_parts.json"
+}
 fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store)
     bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
 }
@@ -258,7 +261,7 @@ chain4)
     ;;
 pre5)
     # No model files: run by the first call while the staging calls copy the model (they use no GPU).
-    python3 bench/step_parts.py --out "$RES/step_parts.json"
+    step_parts
     echo "pre5: step parts done $(date +%T)"
     python3 bench/dense_at_scale.py --device cuda --sizes 10000000 --out "$RES/dense_at_scale.json"
     echo "pre5: dense at scale done $(date +%T)"
@@ -284,13 +287,13 @@ chain5)
 pre8)
     bash "$0" kernels
     echo "pre8: kernels done $(date +%T)"
-    python3 bench/step_parts.py --out "$RES/step_parts.json"
+    step_parts
     echo "pre8: step parts done $(date +%T)"
     ;;
 pre6)
     bash "$0" dense
     echo "pre6: dense at scale done $(date +%T)"
-    python3 bench/step_parts.py --out "$RES/step_parts.json"
+    step_parts
     echo "pre6: step parts done $(date +%T)"
     ;;
 dense)

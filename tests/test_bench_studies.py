@@ -306,3 +306,17 @@ def test_recycle_parents_continue_the_template_as_a_chain():
     assert step_parts.recycle_parents(5) == [-1] + [p + 1 for p in template[:5]]
     long = step_parts.recycle_parents(len(template) + 3)
     assert long[-3:] == [len(template), len(template) + 1, len(template) + 2]  # each below the one before
+
+
+def test_session_script_functions_do_not_call_themselves():
+    """A replace-all over a command once turned two of h200_session.sh's helpers into calls to
+    themselves (endless recursion on the device, found only by reading): every helper's body must
+    run something other than its own name."""
+    import re
+
+    script = (Path(__file__).resolve().parents[1] / "bench" / "h200_session.sh").read_text()
+    bodies = re.findall(r"^(\w+)\(\) \{[^\n]*\n(.*?)^\}", script, flags=re.M | re.S)
+    assert len(bodies) >= 6
+    for name, body in bodies:
+        calls = [line.split()[0] for line in body.splitlines() if line.strip()]
+        assert name not in calls, f"{name} calls itself"
