@@ -79,8 +79,10 @@
 #             and the per-kernel profile against the committed one), then bench/step_parts.py
 #   chain8    the next session's plan (1.5B and 0.5B staged, the last staging call starts it): prepare
 #             both, wait for pre8, the SAM store, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
-#             24-60 ms eagerly; row_topk in recycle/sam), then the draft-model pass (row_topk in each
-#             level of sps-tree and rasd), then the step profile. ~20 min after staging.
+#             24-60 ms eagerly; row_topk in recycle/sam; the decode loop's host work cut), a float32
+#             check that they still give ar's tokens (the verifier now reads the graph's logits
+#             uncopied), then the draft-model pass (row_topk in each level of sps-tree and rasd), then
+#             the step profile. ~22 min after staging.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -133,6 +135,10 @@ step_profile() { # where a step's time goes, per method (bench/profile_step.py)
 }
 step_parts() { # a step's parts on random weights of the 1.5B's shape (no model files)
     python3 bench/step_parts.py --out "$RES/step_parts.json"
+}
+lossless_f32() { # float32 on the GPU: every fast method's tokens must equal ar's (lossless 1.000)
+    bash "$0" eval /root/res/f32 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 \
+        --dtype float32 --limit 2 --max-new-tokens 128
 }
 fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store)
     bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
@@ -327,6 +333,8 @@ chain8)
     bash "$0" store
     fast_repeats
     echo "chain8: fast repeats done $(date +%T)"
+    lossless_f32
+    echo "chain8: float32 lossless check done $(date +%T)"
     draft_pass
     echo "chain8: draft-model pass done $(date +%T)"
     step_profile

@@ -88,8 +88,9 @@ class DraftTree:
         return input_index - 1
 
     def input_parents(self) -> list[int]:
-        """Parent input of every forward input: -1 for the root, then each node's parent's input."""
-        return [-1] + [self.input_of(p) for p in self.parents]
+        """Parent input of every forward input: -1 for the root, then each node's parent's input
+        (`input_of` inlined: this runs every step over every node)."""
+        return [-1, *map((1).__add__, self.parents)]
 
     def depths(self) -> list[int]:
         """Depth of every node (children of the root have depth 1)."""
@@ -123,7 +124,9 @@ class DraftContext:
     `tokens` holds every committed token: the prompt, the generated text, and last the root token
     (chosen by the target but not yet run through it). `hidden` and `logits` are the target's final
     hidden state and logits at the position that produced the root (only filled in when the drafter
-    sets `needs_hidden_states` / `needs_logits`), taken from the verifier's own forward.
+    sets `needs_hidden_states` / `needs_logits`), taken from the verifier's own forward: views of
+    the compiled runner's outputs, valid during this `propose` only (copy what must be kept).
+    `tokens` is a new list every step and is never changed afterwards.
     `features` (only for a drafter that sets `needs_features`, e.g. an EAGLE head) holds in rows
     [0, len(tokens) - 1) the target's final hidden state at every committed position (the prompt's
     from the prefill, the accepted path's from each verification); it is one buffer per generation,

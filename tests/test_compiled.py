@@ -290,6 +290,43 @@ def test_fused_projections_compute_the_unfused_forward_and_restore_the_model(tin
         assert isinstance(attn.q_proj, FusedProjection) and not isinstance(attn.k_proj, FusedProjection)
 
 
+def test_rotary_tables_hold_what_the_models_rotary_module_returns(tiny):
+    """Graph forwards gather cos/sin from a table made by the model's own rotary module: the same
+    values at any positions, the module back in place afterwards, and no table for a RoPE whose
+    frequencies depend on the sequence length."""
+    from specbench_cli.engine.rotary import RotaryTable, build_rotary_tables, rotary_tables
+
+    compiled = CompiledRunner(tiny.model, 120, max_nodes=15)
+    [(parent, table)] = compiled.rotary
+    module = tiny.model.model.rotary_emb
+    assert parent is tiny.model.model and table.cos.shape[0] == compiled.cache_len
+    x = torch.zeros(1, 3, tiny.model.config.hidden_size)
+    positions = torch.tensor([[0, 7, 7, 3, 119, compiled.cache_len - 1]])
+    for got, want in zip(table(x, positions), module(x, positions)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert torch.equal(
+        table(x, torch.tensor([[10**6]]))[0], table.cos[-1:][None]
+    )  # clamped, never out of bounds
+    with rotary_tables(compiled.rotary):
+        assert isinstance(tiny.model.model.rotary_emb, RotaryTable)
+    assert tiny.model.model.rotary_emb is module
+    original = module.rope_type
+    try:
+        module.rope_type = "dynamic"
+        assert build_rotary_tables(tiny.model, 64, torch.float32, torch.device("cpu")) == []
+    finally:
+        module.rope_type = original
+    # Without the tables (fuse=False) the compiled forward is the same.
+    plain = CompiledRunner(tiny.model, 120, max_nodes=15, fuse=False)
+    assert plain.rotary == []
+    outputs = []
+    for runner in (compiled, plain):
+        runner.forward(list(range(3, 12)))
+        runner.commit(list(range(9)))
+        outputs.append(runner.forward([9, 5, 6, 7], [-1, 0, 0, 1])[0])
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+
+
 def test_fused_projections_trace_under_torch_compile(tiny):
     """Dynamo must follow the stash from the fused module to the later projections (no graph break that
     would change results): a compiled forward equals the eager one."""

@@ -9,7 +9,7 @@ import torch
 
 from specbench_cli.engine.decode import sanitize
 from specbench_cli.engine.runner import ModelRunner, ancestor_matrix
-from specbench_cli.engine.verifier import verify
+from specbench_cli.engine.verifier import child_by_token, children_by_input, verify
 from specbench_cli.types import DraftTree
 
 
@@ -113,6 +113,19 @@ def test_greedy_verify_walks_the_argmax_path():
     assert v.accepted_nodes == [1, 3] and v.bonus == 0
 
 
+def test_a_token_repeated_among_siblings_is_matched_to_its_first_node():
+    tree = DraftTree((4, 4, 7, 7), (-1, -1, 0, 1))  # two root children with token 4, each with a 7
+    assert child_by_token(tree) == {(0, 4): 1, (1, 7): 3, (2, 7): 4}
+    rng = random.Random(3)
+    for _ in range(50):  # the flat lookup agrees with the per-input one on random trees with repeats
+        t = random_tree(rng, rng.randint(0, 40), 5)
+        flat = {(i, tok): child for i, kids in enumerate(children_by_input(t)) for tok, child in kids.items()}
+        assert child_by_token(t) == flat
+    logits = torch.full((5, 9), -5.0)
+    logits[0, 4] = logits[1, 7] = logits[2, 7] = 5
+    assert verify(tree, logits).accepted_nodes == [0, 2]  # the first 4, then its own 7
+
+
 def test_relaxed_rule_accepts_top_k_only_on_marked_nodes():
     logits = torch.tensor([[0.0, 3.0, 2.0, -9.0]])
     logits = torch.cat([logits, torch.zeros(1, 4)])
@@ -130,6 +143,13 @@ def test_sanitize_cuts_bad_nodes_and_budget():
     assert sanitize(tree, 100, 10).tokens == (1, 2)
     assert sanitize(DraftTree((1, 2), (-1, 5)), 100, 10).tokens == (1,)
     assert len(sanitize(DraftTree.chain(list(range(20))), 100, 7)) == 7
+    assert sanitize(DraftTree((1, -1), (-1, 0)), 100, 10).tokens == (1,)  # negative id
+    assert sanitize(DraftTree((1, 2), (-1, -2)), 100, 10).tokens == (1,)  # parent below -1
+    assert sanitize(DraftTree((1, 2), (-1, 1)), 100, 10).tokens == (1,)  # a node its own parent
+    good = DraftTree((1, 2, 3), (-1, 0, 0), relaxed=(True, False, True))
+    assert sanitize(good, 100, 3) is good  # a well-formed tree within budget is passed on as is
+    assert sanitize(good, 100, 2).relaxed == (True, False)
+    assert len(sanitize(DraftTree(), 100, 0)) == 0
 
 
 def test_the_drafters_setup_is_the_prefill_steps_drafting_time_not_the_prefills(tiny):

@@ -29,15 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..jit import njit
 from ..types import SpecbenchError
-
-try:  # numba compiles the construction and the walks; without it the same code runs (slowly) in Python
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-
-    def njit(*args, **kwargs):
-        return args[0] if args and callable(args[0]) else (lambda f: f)
-
 
 SEPARATOR = -1
 UNKNOWN = -2  # stands for an id no automaton can hold: the static text never contains it

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jit import njit
 from ..options import option
 from ..types import SpecbenchError
 from .base import BuildInput, Datastore, document_groups, join_documents
@@ -37,13 +38,6 @@ SLICE = 1 << 24  # tokens per slice when a pass over a whole stream needs tempor
 # libdivsufsort's byte-level suffix array and the int32 result; 3.2 GB measured at 500M tokens in
 # 4 chunks), plus the tokenizer's own memory, whatever the corpus size.
 DEFAULT_CHUNK_TOKENS = 1 << 27
-
-try:  # numba turns the binary searches into ~microsecond calls; without it the same code runs in Python
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-
-    def njit(*args, **kwargs):
-        return args[0] if args and callable(args[0]) else (lambda f: f)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..datastores.rest import SENTINEL, RestDatastore, njit
+from ..datastores.rest import SENTINEL, RestDatastore
+from ..jit import njit
 from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup, SpecbenchError
 from .base import Drafter

@@ -45,6 +45,7 @@ from ..types import SpecbenchError
 from .attention import PACKED_ATTENTION, TREE_ATTENTION, register_attention, tree_mask
 from .compaction import fused_move
 from .fusion import build_fusions, fused
+from .rotary import build_rotary_tables, rotary_tables
 from .runner import Runner
 
 BUCKETS = (
@@ -138,6 +139,8 @@ class CompiledRunner(Runner):
         register_attention()
         # q/k/v and gate/up as one GEMM each in graph forwards (fusion.py): a copy of those weights.
         self.fusions = build_fusions(model) if fuse else []
+        # cos/sin of every cache position, gathered instead of recomputed in every layer (rotary.py).
+        self.rotary = build_rotary_tables(model, self.cache_len, self.dtype, self.device) if fuse else []
         # A model that reads side inputs by input row (an EAGLE head's features) takes each forward whole.
         self.chunkable = not getattr(model, "reads_inputs_by_row", False)
 
@@ -198,8 +201,12 @@ class CompiledRunner(Runner):
         want_hidden: bool = False,
         last_only: bool = False,
         all_hidden: bool = False,
+        copy: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Same contract as `ModelRunner.forward`; the returned tensors are the caller's own."""
+        """Same contract as `ModelRunner.forward`; the returned tensors are the caller's own, unless
+        `copy=False`: then a graph forward returns views of the bucket's outputs, valid until this
+        runner's next forward (the decode loop's verification: its logits are read before the next
+        one, and copying (81, 152k) float32 logits cost a ~25 us kernel per tree step on an H200)."""
         n = len(tokens)
         pending = 0 if parents is None else len(parents) - n
         self._check_room(pending, n)
@@ -219,10 +226,12 @@ class CompiledRunner(Runner):
         self._fill(bucket, tokens, parents, self.length, pending)
         logits, hidden = self._run_bucket(bucket, size, width, want_hidden)
         rows = slice(n - 1, n) if last_only else slice(0, n)
-        # Graph outputs are overwritten by the next replay: hand out copies (cheap next to a forward).
-        logits = logits[rows].clone()
-        hidden = hidden[slice(0, n) if all_hidden else rows].clone() if want_hidden else None
-        return logits, hidden
+        logits = logits[rows]
+        hidden = hidden[slice(0, n) if all_hidden else rows] if want_hidden else None
+        if not copy or bucket.graph is None:  # without graphs every forward's outputs are new tensors
+            return logits, hidden
+        # Graph outputs are overwritten by the next replay: hand out copies.
+        return logits.clone(), hidden.clone() if hidden is not None else None
 
     def _chunked_forward(
         self, tokens: list[int], want_hidden: bool, last_only: bool, all_hidden: bool
@@ -341,8 +350,8 @@ class CompiledRunner(Runner):
 
     @contextmanager
     def _attention(self, graph: bool = True):
-        """Select our attention function, pin the SDPA backend and swap in the fused projections for
-        the duration of a forward/capture.
+        """Select our attention function, pin the SDPA backend and swap in the fused projections and
+        the rotary tables for the duration of a forward/capture.
 
         Graph forwards use `self.attention`; eager prefills always take packed SDPA with a dense mask
         (many queries: the memory-efficient kernel has row blocks enough to fill the GPU)."""
@@ -363,7 +372,8 @@ class CompiledRunner(Runner):
             pinned = sdpa_kernel([names[self.backend]])
         try:
             with pinned, fused(self.fusions) if graph else nullcontext():
-                yield
+                with rotary_tables(self.rotary) if graph else nullcontext():
+                    yield
         finally:
             config._attn_implementation = previous
 

@@ -11,6 +11,7 @@ very same code with one-token forwards.
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass
 
@@ -88,13 +89,21 @@ def sanitize(tree: DraftTree, vocab_size: int, max_nodes: int) -> DraftTree:
     A bad tree can cost speed but never correctness: the verifier only needs parents before children
     and token ids the model can embed.
     """
+    n = len(tree)
+    # The common case in C-level passes (min, max, map): a well-formed tree within budget, as is.
+    if n == 0 or (
+        n <= max_nodes
+        and min(tree.tokens) >= 0
+        and max(tree.tokens) < vocab_size
+        and min(tree.parents) >= -1
+        and all(map(operator.lt, tree.parents, range(n)))
+    ):
+        return tree
     keep = 0
     for i, (tok, parent) in enumerate(zip(tree.tokens, tree.parents)):
         if i >= max_nodes or not (0 <= tok < vocab_size) or not (-1 <= parent < i):
             break
         keep = i + 1
-    if keep == len(tree):
-        return tree
     relaxed = tree.relaxed[:keep] if tree.relaxed is not None else None
     return DraftTree(tuple(tree.tokens[:keep]), tuple(tree.parents[:keep]), relaxed)
 
@@ -157,7 +166,12 @@ def generate(
     steps = [StepRecord(0, 0, 0, 1)]
     marks = [(start, reset_done, prefill_done, prefill_done)]
     stop = "eos" if root in engine.eos else ""
-    last_logits, last_hidden = logits[-1], (hidden[-1] if hidden is not None else None)
+    # Only what the drafter reads: indexing a row is a kernel launch and a few us of host time a step.
+    last_logits = logits[-1] if want_logits else None
+    last_hidden = hidden[-1] if hidden is not None else None
+    # The committed tokens as a list, rebuilt once a step (a new list, never changed in place: a
+    # drafter may keep the one it was given); the step's feedback and the next context share it.
+    tokens = list(prompt_ids) + out
 
     draft_runners = [r for role, r in engine.runners.made if role == "draft"]
     # Graph forwards of draft runners carry CUDA events (no extra sync: read after the verifier's).
@@ -173,18 +187,23 @@ def generate(
             stop = "cache"
             break
         ctx = DraftContext(
-            tokens=list(prompt_ids) + out,
+            tokens=tokens,
             max_nodes=min(engine.max_nodes, room - 1),
             temperature=temperature,
-            hidden=last_hidden if want_hidden else None,
-            logits=last_logits if want_logits else None,
+            hidden=last_hidden,
+            logits=last_logits,
             features=features,
             token_array=read_only(context[:n_context]),
         )
         tree = sanitize(drafter.propose(ctx), engine.vocab_size, ctx.max_nodes)
         t1 = clock.mark()
 
-        logits, hidden = runner.forward([root, *tree.tokens], tree.input_parents(), want_hidden=want_hidden)
+        # Uncopied outputs (copy=False): everything below reads them before the target's next forward,
+        # and ctx.logits / ctx.hidden are read in the next `propose`, before it too. Margins keep
+        # rows across steps, so a run that records them takes copies.
+        logits, hidden = runner.forward(
+            [root, *tree.tokens], tree.input_parents(), want_hidden=want_hidden, copy=margins
+        )
         # With node top-k, the verifier's choices come back in the same host copy as the top-k rows.
         picks, node_topk = choices_with_topk(logits, topk, temperature, generator) if topk else (None, None)
         verdict = verify(tree, logits, temperature, generator, picks=picks, **vopts)
@@ -200,7 +219,7 @@ def generate(
             features[runner.length : runner.length + len(kept)] = hidden[kept]
         runner.commit(kept)
         last = kept[-1]
-        last_logits = logits[last]
+        last_logits = logits[last] if want_logits else None
         last_hidden = hidden[last] if hidden is not None else None
         committed = [tree.tokens[n] for n in verdict.accepted_nodes] + [verdict.bonus]
         # Stop exactly where plain decoding would: after the first EOS, or at the length budget.
@@ -215,7 +234,7 @@ def generate(
         context[n_context : n_context + len(committed)] = committed
         n_context += len(committed)
         root = committed[-1]
-        tokens = list(prompt_ids) + out
+        tokens = tokens + committed
         feedback = StepFeedback(
             tree, verdict.accepted_nodes, committed, tokens, node_topk, verdict.relaxed_accepts
         )

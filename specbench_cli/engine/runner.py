@@ -181,11 +181,13 @@ class ModelRunner(Runner):
         want_hidden: bool = False,
         last_only: bool = False,
         all_hidden: bool = False,
+        copy: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward over `tokens` (a chain when `parents` is None; see the module doc for pending slots).
 
         Returns logits (n, V) in float32 (or (1, V) with last_only) and, with want_hidden, the final
-        hidden states (n, H) (last row only with last_only, unless all_hidden).
+        hidden states (n, H) (last row only with last_only, unless all_hidden). `copy=False` allows the
+        outputs to be overwritten by the runner's next forward (compiled runners); here they never are.
         """
         self._check_room(0 if parents is None else len(parents) - len(tokens), len(tokens))
         return self._eager_forward(tokens, parents, want_hidden, last_only, all_hidden)
