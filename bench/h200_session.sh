@@ -77,12 +77,12 @@
 #   pre8      no model files, for the next session's first call: `kernels` (the float32 check of the
 #             graphs and the tree-attention kernel, which now reads the query in the model's layout,
 #             and the per-kernel profile against the committed one), then bench/step_parts.py
-#   chain8    the next session's plan (1.5B and 0.5B staged, the last staging call starts it): prepare
-#             both, wait for pre8, the SAM store, the fast methods 3 times (the chunked prefill: ar's prompts over 128 tokens took
-#             24-60 ms eagerly; row_topk in recycle/sam; the decode loop's host work cut), a float32
-#             check that they still give ar's tokens (the verifier now reads the graph's logits
-#             uncopied), then the draft-model pass (row_topk in each level of sps-tree and rasd), then
-#             the step profile. ~22 min after staging.
+#   chain8    the next session's plan (the 1.5B staged; the last staging call starts it): prepare,
+#             wait for pre8, the SAM store, the fast methods 3 times (the chunked prefill: ar's prompts
+#             over 128 tokens took 24-60 ms eagerly; row_topk in recycle/sam; the decode loop's host
+#             work cut; rotary tables), a float32 check that they still give ar's tokens (the
+#             verifier now reads the graph's logits uncopied), the step profile, then, when the 0.5B
+#             is staged too, the draft-model pass. ~15 min after staging, ~8 more with the draft pass.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -328,17 +328,19 @@ chain7)
     ;;
 chain8)
     prepare_target || exit 1
-    prepare_draft || exit 1
     while pgrep -f "h200_session.sh pre8" > /dev/null; do sleep 5; done # its timings alone on the GPU
     bash "$0" store
     fast_repeats
     echo "chain8: fast repeats done $(date +%T)"
     lossless_f32
     echo "chain8: float32 lossless check done $(date +%T)"
-    draft_pass
-    echo "chain8: draft-model pass done $(date +%T)"
     step_profile
     echo "chain8: step profile done $(date +%T)"
+    if [ -f /root/m/q05/model.gguf ]; then # the 0.5B staged too (.stage/q05 to /root/m/q05)
+        prepare_draft || exit 1
+        draft_pass
+        echo "chain8: draft-model pass done $(date +%T)"
+    fi
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and
