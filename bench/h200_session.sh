@@ -83,6 +83,12 @@
 #             work cut; rotary tables), a float32 check that they still give ar's tokens (the
 #             verifier now reads the graph's logits uncopied), the step profile, then, when the 0.5B
 #             is staged too, the draft-model pass. ~15 min after staging, ~8 more with the draft pass.
+#   pre9      as pre8, for the next session's first call
+#   chain9    the next session's plan (the 1.5B staged; the last staging call starts it): prepare, wait
+#             for pre9, the SAM store, the fast methods 3 times with transformers' static-cache
+#             generate beside them (issue 9: ar's ratio to it in the same run; ~4.5 min more), the
+#             step profile, then the draft-model pass when the 0.5B is staged too. ~15 min after
+#             staging without the draft pass, ~21 with it.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -140,8 +146,8 @@ lossless_f32() { # float32 on the GPU: every fast method's tokens must equal ar'
     bash "$0" eval /root/res/f32 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 \
         --dtype float32 --limit 2 --max-new-tokens 128
 }
-fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store)
-    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3
+fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store); extra eval options after
+    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3 "$@"
 }
 
 case $step in
@@ -340,6 +346,26 @@ chain8)
         prepare_draft || exit 1
         draft_pass
         echo "chain8: draft-model pass done $(date +%T)"
+    fi
+    ;;
+pre9)
+    bash "$0" kernels
+    echo "pre9: kernels done $(date +%T)"
+    step_parts
+    echo "pre9: step parts done $(date +%T)"
+    ;;
+chain9)
+    prepare_target || exit 1
+    while pgrep -f "h200_session.sh pre9" > /dev/null; do sleep 5; done # its timings alone on the GPU
+    bash "$0" store
+    fast_repeats --baselines hf-static
+    echo "chain9: fast repeats with hf-static done $(date +%T)"
+    step_profile
+    echo "chain9: step profile done $(date +%T)"
+    if [ -f /root/m/q05/model.gguf ]; then
+        prepare_draft || exit 1
+        draft_pass
+        echo "chain9: draft-model pass done $(date +%T)"
     fi
     ;;
 poll)

@@ -320,3 +320,49 @@ def test_session_script_functions_do_not_call_themselves():
     for name, body in bodies:
         calls = [line.split()[0] for line in body.splitlines() if line.strip()]
         assert name not in calls, f"{name} calls itself"
+
+
+def test_drafter_replay_reproduces_the_runs_drafts_without_a_model(tmp_path):
+    """Replaying ar's answers through pld gives exactly the steps and accepted tokens pld had in the
+    run (float32 on CPU: pld's output is ar's), and every method's steps commit ar's whole output."""
+    import drafter_replay
+    from typer.testing import CliRunner
+
+    from specbench_cli.cli import app
+
+    out = tmp_path / "run"
+    questions = Path(__file__).parent / "fixtures" / "questions_small.jsonl"
+    args = ["eval", "--model", "tiny-random", "--suite", f"jsonl:{questions}", "--methods", "ar,pld"]
+    args += ["--max-new-tokens", "24", "--warmup", "0", "--limit", "3", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    result_file = tmp_path / "replay.json"
+    drafter_replay.main(
+        ["--run", str(out), "--model", "tiny-random", "--suite", f"jsonl:{questions}", "--passes", "1"]
+        + ["--methods", "pld,suffix,sam,recycle", "--option", "pld.max_ngram=2", "--out", str(result_file)]
+    )
+    result = json.loads(result_file.read_text())
+    answers = {
+        m: [
+            json.loads(x)["choices"][0]
+            for x in (out / "answers").glob(f"*/{m}.jsonl").__next__().read_text().splitlines()
+        ]
+        for m in ("ar", "pld")
+    }
+    outputs = sum(len(ids) for c in answers["ar"] for ids in c["output_ids"])
+    assert result["turns"] == sum(len(c["output_ids"]) for c in answers["ar"])
+    for method, row in result["methods"].items():
+        # Each turn's first token comes from the prefill; the replayed steps commit the rest.
+        assert row["steps"] * row["mean_committed"] == pytest.approx(outputs - result["turns"]), method
+        assert row["propose_us"] > 0 and row["update_us"] >= 0
+    assert result["methods"]["pld"]["options"] == {"max_ngram": "2"}
+    # pld in the run, with its default options: replay it the same way and compare step by step.
+    drafter_replay.main(
+        ["--run", str(out), "--model", "tiny-random", "--suite", f"jsonl:{questions}", "--passes", "1"]
+        + ["--methods", "pld", "--out", str(result_file)]
+    )
+    pld = json.loads(result_file.read_text())["methods"]["pld"]
+    decoding = [n for c in answers["pld"] for n in c["accept_lengths"]]
+    turns = sum(len(c["output_ids"]) for c in answers["pld"])
+    assert [c["output_ids"] for c in answers["pld"]] == [c["output_ids"] for c in answers["ar"]]
+    assert pld["steps"] == len(decoding) - turns  # the run's steps less one prefill per turn
+    assert pld["mean_committed"] == pytest.approx((sum(decoding) - turns) / pld["steps"])

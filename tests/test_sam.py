@@ -84,6 +84,28 @@ def test_longest_match_equals_brute_force(text, query):
         assert auto.n_states <= 2 * len(text) and auto.n_edges <= 3 * len(text) - 4
 
 
+@settings(max_examples=100, deadline=None)
+@given(texts, st.lists(st.sampled_from([0, 1, 2, 3, -7, 2**31, 2**40]), max_size=12))
+def test_queries_as_lists_and_arrays_match_alike_ids_out_of_range_included(text, query):
+    """A list (the decode loop's) takes a fast path; an id no automaton can hold matches nothing."""
+    auto = built(text)
+    frozen = auto.freeze()
+    for a in (auto, frozen):
+        assert a.walk(query) == a.walk(np.asarray(query, dtype=np.int64))
+    valid = [t for t in query if 0 <= t <= 3]
+    got = frozen.match(query)
+    cut = max((i + 1 for i, t in enumerate(query) if not 0 <= t <= 3), default=0)
+    assert (got.length, got.end) == longest_match(text, query[cut:])  # never across a bad id
+    dyn = SuffixAutomaton()
+    if len(valid) == len(query):
+        dyn.extend(query)
+        assert dyn.text.tolist() == query
+    else:
+        with pytest.raises(SpecbenchError):
+            dyn.extend(query)
+        assert dyn.length == 0  # nothing written
+
+
 @settings(max_examples=200, deadline=None)
 @given(texts, st.lists(st.integers(0, 60), max_size=6))
 def test_dynamic_updates_equal_a_rebuilt_automaton(text, cuts):
