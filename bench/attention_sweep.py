@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True)
     parser.add_argument("--shapes", default="2x6x128,2x7x64")
-    parser.add_argument("--sizes", default="1,16,32,48,64,80,96,129")
+    parser.add_argument("--sizes", default="1,16,32,48,64,80,81,96,129")
     parser.add_argument("--contexts", default="300,1000,2000", help="live slots before the tree")
     parser.add_argument("--length", type=int, default=4352, help="static cache slots (the runner's)")
     parser.add_argument("--calls", type=int, default=20)

@@ -105,7 +105,7 @@ export SPECBENCH_MODEL_QWEN2_5_CODER_1_5B=/root/m/q15/hf SPECBENCH_MODEL_QWEN2_5
 # Suite files on a machine without a network: a copy of shared/data (carried as .data/) and of the
 # pinned downloads (~/.cache/specbench/data, carried as .cache-data/data/), copied to these paths.
 export SPECBENCH_DATA=${SPECBENCH_DATA:-/root/data} SPECBENCH_CACHE=${SPECBENCH_CACHE:-/root/cache}
-BEFORE=bench/results/2026-12-03-h200-kernels/profile-random-qwen1.5b.json
+BEFORE=bench/results/2026-12-03-h200-session10/profile_forward.json  # the seventh session's, before the 81 bucket
 # The questions of every timed run since 2026-12-02: 20 HumanEval + 48 Spec-Bench (8 per task), carried in .bd2/.
 suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
 step=$1
@@ -158,7 +158,7 @@ kernels)
     python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
         --variants tree:efficient:default --time-budget 120
     python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
-        --variants tree:efficient:default --sizes 1,16,32,48,64,80,96,129 --context 1000 --compare "$BEFORE"
+        --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
     ;;
 store)
     python3 -m specbench_cli build-index --method sam --model qwen2.5-coder-1.5b \

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shapes import device_info, random_loaded, resolve_device, sync, write_json  # noqa: E402
 
-SIZES = "1,16,64,96"
+SIZES = "1,16,64,81,96"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -503,3 +503,20 @@ def test_chunked_topk_merges_every_chunks_best_into_the_rows_best(monkeypatch):
         logits[2, cols - 1] = 60.0
         got = row_topk.chunked_topk(logits, k)
         assert torch.equal(got, logits.topk(k, dim=-1).indices)
+
+
+def test_every_tree_size_takes_the_kernel_configuration_of_the_smallest_entry_that_holds_it():
+    """The table is keyed by query rows (query heads per K/V head x inputs): a size between two entries
+    takes the larger one's, past the last the last; Token Recycling's 81-input bucket has its own."""
+    from specbench_cli.engine import attention as attn
+    from specbench_cli.engine.compiled import BUCKETS
+
+    table = attn.KERNEL_CONFIGS[128]
+    assert 81 in BUCKETS and attn.kernel_config(6 * 81, 1000, 2, 128) == table[486]
+    assert attn.kernel_config(6 * 81 + 1, 1000, 2, 128) == table[576]
+    assert attn.kernel_config(6 * 80, 1000, 2, 128) == table[480]
+    assert attn.kernel_config(10**4, 1000, 2, 128) == table[max(table)]
+    # One wave on an H200 (132 SMs): row blocks x K/V heads x key chunks for the 81-input bucket.
+    config = table[486]
+    assert -(-6 * 81 // config.block_m) * 2 * config.splits <= 132
+    assert attn.kernel_config(6, 1000, 2, 96) == attn.default_config(6, 1000, 2)  # no table for dim 96

@@ -9,7 +9,7 @@ the levels of a dynamic draft tree and its catch-up forwards all replay graphs t
 - one `SlotCache` of `cache_len` slots with `slots.visible = None`: attention always spans all of it
   (masked slots cost bandwidth, not correctness). `cache_len` is `max_len` plus one bucket of spare
   slots, so padded writes and warm-up writes never touch live entries;
-- the number of inputs is padded up to a bucket B (1, 16, 32, 48, 64, 80, 96, max_nodes + 1). A forward after m
+- the number of inputs is padded up to a bucket B (1, 16, 32, 48, 64, 81, 96, max_nodes + 1). A forward after m
   pending slots (a tree level) also gets a window of W >= m + B slots, a bucket too; a plain forward has
   W = B. Pad inputs sit at depth 0, write to free slots after the live ones, see the committed prefix and
   themselves only (no NaN), and no live input sees them;
@@ -48,15 +48,13 @@ from .fusion import build_fusions, fused
 from .rotary import build_rotary_tables, rotary_tables
 from .runner import Runner
 
-BUCKETS = (
-    1,
-    16,
-    32,
-    48,
-    64,
-    80,
-    96,
-)  # input counts, root included; max_nodes + 1 is always added as the largest
+# Input counts, root included; max_nodes + 1 is always added as the largest. 81 is Token Recycling's
+# official 80-node tree (SAM's default fallback) plus the root: in the 96 bucket those steps paid for 15
+# pad inputs. On an H200 a forward of 96 inputs cost 0.12 ms more than one of 80 at 512 live slots
+# (bench/results/2026-12-03-h200-fast-repeats-8, forward_costs: 2.394 against 2.278 ms) and 0.19 ms at
+# 1,000 (2026-12-03-h200-session10/profile_forward.json), of which the tree attention's 576 query rows,
+# a second wave of programs, took ~0.17 ms (attention.py, KERNEL_CONFIGS).
+BUCKETS = (1, 16, 32, 48, 64, 81, 96)
 # A chain of up to this many largest buckets (4,128 tokens with 128 draft nodes) is run chunk by chunk
 # through the graphs instead of eagerly. Measured on an H200 (bench/results/2026-12-03-h200-fast-repeats-7,
 # prefill_time of ar): prompts that fit a bucket took 2.6-2.9 ms, longer ones 24-60 ms eagerly, that is

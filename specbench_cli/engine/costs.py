@@ -15,7 +15,9 @@ import time
 
 import torch
 
-PROBE_SIZES = (1, 16, 32, 48, 64, 80, 96)  # the compiled runner's buckets below max_nodes + 1
+from .compiled import BUCKETS
+
+PROBE_SIZES = BUCKETS  # the compiled runner's buckets below max_nodes + 1
 
 
 def _sync(device: torch.device) -> None:
