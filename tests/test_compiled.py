@@ -516,7 +516,7 @@ def test_every_tree_size_takes_the_kernel_configuration_of_the_smallest_entry_th
     assert attn.kernel_config(6 * 81 + 1, 1000, 2, 128) == table[576]
     assert attn.kernel_config(6 * 80, 1000, 2, 128) == table[480]
     assert attn.kernel_config(10**4, 1000, 2, 128) == table[max(table)]
-    # One wave on an H200 (132 SMs): row blocks x K/V heads x key chunks for the 81-input bucket.
+    # Fewer programs than an H200 has SMs (132): row blocks x K/V heads x key chunks, 81 inputs.
     config = table[486]
     assert -(-6 * 81 // config.block_m) * 2 * config.splits <= 132
     assert attn.kernel_config(6, 1000, 2, 96) == attn.default_config(6, 1000, 2)  # no table for dim 96

@@ -234,9 +234,10 @@ KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {
         288: KernelConfig(16, 128, 2, 4),
         384: KernelConfig(16, 128, 2, 4),
         480: KernelConfig(16, 128, 2, 4),
-        # Not swept: the 81-input bucket (6 x 81 rows). 480 rows took 14.7 us at 1,000 slots with this
-        # configuration, 576 rows 20.8 with the best of any: 36 row blocks x 2 heads x 2 chunks = 144
-        # programs is more than the H200's 132 SMs hold in one wave, 31 x 2 x 2 = 124 is not.
+        # Not swept yet: the 81-input bucket (6 x 81 rows), given 480 rows' configuration. 480 rows took
+        # 14.7 us at 1,000 slots with it and 576 rows 20.8 with the best of any; with it 486 rows make
+        # 31 row blocks x 2 heads x 2 chunks = 124 programs, under the H200's 132 SMs as 480's 120 are,
+        # where 576 rows make 144 (our reading of that jump; the next sweep measures 81 itself).
         486: KernelConfig(16, 128, 2, 4),
         576: KernelConfig(32, 128, 2, 4),
         774: KernelConfig(32, 128, 2, 4),
