@@ -52,8 +52,8 @@ from .runner import Runner
 # official 80-node tree (SAM's default fallback) plus the root: in the 96 bucket those steps paid for 15
 # pad inputs. On an H200 a forward of 96 inputs cost 0.12 ms more than one of 80 at 512 live slots
 # (bench/results/2026-12-03-h200-fast-repeats-8, forward_costs: 2.394 against 2.278 ms) and 0.19 ms at
-# 1,000 (2026-12-03-h200-session10/profile_forward.json), of which the tree attention's 576 query rows,
-# a second wave of programs, took ~0.17 ms (attention.py, KERNEL_CONFIGS).
+# 1,000 (2026-12-03-h200-session10/profile_forward.json), of which ~0.17 ms is the tree attention: 14.7
+# us a layer for 480 query rows against 20.8 for 576 (2026-12-03-h200-kernels/attention-sweep-2x6x128.json).
 BUCKETS = (1, 16, 32, 48, 64, 81, 96)
 # A chain of up to this many largest buckets (4,128 tokens with 128 draft nodes) is run chunk by chunk
 # through the graphs instead of eagerly. Measured on an H200 (bench/results/2026-12-03-h200-fast-repeats-7,
