@@ -206,7 +206,7 @@ class CompiledRunner(Runner):
         """Same contract as `ModelRunner.forward`; the returned tensors are the caller's own, unless
         `copy=False`: then a graph forward returns views of the bucket's outputs, valid until this
         runner's next forward (the decode loop's verification: its logits are read before the next
-        one, and a copy of an 81-node tree's (81, 152k) float32 logits moves 98 MB per step)."""
+        one, and a copy of an 80-node tree's (81, 152k) float32 logits moves 98 MB per step)."""
         n = len(tokens)
         pending = 0 if parents is None else len(parents) - n
         self._check_room(pending, n)
