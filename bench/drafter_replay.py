@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no answer of {run} matches the suites given")
     datastores = dict(item.split("=", 1) for item in args.datastore)
     result: dict[str, Any] = {"study": "drafter_replay", "machine": device_info(), "run": str(run)}
-    result |= {"turns": len(turns), "passes": args.passes, "methods": {}}
+    result |= {"turns": len(turns), "passes": args.passes, "datastores": datastores, "methods": {}}
     for method in args.methods.split(","):
         options = {}
         for item in args.option:

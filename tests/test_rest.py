@@ -106,6 +106,13 @@ def test_longest_match_and_tree_match_reference(docs, chunk_tokens, data):
             0,
         )
         assert match.span == want_span
+        # The same match from an array, and an id the store cannot hold ends every match before it.
+        assert store.longest_match(np.asarray(context), min_span=2, max_span=16) == match
+        for bad in (-3, 2**32):
+            broken = context[:-2] + [bad] + context[-2:] if len(context) > 2 else context
+            as_array = store.longest_match(np.asarray(broken, dtype=np.int64), min_span=2, max_span=16)
+            assert store.longest_match(broken, min_span=2, max_span=16) == as_array
+            assert as_array.span <= (2 if len(context) > 2 else want_span)
         if want_span:
             rows = store.continuation_matrix(match.ranges, match.span, max_matches=50, length=4)
             num = data.draw(st.integers(1, 12))

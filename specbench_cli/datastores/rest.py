@@ -279,12 +279,17 @@ class RestDatastore(Datastore):
         self, context: Iterable[int] | np.ndarray, min_span: int = 2, max_span: int = 16
     ) -> Match:
         """REST's query: the longest suffix of `context` (16 down to 2 tokens) that occurs with a continuation."""
-        c = np.asarray(context, dtype=np.int64)[-max_span:]
-        # Drop everything up to the last id that cannot be stored: no match can include it.
-        bad = np.flatnonzero((c < 0) | (c >= int(SENTINEL)))
-        if bad.size:
-            c = c[bad[-1] + 1 :]
-        c = c.astype(np.uint32)
+        if isinstance(context, list) and (
+            not context or (min(context[-max_span:]) >= 0 and max(context[-max_span:]) < int(SENTINEL))
+        ):  # the decode loop's case: valid ids in a list, checked by the builtins, converted once
+            c = np.array(context[-max_span:], dtype=np.uint32)
+        else:
+            c = np.asarray(context, dtype=np.int64)[-max_span:]
+            # Drop everything up to the last id that cannot be stored: no match can include it.
+            bad = np.flatnonzero((c < 0) | (c >= int(SENTINEL)))
+            if bad.size:
+                c = c[bad[-1] + 1 :]
+            c = c.astype(np.uint32)
         # Each chunk only looks for spans at least as long as the best so far; a chunk whose own
         # longest span falls short of the final one holds no match of that span.
         best, found = 0, []
