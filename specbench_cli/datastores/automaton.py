@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import id_list_within, njit
 from ..types import SpecbenchError
 
 SEPARATOR = -1
@@ -294,9 +294,7 @@ def _walk_frozen(link, clone_len, n_text, edge_start, edges, state, length, quer
 
 def as_query(tokens: Iterable[int] | np.ndarray) -> np.ndarray:
     """Token ids as int32; an id outside [0, MAX_TOKENS] becomes UNKNOWN, which no corpus holds."""
-    if isinstance(tokens, list) and (not tokens or (min(tokens) >= 0 and max(tokens) <= MAX_TOKENS)):
-        # The decode loop's case, every step: a few valid ids in a list. Checked with the builtins and
-        # converted once (~1 us), where the masked path below costs ~8 us for three tokens.
+    if id_list_within(tokens, 0, MAX_TOKENS):  # the decode loop's few ids a step: converted once
         return np.array(tokens, dtype=np.int32)
     q = np.asarray(tokens, dtype=np.int64).reshape(-1)
     return np.where((q < 0) | (q > MAX_TOKENS), UNKNOWN, q).astype(np.int32)
@@ -358,11 +356,7 @@ class SuffixAutomaton:
 
     def extend(self, tokens: Iterable[int] | np.ndarray) -> None:
         """Append tokens (amortised O(1) each): ids in [0, MAX_TOKENS], or SEPARATOR between documents."""
-        if isinstance(tokens, list):  # the decode loop's few new tokens a step: the builtins check them
-            if tokens and (min(tokens) < SEPARATOR or max(tokens) > MAX_TOKENS):
-                raise SpecbenchError(
-                    f"token ids must lie in [0, {MAX_TOKENS}]; got {min(tokens)}..{max(tokens)}"
-                )
+        if id_list_within(tokens, SEPARATOR, MAX_TOKENS):  # the decode loop's few new ids a step
             new = np.array(tokens, dtype=np.int32)
         else:
             new = np.asarray(tokens, dtype=np.int64).reshape(-1)

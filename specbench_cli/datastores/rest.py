@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import id_list_within, njit
 from ..options import option
 from ..types import SpecbenchError
 from .base import BuildInput, Datastore, document_groups, join_documents
@@ -279,10 +279,9 @@ class RestDatastore(Datastore):
         self, context: Iterable[int] | np.ndarray, min_span: int = 2, max_span: int = 16
     ) -> Match:
         """REST's query: the longest suffix of `context` (16 down to 2 tokens) that occurs with a continuation."""
-        if isinstance(context, list) and (
-            not context or (min(context[-max_span:]) >= 0 and max(context[-max_span:]) < int(SENTINEL))
-        ):  # the decode loop's case: valid ids in a list, checked by the builtins, converted once
-            c = np.array(context[-max_span:], dtype=np.uint32)
+        tail = context[-max_span:] if isinstance(context, list) else None
+        if id_list_within(tail, 0, int(SENTINEL) - 1):  # the decode loop's list of ids: converted once
+            c = np.array(tail, dtype=np.uint32)
         else:
             c = np.asarray(context, dtype=np.int64)[-max_span:]
             # Drop everything up to the last id that cannot be stored: no match can include it.

@@ -15,9 +15,7 @@ import time
 
 import torch
 
-from .compiled import BUCKETS
-
-PROBE_SIZES = BUCKETS  # the compiled runner's buckets below max_nodes + 1
+from .compiled import BUCKETS  # the sizes probed: the compiled runner's buckets below max_nodes + 1
 
 
 def _sync(device: torch.device) -> None:
@@ -56,7 +54,7 @@ def probe_costs(engine, prompt_ids: list[int], context: int = 512, reps: int = 1
     room = engine.max_len - engine.max_nodes - 2
     ids = [prompt_ids[i % len(prompt_ids)] for i in range(max(1, min(context, room)))]
     top = engine.max_nodes + 1
-    target_sizes = sorted({s for s in PROBE_SIZES if s < top} | {top})
+    target_sizes = sorted({s for s in BUCKETS if s < top} | {top})
     costs: dict = {
         "context": len(ids),
         "reps": reps,
