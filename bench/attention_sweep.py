@@ -1,6 +1,6 @@
 """Which split-kernel configuration is fastest for each tree size: a sweep of the Triton tree-attention
 kernels (`specbench_cli/engine/attention.py`) over query rows per program, keys per inner step, key-range
-chunks and warps, per attention shape, tree size and context length.
+chunks, warps and pipeline stages, per attention shape, tree size and context length.
 
     python3 bench/attention_sweep.py --out $OUT/sweep.json                     # H200: ~3 minutes
     python3 bench/attention_sweep.py --out /tmp/s.json --shapes 2x6x32 --sizes 1,4 --contexts 40 \\
@@ -9,7 +9,8 @@ chunks and warps, per attention shape, tree size and context length.
 A shape is KVHEADSxGROUPSxDIM (Qwen2.5-Coder-1.5B: 2x6x128; its 0.5B: 2x7x64). Each timing is one CUDA
 graph of --calls kernel pairs (split + merge) replayed --reps times, as the compiled runner replays
 them. The JSON keeps every timing, the configuration with the lowest mean time over the contexts per
-(shape, size), the time of the rule used before the sweep, and the `KERNEL_CONFIGS` table to paste.
+(shape, size), the times of the rule used before the first sweep and of the configuration the table
+holds now (`tabled`), and the `KERNEL_CONFIGS` table to paste.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def candidates(attn: Any, rows: int, length: int) -> list[Any]:
         if block_m > max(16, 2 * rows) or splits * block_n > 2 * length or (warps == 8 and block_m < 64):
             continue  # row blocks mostly padding, chunks past any cache, or warps with nothing to do
         out.append(attn.KernelConfig(block_m, block_n, splits, warps))
+        if block_m >= 64 and block_n == 128:  # too big for shared memory at 3 stages on an H200
+            out.append(attn.KernelConfig(block_m, block_n, splits, warps, stages=2))
     return out
 
 
@@ -129,11 +132,12 @@ def main(argv: list[str] | None = None) -> None:
             timings: dict[str, list[float]] = {}
             too_big: set[str] = set()  # configurations this GPU cannot launch (compiled before any capture)
             old = attn.default_config(rows, args.length, kv_heads)
+            tabled = attn.kernel_config(rows, args.length, kv_heads, dim)  # what the product runs now
             for context in contexts:
                 mask = attn.tree_mask(vis, torch.tensor(context, device=args.device))
                 tensors = (q, k, v, mask, dim**-0.5)
-                for config in dict.fromkeys([old, *candidates(attn, rows, args.length)]):
-                    key = f"{config.block_m}/{config.block_n}/{config.splits}/{config.warps}"
+                for config in dict.fromkeys([old, tabled, *candidates(attn, rows, args.length)]):
+                    key = config.key
                     if key in too_big:
                         continue
                     try:
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                         too_big.add(key)
                         continue
                     timings.setdefault(key, []).append(took)
-            old_key = f"{old.block_m}/{old.block_n}/{old.splits}/{old.warps}"
+            old_key = old.key
             timings = {key: t for key, t in timings.items() if key not in too_big}
             best = min(timings, key=lambda key: statistics.fmean(timings[key]))
             per_size[str(size)] = {
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
                 "best_us": timings[best],
                 "before": old_key,
                 "before_us": timings[old_key],
+                "tabled": tabled.key,
+                "tabled_us": timings.get(tabled.key),
                 "timings_us": timings,
                 "too_big": sorted(too_big),
             }

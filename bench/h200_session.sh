@@ -89,6 +89,14 @@
 #             generate beside them (issue 9: ar's ratio to it in the same run; ~4.5 min more), the
 #             step profile, then the draft-model pass when the 0.5B is staged too. ~15 min after
 #             staging without the draft pass, ~21 with it.
+#   pre10     no model files, for the next session's first call: the tree-attention sweep of the
+#             1.5B's shape with the split kernel's unmasked prefix loop (its table is updated from it
+#             before the last staging call)
+#   chain10   the next session's plan (the 1.5B staged; the last staging call starts it): prepare, wait
+#             for pre10, `kernels` with the updated table (float32 check, per-kernel profile against
+#             the seventh session's), the SAM store, the fast methods 3 times with transformers'
+#             static-cache generate beside them, the draft-model pass when the 0.5B is staged, then
+#             the step profile. ~22 min after staging with the draft pass.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -367,6 +375,27 @@ chain9)
         draft_pass
         echo "chain9: draft-model pass done $(date +%T)"
     fi
+    ;;
+pre10)
+    bash "$0" sweep
+    echo "pre10: sweep done $(date +%T)"
+    ;;
+chain10)
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 5; done # started by a staging call
+    prepare_target || exit 1
+    while pgrep -f "h200_session.sh pre10" > /dev/null; do sleep 5; done # its timings alone on the GPU
+    bash "$0" kernels
+    echo "chain10: kernels done $(date +%T)"
+    bash "$0" store
+    fast_repeats --baselines hf-static
+    echo "chain10: fast repeats with hf-static done $(date +%T)"
+    if [ -f /root/m/q05/model.gguf ]; then
+        prepare_draft || exit 1
+        draft_pass
+        echo "chain10: draft-model pass done $(date +%T)"
+    fi
+    step_profile
+    echo "chain10: step profile done $(date +%T)"
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and

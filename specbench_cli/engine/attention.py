@@ -135,21 +135,44 @@ def _build_tree_kernels() -> Any:
             # where the model left it: no copy of the query into a row-major layout first.
             q_at = (head * GROUPS + rows // SIZE) * stride_qh + node * stride_qb
             q = tl.load(Q + q_at[:, None] + d[None, :], mask=row_ok[:, None], other=0.0)
+            # Scores in base 2 (the merge works in the same base): exp2 of a difference is one
+            # instruction; the scale is applied to the float32 scores, not rounded into the query.
+            qk_scale = scale * 1.4426950408889634
             m = tl.full([BLOCK_M], float("-inf"), tl.float32)
             denom = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, D], tl.float32)
-            for n0 in range(lo, hi, BLOCK_N):
+            k_at = K + head * stride_kh + d[None, :]
+            v_at = V + head * stride_vh + d[None, :]
+            # Whole key blocks below `start` are visible to every input: no tree mask, no bounds, and
+            # every row's running maximum is finite after the first. Most of a long context is here.
+            prefix_end = lo + (tl.maximum(tl.minimum(hi, start) - lo, 0) // BLOCK_N) * BLOCK_N
+            for n0 in range(lo, prefix_end, BLOCK_N):
+                cols = n0 + tl.arange(0, BLOCK_N)
+                k = tl.load(k_at + cols[:, None] * stride_kn)
+                if IEEE:
+                    s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+                else:
+                    s = tl.dot(q, tl.trans(k)) * qk_scale
+                m_new = tl.maximum(m, tl.max(s, 1))
+                p = tl.math.exp2(s - m_new[:, None])
+                alpha = tl.math.exp2(m - m_new)
+                denom = denom * alpha + tl.sum(p, 1)
+                v = tl.load(v_at + cols[:, None] * stride_vn)
+                if IEEE:
+                    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+                else:
+                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m = m_new
+            # The rest of the chunk: a partial block before `start`, then the window's slots, which
+            # each input sees only where its row of the tree mask says so.
+            for n0 in range(prefix_end, hi, BLOCK_N):
                 cols = n0 + tl.arange(0, BLOCK_N)
                 col_ok = cols < hi
-                k = tl.load(
-                    K + head * stride_kh + cols[:, None] * stride_kn + d[None, :],
-                    mask=col_ok[:, None],
-                    other=0.0,
-                )
+                k = tl.load(k_at + cols[:, None] * stride_kn, mask=col_ok[:, None], other=0.0)
                 if IEEE:
-                    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+                    s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
                 else:
-                    s = tl.dot(q, tl.trans(k)) * scale
+                    s = tl.dot(q, tl.trans(k)) * qk_scale
                 rel = cols - start
                 in_window = row_ok[:, None] & (col_ok & (rel >= 0))[None, :]
                 seen = tl.load(Mask + node[:, None] * (WIDTH + 1) + rel[None, :], mask=in_window, other=0.0)
@@ -157,14 +180,10 @@ def _build_tree_kernels() -> Any:
                 s = tl.where(allowed, s, float("-inf"))
                 m_new = tl.maximum(m, tl.max(s, 1))
                 m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-                p = tl.exp(s - m_ref[:, None])
-                alpha = tl.exp(m - m_ref)
+                p = tl.math.exp2(s - m_ref[:, None])
+                alpha = tl.math.exp2(m - m_ref)
                 denom = denom * alpha + tl.sum(p, 1)
-                v = tl.load(
-                    V + head * stride_vh + cols[:, None] * stride_vn + d[None, :],
-                    mask=col_ok[:, None],
-                    other=0.0,
-                )
+                v = tl.load(v_at + cols[:, None] * stride_vn, mask=col_ok[:, None], other=0.0)
                 if IEEE:
                     acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
                 else:
@@ -189,7 +208,7 @@ def _build_tree_kernels() -> Any:
         m = tl.load(Mpart + at, mask=used, other=float("-inf"))
         top = tl.max(m, 0)
         top = tl.where(top == float("-inf"), 0.0, top)
-        weight = tl.where(used, tl.exp(m - top), 0.0)
+        weight = tl.where(used, tl.math.exp2(m - top), 0.0)  # base 2, as the split kernel's
         total = tl.sum(weight * tl.load(Lpart + at, mask=used, other=0.0), 0)
         d = tl.arange(0, D)
         parts = tl.load(Opart + at[:, None] * D + d[None, :], mask=used[:, None], other=0.0)
@@ -204,12 +223,20 @@ def _build_tree_kernels() -> Any:
 @dataclass(frozen=True)
 class KernelConfig:
     """How the split kernel cuts the work: query rows per program, keys per inner step, key-range
-    chunks per (head, row block), and warps per program."""
+    chunks per (head, row block), warps per program, and the key blocks in flight (Triton's software
+    pipeline: 3 is its default; 2 lets 64- and 128-row tiles of 128 keys fit in shared memory)."""
 
     block_m: int
     block_n: int
     splits: int
     warps: int = 4
+    stages: int = 3
+
+    @property
+    def key(self) -> str:
+        """The sweep's name for it: rows/keys/chunks/warps, and /sN where the stages are not 3."""
+        tail = f"/s{self.stages}" if self.stages != 3 else ""
+        return f"{self.block_m}/{self.block_n}/{self.splits}/{self.warps}{tail}"
 
 
 # Per head dim and query-row count (rows = query heads per K/V head x inputs), the configuration that
@@ -297,6 +324,7 @@ def triton_tree_attention(
         query.stride(0), query.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         rows, r_pad, heads, groups, size, width, splits, scale,
         BLOCK_M=block_m, BLOCK_N=block_n, D=dim, IEEE=ieee, num_warps=config.warps,
+        num_stages=config.stages,
     )  # fmt: skip
     merge_kernel[(heads, rows)](
         opart, mpart, lpart, out, mask, out.stride(0), out.stride(1), r_pad, heads, groups, size, width,
