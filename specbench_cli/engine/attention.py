@@ -255,9 +255,9 @@ KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {
         903: KernelConfig(64, 64, 4, 4),
     },
     128: {
-        6: KernelConfig(16, 32, 32, 4),
-        96: KernelConfig(16, 128, 8, 4),
-        192: KernelConfig(16, 128, 4, 4),
+        6: KernelConfig(16, 32, 16, 4),
+        96: KernelConfig(16, 32, 8, 4),
+        192: KernelConfig(16, 64, 4, 4),
         288: KernelConfig(16, 128, 2, 4),
         384: KernelConfig(16, 128, 2, 4),
         480: KernelConfig(16, 128, 2, 4),
@@ -266,7 +266,7 @@ KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {
         # 31 row blocks x 2 heads x 2 chunks = 124 programs, under the H200's 132 SMs as 480's 120 are,
         # where 576 rows make 144 (our reading of that jump; the next sweep measures 81 itself).
         486: KernelConfig(16, 128, 2, 4),
-        576: KernelConfig(32, 128, 2, 4),
+        576: KernelConfig(64, 128, 8, 4, stages=2),
         774: KernelConfig(32, 128, 2, 4),
     },
 }
