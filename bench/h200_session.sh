@@ -97,6 +97,11 @@
 #             the seventh session's), the SAM store, the fast methods 3 times with transformers'
 #             static-cache generate beside them, the draft-model pass when the 0.5B is staged, then
 #             the step profile. ~22 min after staging with the draft pass.
+#   f32       no model files: micro.py's float32 check alone (compiled graphs and the Triton kernel
+#             against eager, random weights of the 1.5B's shape) into $RES/f32_check.json
+#   chain11   a short session's plan (the 1.5B staged; the last staging call starts it): wait for the
+#             conversion a staging call started and for `f32`, the SAM store, then one pass of the fast
+#             methods with transformers' static-cache generate beside them. ~6 min after staging.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -396,6 +401,18 @@ chain10)
     fi
     step_profile
     echo "chain10: step profile done $(date +%T)"
+    ;;
+f32)
+    python3 -c 'import json, sys; sys.path.insert(0, "bench"); import micro
+r = micro.correctness("qwen2.5-coder-1.5b", "cuda", 2048); print(r); json.dump(r, open(sys.argv[1], "w"))' "$RES/f32_check.json"
+    ;;
+chain11)
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
+    prepare_target || exit 1
+    while pgrep -f "h200_session.sh f32" > /dev/null; do sleep 2; done # its GPU work done first
+    bash "$0" store
+    bash "$0" eval /root/res/fast1 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --baselines hf-static
+    echo "chain11: fast methods with hf-static done $(date +%T)"
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and

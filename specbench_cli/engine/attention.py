@@ -145,24 +145,21 @@ def _build_tree_kernels() -> Any:
             v_at = V + head * stride_vh + d[None, :]
             # Whole key blocks below `start` are visible to every input: no tree mask, no bounds, and
             # every row's running maximum is finite after the first. Most of a long context is here.
-            prefix_end = lo + (tl.maximum(tl.minimum(hi, start) - lo, 0) // BLOCK_N) * BLOCK_N
-            for n0 in range(lo, prefix_end, BLOCK_N):
-                cols = n0 + tl.arange(0, BLOCK_N)
-                k = tl.load(k_at + cols[:, None] * stride_kn)
-                if IEEE:
-                    s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-                else:
+            # (float32, the exactness checks, keeps the one masked loop it was verified with.)
+            prefix_end = lo
+            if not IEEE:
+                prefix_end = lo + (tl.maximum(tl.minimum(hi, start) - lo, 0) // BLOCK_N) * BLOCK_N
+                for n0 in range(lo, prefix_end, BLOCK_N):
+                    cols = n0 + tl.arange(0, BLOCK_N)
+                    k = tl.load(k_at + cols[:, None] * stride_kn)
                     s = tl.dot(q, tl.trans(k)) * qk_scale
-                m_new = tl.maximum(m, tl.max(s, 1))
-                p = tl.math.exp2(s - m_new[:, None])
-                alpha = tl.math.exp2(m - m_new)
-                denom = denom * alpha + tl.sum(p, 1)
-                v = tl.load(v_at + cols[:, None] * stride_vn)
-                if IEEE:
-                    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-                else:
+                    m_new = tl.maximum(m, tl.max(s, 1))
+                    p = tl.math.exp2(s - m_new[:, None])
+                    alpha = tl.math.exp2(m - m_new)
+                    denom = denom * alpha + tl.sum(p, 1)
+                    v = tl.load(v_at + cols[:, None] * stride_vn)
                     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m = m_new
+                    m = m_new
             # The rest of the chunk: a partial block before `start`, then the window's slots, which
             # each input sees only where its row of the tree mask says so.
             for n0 in range(prefix_end, hi, BLOCK_N):
