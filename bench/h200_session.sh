@@ -102,6 +102,10 @@
 #   chain11   a short session's plan (the 1.5B staged; the last staging call starts it): wait for the
 #             conversion a staging call started and for `f32`, the SAM store, then one pass of the fast
 #             methods with transformers' static-cache generate beside them. ~6 min after staging.
+#   chain12   the next session's plan (the 1.5B and the 0.5B staged; a staging call starts the 1.5B's
+#             conversion, the last one this): the SAM store, the fast methods 3 times with
+#             transformers' static-cache generate beside them (~10 min), the float32 check of every
+#             fast method through eval (~2 min), the draft-model pass (~6 min), the step profile.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -413,6 +417,22 @@ chain11)
     bash "$0" store
     bash "$0" eval /root/res/fast1 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --baselines hf-static
     echo "chain11: fast methods with hf-static done $(date +%T)"
+    ;;
+chain12)
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
+    prepare_target || exit 1
+    bash "$0" store
+    fast_repeats --baselines hf-static
+    echo "chain12: fast repeats with hf-static done $(date +%T)"
+    lossless_f32
+    echo "chain12: float32 lossless check done $(date +%T)"
+    if [ -f /root/m/q05/model.gguf ]; then
+        prepare_draft || exit 1
+        draft_pass
+        echo "chain12: draft-model pass done $(date +%T)"
+    fi
+    step_profile
+    echo "chain12: step profile done $(date +%T)"
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and

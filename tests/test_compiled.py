@@ -520,3 +520,22 @@ def test_every_tree_size_takes_the_kernel_configuration_of_the_smallest_entry_th
     config = table[486]
     assert -(-6 * 81 // config.block_m) * 2 * config.splits <= 132
     assert attn.kernel_config(6, 1000, 2, 96) == attn.default_config(6, 1000, 2)  # no table for dim 96
+
+
+def test_the_head_dim_128_table_is_what_the_latest_committed_sweep_measured_best():
+    """`KERNEL_CONFIGS[128]` is pasted from `bench/attention_sweep.py`'s output: every entry must be the
+    configuration the newest committed sweep of the 1.5B's shape found fastest for that row count, named
+    as the sweep names it (a pipeline depth other than Triton's default 3 shows as /sN)."""
+    import json
+    from pathlib import Path
+
+    from specbench_cli.engine import attention as attn
+
+    sweep = (
+        Path(__file__).resolve().parents[1]
+        / "bench/results/2026-12-03-h200-session11/attention-sweep-2x6x128.json"
+    )
+    measured = json.loads(sweep.read_text())["kernel_configs"]["128"]
+    assert {str(rows): config.key for rows, config in attn.KERNEL_CONFIGS[128].items()} == measured
+    assert attn.KernelConfig(64, 128, 8, 4, stages=2).key == "64/128/8/4/s2"
+    assert attn.KernelConfig(16, 128, 2, 4).key == "16/128/2/4"
