@@ -285,7 +285,7 @@ def test_kept_matches_equal_matching_from_the_root_every_step(
         tree = d.propose(DraftContext(tokens=list(tokens), max_nodes=128))
         context = tokens[-depth:]
         assert d.shared_matches[: len(context) - 1] == d.shared.matches(context)
-        assert d.local.active[::-1][: len(context) - 1] == d.local.matches(context)
+        assert d.local.active[: len(context) - 1] == d.local.matches(context)
         limit = min(d.max_spec, 128)
         fresh = [t.speculate(context, d.opts, limit) for t in (d.local, d.shared)]
         best = fresh[0] if fresh[0].score >= fresh[1].score else fresh[1]

@@ -28,6 +28,7 @@ the measured acceptance); the nodes the per-request trees grew to over the answe
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -105,7 +106,9 @@ class SuffixTrie:
         self.max_depth = max_depth
         self.kids: list[dict[int, int]] = [{}]
         self.count: list[int] = [0]
-        self.active: list[int] = []  # nodes of the current text's suffixes shorter than max_depth
+        # Nodes of the current text's suffixes shorter than max_depth, the shortest first: active[m - 1]
+        # is the node of its last m tokens (the matches of the text itself, as `matches` lists them).
+        self.active: list[int] = []
         # node -> its children ranked, valid until the counts change: the cross-request tree changes only
         # when an answer is added, so a common token's thousands of children are sorted once per answer.
         self.ranked: dict[int, list[tuple[int, int]]] = {}
@@ -113,22 +116,31 @@ class SuffixTrie:
     def extend(self, tokens) -> None:
         self.ranked.clear()
         kids, count, depth = self.kids, self.count, self.max_depth
+        active = self.active
         for tok in tokens:
             tok = int(tok)
-            # The suffixes of the text so far plus the empty one each grow by `tok`; the longest
-            # reaches max_depth and is no longer open.
+            # The empty suffix and the open ones shorter than max_depth each grow by `tok`, shortest
+            # first: once one has no `tok` child, no longer one has (had the longer string + tok
+            # occurred, so would its suffix + tok), so the rest are new nodes, made in one go.
+            suffixes = [0, *active[: depth - 1]]
             grown = []
-            for node in [*self.active[-(depth - 1) :], 0] if depth > 1 else [0]:
+            for node in suffixes:
                 child = kids[node].get(tok)
                 if child is None:
-                    child = len(kids)
-                    kids.append({})
-                    count.append(0)
-                    kids[node][tok] = child
+                    break
                 count[child] += 1
                 grown.append(child)
+            fresh = len(suffixes) - len(grown)
+            if fresh:
+                first = len(kids)
+                kids.extend([{} for _ in range(fresh)])
+                count.extend([1] * fresh)
+                for child, node in enumerate(suffixes[len(grown) :], first):
+                    kids[node][tok] = child
+                grown.extend(range(first, first + fresh))
             count[0] += 1
-            self.active = grown
+            active = grown
+        self.active = active
 
     def close(self) -> None:
         self.active = []
@@ -233,14 +245,20 @@ class SuffixTrie:
         # Longest match first, so a shorter one must score strictly better. A draft scores at most its
         # token cap (every probability is at most 1) and the cap shrinks with m: once the cap cannot
         # beat the best score, no shorter match can.
-        best, best_score = Draft(), -1.0
+        # Until a draft scores, the answer is the empty draft of the longest match.
+        best, best_score = Draft(match_len=len(nodes)), 0.0
         factor, offset, min_prob, tree = (
             opts.max_spec_factor,
             opts.max_spec_offset,
             opts.min_token_prob,
             opts.tree,
         )
-        for m in range(len(nodes), 0, -1):
+        # Matches that something ever followed come first: had a longer match been followed by a
+        # token, so would every shorter one. The longer ones (most, in a text's own tree) draft
+        # nothing, so the walk starts at the longest followed match, found by bisection.
+        kids = self.kids
+        followed = bisect.bisect_left(range(len(nodes)), True, key=lambda i: not kids[nodes[i]])
+        for m in range(followed, 0, -1):
             cap = min(max_spec_tokens, max(0, int(m * factor + offset + 1e-6)))
             if cap <= best_score:
                 break
@@ -307,7 +325,7 @@ class SuffixDecoding(Drafter):
         context = ctx.tokens[-self.depth :]
         limit = min(self.max_spec, ctx.max_nodes)
         # The request tree holds this very text: its open suffixes are the matches, longest first.
-        mine = self.local.speculate(context, self.opts, limit, self.local.active[::-1])
+        mine = self.local.speculate(context, self.opts, limit, self.local.active)
         if self.shared_matches is None:  # a new turn or a changed tree: matched from the root once
             self.shared_matches = self.shared.matches(context)
         else:
