@@ -102,10 +102,11 @@
 #   chain11   a short session's plan (the 1.5B staged; the last staging call starts it): wait for the
 #             conversion a staging call started and for `f32`, the SAM store, then one pass of the fast
 #             methods with transformers' static-cache generate beside them. ~6 min after staging.
-#   chain12   the next session's plan (the 1.5B and the 0.5B staged; a staging call starts the 1.5B's
-#             conversion, the last one this): the SAM store, the fast methods 3 times with
-#             transformers' static-cache generate beside them (~10 min), the float32 check of every
-#             fast method through eval (~2 min), the draft-model pass (~6 min), the step profile.
+#   chain12   the next session's plan (the 1.5B and the 0.5B staged, .st/rest15 copied to
+#             /root/stores/rest15; a staging call starts the 1.5B's conversion, the last one this): the
+#             SAM and DReSD stores over CodeAlpaca's answers, the fast methods and rest and dresd 3
+#             times with transformers' static-cache generate beside them (~11 min), the float32 check
+#             through eval (~2 min), the draft-model pass (~6 min), the step profile.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -419,12 +420,18 @@ chain11)
     echo "chain11: fast methods with hf-static done $(date +%T)"
     ;;
 chain12)
+    # rest's store is built here (no pydivsufsort there) and carried as .st/rest15; dresd's needs the
+    # target's hidden states, so it is built there, from the same CodeAlpaca answers as SAM's.
     while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
     prepare_target || exit 1
     bash "$0" store
-    fast_repeats --baselines hf-static
+    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
+        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+    echo "chain12: stores done $(date +%T)"
+    stores=(--datastore /root/stores/sam15 --datastore /root/stores/rest15 --datastore /root/stores/dresd15)
+    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix,rest,dresd "${stores[@]}" --repeats 3 --baselines hf-static
     echo "chain12: fast repeats with hf-static done $(date +%T)"
-    lossless_f32
+    bash "$0" eval /root/res/f32 "$suites" ar,pld,sam,recycle,suffix,rest "${stores[@]:0:4}" --dtype float32 --limit 2 --max-new-tokens 128
     echo "chain12: float32 lossless check done $(date +%T)"
     if [ -f /root/m/q05/model.gguf ]; then
         prepare_draft || exit 1
