@@ -85,7 +85,7 @@ def candidates(attn: Any, rows: int, length: int) -> list[Any]:
         if block_m > max(16, 2 * rows) or splits * block_n > 2 * length or (warps == 8 and block_m < 64):
             continue  # row blocks mostly padding, chunks past any cache, or warps with nothing to do
         out.append(attn.KernelConfig(block_m, block_n, splits, warps))
-        if block_m >= 64 and block_n == 128:  # too big for shared memory at 3 stages on an H200
+        if block_m >= 64 and block_n == 128:  # at 3 stages the H200 sweep found these too big to launch
             out.append(attn.KernelConfig(block_m, block_n, splits, warps, stages=2))
     return out
 
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             timings: dict[str, list[float]] = {}
             too_big: set[str] = set()  # configurations this GPU cannot launch (compiled before any capture)
             old = attn.default_config(rows, args.length, kv_heads)
-            tabled = attn.kernel_config(rows, args.length, kv_heads, dim)  # what the product runs now
+            # What the product runs now (float32 keeps the old rule, as triton_tree_attention does).
+            tabled = old if dtype == torch.float32 else attn.kernel_config(rows, args.length, kv_heads, dim)
             for context in contexts:
                 mask = attn.tree_mask(vis, torch.tensor(context, device=args.device))
                 tensors = (q, k, v, mask, dim**-0.5)

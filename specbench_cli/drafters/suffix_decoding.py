@@ -324,7 +324,7 @@ class SuffixDecoding(Drafter):
         self.count("request_tree_nodes", len(self.local.kids) - grown_from)
         context = ctx.tokens[-self.depth :]
         limit = min(self.max_spec, ctx.max_nodes)
-        # The request tree holds this very text: its open suffixes are the matches, longest first.
+        # The request tree holds this very text: its open suffixes are the matches, shortest first.
         mine = self.local.speculate(context, self.opts, limit, self.local.active)
         if self.shared_matches is None:  # a new turn or a changed tree: matched from the root once
             self.shared_matches = self.shared.matches(context)

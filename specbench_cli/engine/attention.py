@@ -237,8 +237,9 @@ class KernelConfig:
 
 
 # Per head dim and query-row count (rows = query heads per K/V head x inputs), the configuration that
-# `bench/attention_sweep.py` found fastest on an H200 over contexts of 300-2,000 live slots
-# (bench/results/2026-12-03-h200-kernels/attention-sweep-*.json). A row count between two entries
+# `bench/attention_sweep.py` found fastest on an H200 over contexts of 300-2,000 live slots (head dim
+# 64, the 0.5B: bench/results/2026-12-03-h200-kernels/attention-sweep-2x7x64.json; 128, the 1.5B, with
+# the split kernel's unmasked prefix loop: bench/results/2026-12-03-h200-session11/). A row count between two entries
 # takes the next larger entry's; more rows than the last entry, the last; a head dim without entries, the old rule.
 KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {
     64: {
@@ -258,10 +259,8 @@ KERNEL_CONFIGS: dict[int, dict[int, KernelConfig]] = {
         288: KernelConfig(16, 128, 2, 4),
         384: KernelConfig(16, 128, 2, 4),
         480: KernelConfig(16, 128, 2, 4),
-        # Not swept yet: the 81-input bucket (6 x 81 rows), given 480 rows' configuration. 480 rows took
-        # 14.7 us at 1,000 slots with it and 576 rows 20.8 with the best of any; with it 486 rows make
-        # 31 row blocks x 2 heads x 2 chunks = 124 programs, under the H200's 132 SMs as 480's 120 are,
-        # where 576 rows make 144 (our reading of that jump; the next sweep measures 81 itself).
+        # Token Recycling's 81-input bucket: 31 row blocks x 2 heads x 2 chunks = 124 programs, under the
+        # H200's 132 SMs (576 rows' 16-row blocks would make 144).
         486: KernelConfig(16, 128, 2, 4),
         576: KernelConfig(64, 128, 8, 4, stages=2),
         774: KernelConfig(32, 128, 2, 4),
