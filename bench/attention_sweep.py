@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             timings: dict[str, list[float]] = {}
             too_big: set[str] = set()  # configurations this GPU cannot launch (compiled before any capture)
             old = attn.default_config(rows, args.length, kv_heads)
-            # What the product runs now (float32 keeps the old rule, as triton_tree_attention does).
-            tabled = old if dtype == torch.float32 else attn.kernel_config(rows, args.length, kv_heads, dim)
+            tabled = attn.kernel_config(rows, args.length, kv_heads, dim, dtype == torch.float32)  # run now
             for context in contexts:
                 mask = attn.tree_mask(vis, torch.tensor(context, device=args.device))
                 tensors = (q, k, v, mask, dim**-0.5)

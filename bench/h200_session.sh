@@ -160,12 +160,15 @@ step_profile() { # where a step's time goes, per method (bench/profile_step.py)
 step_parts() { # a step's parts on random weights of the 1.5B's shape (no model files)
     python3 bench/step_parts.py --out "$RES/step_parts.json"
 }
-lossless_f32() { # float32 on the GPU: every fast method's tokens must equal ar's (lossless 1.000)
-    bash "$0" eval /root/res/f32 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 \
-        --dtype float32 --limit 2 --max-new-tokens 128
+# The two helpers below run $FAST_METHODS (default the five fast methods) with the SAM store; extra
+# eval options (more --datastore, --baselines) after.
+lossless_f32() { # float32 on the GPU: every method's tokens must equal ar's (lossless 1.000)
+    bash "$0" eval /root/res/f32 "$suites" "${FAST_METHODS:-ar,pld,sam,recycle,suffix}" \
+        --datastore /root/stores/sam15 --dtype float32 --limit 2 --max-new-tokens 128 "$@"
 }
-fast_repeats() { # issue 15: every fast method 3 times (needs the SAM store); extra eval options after
-    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --repeats 3 "$@"
+fast_repeats() { # issue 15: every method 3 times
+    bash "$0" eval /root/res/fast3 "$suites" "${FAST_METHODS:-ar,pld,sam,recycle,suffix}" \
+        --datastore /root/stores/sam15 --repeats 3 "$@"
 }
 
 case $step in
@@ -428,10 +431,10 @@ chain12)
     python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
         --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
     echo "chain12: stores done $(date +%T)"
-    stores=(--datastore /root/stores/sam15 --datastore /root/stores/rest15 --datastore /root/stores/dresd15)
-    bash "$0" eval /root/res/fast3 "$suites" ar,pld,sam,recycle,suffix,rest,dresd "${stores[@]}" --repeats 3 --baselines hf-static
+    FAST_METHODS=ar,pld,sam,recycle,suffix,rest,dresd fast_repeats --datastore /root/stores/rest15 \
+        --datastore /root/stores/dresd15 --baselines hf-static
     echo "chain12: fast repeats with hf-static done $(date +%T)"
-    bash "$0" eval /root/res/f32 "$suites" ar,pld,sam,recycle,suffix,rest "${stores[@]:0:4}" --dtype float32 --limit 2 --max-new-tokens 128
+    FAST_METHODS=ar,pld,sam,recycle,suffix,rest lossless_f32 --datastore /root/stores/rest15
     echo "chain12: float32 lossless check done $(date +%T)"
     if [ -f /root/m/q05/model.gguf ]; then
         prepare_draft || exit 1

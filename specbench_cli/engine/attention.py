@@ -278,11 +278,14 @@ def default_config(rows: int, length: int, heads: int) -> KernelConfig:
     return KernelConfig(block_m, 64, max(1, min(cdiv(length, 64), cdiv(256, heads * blocks))))
 
 
-def kernel_config(rows: int, length: int, heads: int, dim: int) -> KernelConfig:
+def kernel_config(rows: int, length: int, heads: int, dim: int, ieee: bool = False) -> KernelConfig:
+    """The configuration a launch uses: the sweep's override, else the table's entry for `rows`. The
+    table was tuned in bf16; float32 tiles are twice the bytes, so float32 (`ieee`, the exactness
+    checks) keeps the rule it was verified with."""
     if _OVERRIDE is not None:
         return _OVERRIDE
     table = KERNEL_CONFIGS.get(dim)
-    if not table:
+    if ieee or not table:
         return default_config(rows, length, heads)
     fits = [r for r in sorted(table) if r >= rows]
     return table[fits[0] if fits else max(table)]
@@ -302,11 +305,7 @@ def triton_tree_attention(
     groups = q_heads // heads
     rows, width = groups * size, mask.shape[-1] - 1
     ieee = query.dtype == torch.float32
-    # The table was tuned in bf16; float32 tiles are twice the bytes, so float32 (the exactness
-    # checks) keeps the rule it was verified with.
-    config = kernel_config(rows, length, heads, dim)
-    if ieee and _OVERRIDE is None:
-        config = default_config(rows, length, heads)
+    config = kernel_config(rows, length, heads, dim, ieee)
     block_m, block_n, splits = config.block_m, config.block_n, max(1, min(config.splits, cdiv(length, 16)))
     blocks = cdiv(rows, block_m)
     r_pad = blocks * block_m
