@@ -104,9 +104,10 @@
 #             methods with transformers' static-cache generate beside them. ~6 min after staging.
 #   chain12   the next session's plan (the 1.5B and the 0.5B staged, .st/rest15 copied to
 #             /root/stores/rest15; a staging call starts the 1.5B's conversion, the last one this): the
-#             SAM and DReSD stores over CodeAlpaca's answers, the fast methods and rest and dresd 3
-#             times with transformers' static-cache generate beside them (~11 min), the float32 check
-#             through eval (~2 min), the draft-model pass (~6 min), the step profile.
+#             SAM and DReSD stores over CodeAlpaca's answers, the draft-model pass (~6 min), the fast
+#             methods, sam without its fallback, rest and dresd 3 times with transformers'
+#             static-cache generate beside them (~11 min), the float32 check through eval (~2 min),
+#             the step profile.
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -431,16 +432,18 @@ chain12)
     python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
         --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
     echo "chain12: stores done $(date +%T)"
-    FAST_METHODS=ar,pld,sam,recycle,suffix,rest,dresd fast_repeats --datastore /root/stores/rest15 \
-        --datastore /root/stores/dresd15 --baselines hf-static
-    echo "chain12: fast repeats with hf-static done $(date +%T)"
-    FAST_METHODS=ar,pld,sam,recycle,suffix,rest lossless_f32 --datastore /root/stores/rest15
-    echo "chain12: float32 lossless check done $(date +%T)"
     if [ -f /root/m/q05/model.gguf ]; then
         prepare_draft || exit 1
         draft_pass
         echo "chain12: draft-model pass done $(date +%T)"
     fi
+    # sam@none: SAM's own chains with no fallback tree (what its speedup / MAT is without the 81-input
+    # Token Recycling tree on the steps no match drafts)
+    FAST_METHODS=ar,pld,sam,sam@none,recycle,suffix,rest,dresd fast_repeats --datastore /root/stores/rest15 \
+        --datastore /root/stores/dresd15 --baselines hf-static --method-opt sam@none.fallback=none
+    echo "chain12: fast repeats with hf-static done $(date +%T)"
+    FAST_METHODS=ar,pld,sam,recycle,suffix,rest lossless_f32 --datastore /root/stores/rest15
+    echo "chain12: float32 lossless check done $(date +%T)"
     step_profile
     echo "chain12: step profile done $(date +%T)"
     ;;

@@ -402,6 +402,8 @@ def answer_question(
         "stop_reason": [g.stop_reason for g in gens],
         "method_stats": method.stats() if method is not None else {},  # the method's own counters
     }
+    if any(s.draft_forwards for s in steps):  # the report prices each draft forward at its size
+        choice["draft_forward_inputs"] = [s.draft_forward_inputs for s in steps]
     if any(s.t_draft_forward is not None for s in steps):  # draft runners on CUDA graphs
         choice["t_draft_forward"] = [s.t_draft_forward or 0.0 for s in steps]
     if margins:  # `ar` only: where another method's ids differ, how close ar's own choice was

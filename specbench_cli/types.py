@@ -177,6 +177,7 @@ class StepRecord:
     accepted: int  # draft tokens accepted (bonus excluded)
     committed: int  # tokens this step added to the output (after EOS / length truncation)
     draft_forwards: int = 0  # forwards of draft-model runners while proposing this step's tree
+    draft_forward_inputs: list[int] = field(default_factory=list)  # the inputs of each of them
     t_draft: float = 0.0
     t_verify: float = 0.0
     t_other: float = 0.0

@@ -133,6 +133,51 @@ def test_cost_model_matches_the_documented_formula():
     assert cost_rows([record], None, {}) == []
 
 
+def test_each_draft_forward_is_priced_at_its_own_bucket():
+    costs = {"target": {"1": 2.0, "16": 3.0, "64": 4.0}, "draft": {"1": 1.0, "16": 1.5, "64": 2.5}}
+    record = {
+        "method": "rasd",
+        "choices": [
+            {
+                "decoding_steps": [2],
+                "draft_nodes": [0, 40],
+                "draft_depth": [0, 5],
+                "draft_forwards": [0, 4],
+                # a catch-up of 1 input, two levels of 10, a scoring forward of 40 inputs
+                "draft_forward_inputs": [[], [1, 10, 10, 40]],
+                "accept_lengths": [1, 4],
+                "t_draft": [0.0, 0.0072],
+            }
+        ],
+    }
+    (row,) = cost_rows([record], costs, {"rasd": 1.0})
+    draft = 1.0 + 1.5 + 1.5 + 2.5
+    assert math.isclose(row["predicted_draft_ms"], draft)
+    assert math.isclose(row["draft_time_ratio"], 7.2 / draft)
+    assert math.isclose(row["predicted_speedup"], 4 * 2.0 / (draft + 4.0))
+
+
+def test_the_decode_loop_records_every_draft_forwards_inputs(tiny, tiny_draft):
+    from specbench_cli.engine.decode import Engine, generate
+
+    engine = Engine(tiny, max_len=256)
+    options = {"top_k": 3, "depth": 4, "total_nodes": 12}
+    drafter = DRAFTERS.get("sps-tree")(
+        MethodSetup(target=tiny, draft=tiny_draft, options=options, runners=engine.runners)
+    )
+    prompt = list(range(5, 25))
+    steps = generate(engine, drafter, prompt, 24).steps
+    assert len(steps) > 2
+    assert steps[0].draft_forward_inputs == []  # the prefill drafts nothing
+    for step in steps[1:]:
+        # the catch-up (the committed tokens since the last step), then 3 levels of at most top_k
+        assert len(step.draft_forward_inputs) == step.draft_forwards == 4
+        assert all(1 <= n <= 3 for n in step.draft_forward_inputs[1:])
+    # a catch-up runs what the last step committed: its accepted tokens and the bonus
+    assert [s.draft_forward_inputs[0] for s in steps[2:]] == [s.committed for s in steps[1:-1]]
+    assert all(r.forward_log is None for role, r in engine.runners.made if role == "draft")
+
+
 def test_a_method_on_the_head_is_priced_with_the_heads_costs():
     from specbench_cli.report.costs import drafts_with_head
 

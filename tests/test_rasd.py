@@ -216,3 +216,26 @@ def test_rasd_with_the_rest_datastore_is_lossless(tiny, tiny_draft, engine, tmp_
         d.stats()["accepted_retrieval_nodes"] > 0
     )  # the datastore's continuation was taken past the host tree
     assert len(gen.steps) < len(ref)
+
+
+def test_the_queued_step_builds_the_tree_of_the_sequential_one(tiny, tiny_draft):
+    # propose queues the host tree, retrieves and queues the scoring before it reads the tree back;
+    # the fused tree must be the one the sequential calls (grow, retrieve, score, fuse) give.
+    options = {"top_k": 3, "depth": 3, "total_nodes": 12, "budget": 20}
+    queued = Rasd(MethodSetup(target=tiny, draft=tiny_draft, options=options))
+    sequential = Rasd(MethodSetup(target=tiny, draft=tiny_draft, options=options))
+    retrieved = []
+    rep = prompts(tiny.vocab_size)[0][:6]
+    for p in [rep * 4, rep * 3 + rep[:3], *prompts(tiny.vocab_size)]:
+        queued.reset(p[:-1])
+        sequential.reset(p[:-1])
+        ctx = DraftContext(tokens=p, max_nodes=128)
+        got = queued.propose(ctx)
+        host = sequential.host.grow(ctx)
+        cands = sequential.retriever.candidates(ctx, sequential.retrieval_nodes)
+        rtree = DraftTree.from_paths([list(c.tokens) for c in cands], sequential.retrieval_nodes)
+        rscores = sequential.host.score(rtree, host.root_logprobs)
+        want, _ = fuse_trees(host.tree, host.node_logprobs, rtree, rscores, 20, [True] * len(rtree))
+        assert got == want
+        retrieved.append(len(rtree))
+    assert max(retrieved) > 0  # the repetitive prompt retrieves: the scoring forward ran

@@ -8,6 +8,7 @@ did not, which must stay out of speedup and lossless.
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -438,6 +439,19 @@ def _break(path: str, value):
 _DELETE = object()
 
 
+def _draft_forwards(last_inputs):
+    """A change giving every step one draft forward of 16 inputs, and the last step `last_inputs`."""
+
+    def apply(record):
+        choice = record["choices"][0]
+        steps = sum(choice["decoding_steps"])
+        choice["draft_forwards"] = [1] * steps
+        choice["draft_forward_inputs"] = [[16]] * (steps - 1) + [last_inputs]
+        return record
+
+    return apply
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -456,6 +470,9 @@ _DELETE = object()
         (_break("output_ids", [[1, 2, 3]]), "output_ids[0]"),  # 3 ids, but new_tokens says otherwise
         (_break("decoding_steps.0", 1), "accept_lengths"),  # steps no longer match the per-step lists
         (_break("accept_lengths.1", 9), "accept_lengths"),  # commits more tokens than the turn has
+        (_draft_forwards([16, 16]), "draft_forward_inputs[-1]"),  # two sizes for one forward
+        (_draft_forwards([-16]), "draft_forward_inputs[-1]"),
+        (_draft_forwards(16), "draft_forward_inputs[-1]"),  # not a list
         (lambda r: r | {"lossless_method": "false"}, "lossless_method"),
         (lambda r: r | {"choices": []}, "choices"),
     ],
@@ -466,9 +483,11 @@ def test_record_problem_names_the_field(change, field):
     rng = random.Random(7)
     good = make_answer(rng, "s1", 1, "qa", "pld", [list(range(30))], 4, 90.0)
     assert record_problem(good) is None
+    assert record_problem(_draft_forwards([16])(copy.deepcopy(good))) is None
     problem = record_problem(change(good))
     assert problem is not None
-    assert problem[0].removeprefix("choices[0].") == field, problem
+    steps = sum(good["choices"][0]["decoding_steps"])
+    assert problem[0].removeprefix("choices[0].") == field.replace("[-1]", f"[{steps - 1}]"), problem
 
 
 def test_plain_spec_bench_records_still_pass():

@@ -54,14 +54,71 @@ class ScoredTree:
         return {node: logp[row] for node, (logp, row) in self.expanded_rows.items()}
 
 
-def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, budget: int) -> ScoredTree:
-    """EAGLE-2's tree below a root whose children have draft log-probabilities `root_logp` (V,)."""
+class LaunchedTree:
+    """A tree whose levels are queued on the device; `finish` reads it back (the only wait) and picks
+    the nodes. Between the two a hybrid may queue more work (RASD's scoring forward) and do its host
+    work (retrieval) while the GPU runs the levels."""
+
+    def __init__(
+        self,
+        root_logp: torch.Tensor | None,
+        budget: int,
+        levels: list[int] | None = None,
+        expanded: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        read: Callable[[], torch.Tensor] | None = None,
+    ):
+        self.root_logprobs = root_logp  # (V,) draft log-probs after the root; None: no draft ran
+        self.budget, self.levels, self.expanded, self.read = budget, levels or [], expanded or [], read
+
+    def finish(self) -> ScoredTree:
+        """The best `budget` candidates; ties: shallower, then earlier. A node whose parent was not
+        taken is skipped (cannot happen with exact arithmetic, kept so the tree is closed regardless)."""
+        import numpy as np
+
+        out = ScoredTree(root_logprobs=self.root_logprobs)
+        if self.read is None:
+            return out
+        host = self.read().numpy()
+        total = len(self.levels)
+        tok = host[:total].astype(np.int64).tolist()
+        parent = host[total : 2 * total].astype(np.int64).tolist()
+        score, own = host[2 * total : 3 * total], host[3 * total : 4 * total].tolist()
+        # numpy's lexsort: the last key first (-score), then the level, then the candidate id.
+        order = np.lexsort((np.arange(total), np.asarray(self.levels), -score)).tolist()
+        score = score.tolist()
+        node_of: dict[int, int] = {}
+        tokens, parents = [], []
+        for c in order:
+            if len(tokens) >= self.budget:
+                break
+            p = parent[c]
+            if p >= 0 and p not in node_of:
+                continue
+            node_of[c] = len(tokens)
+            tokens.append(tok[c])
+            parents.append(node_of[p] if p >= 0 else -1)
+            out.node_logprobs.append(score[c])
+            out.token_logprobs.append(own[c])
+        out.tree = DraftTree(tuple(tokens), tuple(parents))
+        at = 4 * total  # then the candidate ids of each expanded frontier, in order
+        for front, logp in self.expanded:
+            for i, c in enumerate(host[at : at + front.shape[0]].astype(np.int64).tolist()):
+                if c in node_of:
+                    out.expanded_rows[node_of[c]] = (logp, i)
+            at += front.shape[0]
+        return out
+
+
+def launch_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, budget: int) -> LaunchedTree:
+    """EAGLE-2's tree below a root whose children have draft log-probabilities `root_logp` (V,):
+    every level queued on the device, and the copy of the candidates to the host after them."""
     import torch
 
     from ..engine.row_topk import row_topk
+    from ..engine.transfer import read_later
 
     if budget <= 0:
-        return ScoredTree(root_logprobs=root_logp)
+        return LaunchedTree(root_logp, budget)
     k = min(top_k, root_logp.shape[-1])
     dev = root_logp.device
     # The candidate pool, one device tensor per level, candidate ids in level order (parents first).
@@ -102,39 +159,13 @@ def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, b
         front_tok = idx.flatten()[best]
 
     # The one device-to-host copy: float64 holds every token id and float32 score exactly.
-    ids = [e[0] for e in expanded]
-    host = torch.cat(
+    flat = torch.cat(
         [torch.cat(t).double() for t in (cand_tokens, cand_parents, cand_scores, cand_owns)]
-        + [i.double() for i in ids]
-    ).tolist()
-    total = len(levels)
-    tok = [int(t) for t in host[:total]]
-    parent = [int(p) for p in host[total : 2 * total]]
-    score, own = host[2 * total : 3 * total], host[3 * total : 4 * total]
-    level_of = levels
-    expanded_of: dict[int, tuple[torch.Tensor, int]] = {}  # candidate -> (its level's log-probs, row)
-    at = 4 * total
-    for front, logp in expanded:
-        for i in range(front.shape[0]):
-            expanded_of[int(host[at + i])] = (logp, i)
-        at += front.shape[0]
+        + [front.double() for front, _ in expanded]
+    )
+    return LaunchedTree(root_logp, budget, levels, expanded, read_later(flat))
 
-    # Best `budget` candidates; ties: shallower, then earlier. A node whose parent was not taken is
-    # skipped (cannot happen with exact arithmetic, kept so the tree is closed regardless).
-    order = sorted(range(len(tok)), key=lambda c: (-score[c], level_of[c], c))
-    node_of: dict[int, int] = {}
-    out = ScoredTree(root_logprobs=root_logp)
-    tokens, parents = [], []
-    for c in order:
-        if len(tokens) >= budget:
-            break
-        if parent[c] >= 0 and parent[c] not in node_of:
-            continue
-        node_of[c] = len(tokens)
-        tokens.append(tok[c])
-        parents.append(node_of[parent[c]] if parent[c] >= 0 else -1)
-        out.node_logprobs.append(score[c])
-        out.token_logprobs.append(own[c])
-    out.tree = DraftTree(tuple(tokens), tuple(parents))
-    out.expanded_rows = {node_of[c]: where for c, where in expanded_of.items() if c in node_of}
-    return out
+
+def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, budget: int) -> ScoredTree:
+    """EAGLE-2's tree below a root whose children have draft log-probabilities `root_logp` (V,)."""
+    return launch_tree(root_logp, expand, top_k, depth, budget).finish()

@@ -18,7 +18,8 @@ engine's runner factory, so under `--engine compiled` its levels replay CUDA gra
 The verifier is the shared one: lossless at any temperature.
 
 As a host tree for the hybrids (rasd, respec; `sps_tree.host_tree`) it offers sps-tree's public
-calls: `grow(ctx)`, `root_logits(ctx, headroom)` and `score(tree, root_logprobs)`.
+calls: `grow(ctx)`, `root_logits(ctx, headroom)` and `score(tree, root_logprobs)`, and their queued
+halves `launch(ctx)` and `score_later(tree, root_logprobs)`.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from typing import TYPE_CHECKING
 from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
-from .dynamic_tree import ScoredTree, grow_tree
+from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method eagle2` stays light
+    from collections.abc import Callable
+
     import torch
 
 HEAD_RUNNER_NODES = 63  # largest head forward on a graph: a tree level or a rasd scoring level (<= 64)
@@ -129,11 +132,15 @@ class Eagle2(Drafter):
 
     def grow(self, ctx: DraftContext) -> ScoredTree:
         """The dynamic tree for `ctx`, best node first, with the head's scores of every node."""
+        return self.launch(ctx).finish()
+
+    def launch(self, ctx: DraftContext) -> LaunchedTree:
+        """`grow`, queued: the catch-up and every level on the device, nothing read back yet."""
         import torch
 
         budget = min(self.opts.total_nodes, ctx.max_nodes)
         if budget <= 0 or ctx.features is None:
-            return ScoredTree()
+            return LaunchedTree(None, 0)
         k = min(self.opts.top_k, self.head.config.vocab_size)
         root_logp = torch.log_softmax(self.root_logits(ctx, (self.opts.depth - 1) * k + 1), dim=-1)
         outputs = [self.root_feature[None]]  # predicted features of the last expanded level
@@ -150,17 +157,23 @@ class Eagle2(Drafter):
             outputs[0] = hidden
             return logits
 
-        return grow_tree(root_logp, expand, k, self.opts.depth, budget)
+        return launch_tree(root_logp, expand, k, self.opts.depth, budget)
 
     def score(self, tree: DraftTree, root_logprobs: torch.Tensor) -> list[float]:
         """Cumulative head log-probability of every node of `tree` below the current root (for RASD's
-        pruning); call right after `grow` or `root_logits` for the same context. One head forward per
-        level of inner nodes, each fed its parent's predicted feature."""
+        pruning); call right after `grow` (or `launch`) or `root_logits` for the same context. One head
+        forward per level of inner nodes, each fed its parent's predicted feature."""
+        return self.score_later(tree, root_logprobs)()
+
+    def score_later(self, tree: DraftTree, root_logprobs: torch.Tensor) -> Callable[[], list[float]]:
+        """`score`, queued: the forwards and the reads go to the device now; the call reads them back."""
         import torch
+
+        from ..engine.transfer import read_later, upload
 
         n = len(tree)
         if n == 0:
-            return []
+            return lambda: []
         depths = tree.depths()
         has_child = {p for p in tree.parents if p >= 0}
         row_of: dict[int, tuple[int, int]] = {}  # inner node -> (level index, row in that level's logits)
@@ -185,27 +198,29 @@ class Eagle2(Drafter):
             for i, v in enumerate(level):
                 out[v], row_of[v] = hidden[i], (len(level_logp), i)
             level_logp.append(torch.log_softmax(logits, dim=-1))
-        # Each node's own log-probability, read with one gather per level and one host copy.
+        # Each node's own log-probability, read with one gather per level and one host copy; the
+        # indices go up through pinned memory (a pageable copy would wait for the queued forwards).
         dev = root_logprobs.device
-        picks = [
-            root_logprobs[torch.tensor([t for t, p in zip(tree.tokens, tree.parents) if p < 0], device=dev)]
-        ]
+        picks = [root_logprobs[upload([t for t, p in zip(tree.tokens, tree.parents) if p < 0], dev)]]
         scored = [v for v in range(n) if tree.parents[v] < 0]
         for li, logp in enumerate(level_logp):
             kids = [
                 v for v in range(n) if tree.parents[v] >= 0 and row_of.get(tree.parents[v], (-1,))[0] == li
             ]
-            rows = torch.tensor([row_of[tree.parents[v]][1] for v in kids], device=dev, dtype=torch.long)
-            picks.append(
-                logp[rows, torch.tensor([tree.tokens[v] for v in kids], device=dev, dtype=torch.long)]
-            )
+            index = upload([row_of[tree.parents[v]][1] for v in kids] + [tree.tokens[v] for v in kids], dev)
+            picks.append(logp[index[: len(kids)], index[len(kids) :]])
             scored += kids
-        own = dict(zip(scored, torch.cat(picks).tolist()))
-        cum: list[float] = []
-        for v in range(n):
-            p = tree.parents[v]
-            cum.append(own[v] + (cum[p] if p >= 0 else 0.0) if v in own else -float("inf"))
-        return cum
+        read = read_later(torch.cat(picks).double())
+
+        def cumulative() -> list[float]:
+            own = dict(zip(scored, read().tolist()))
+            cum: list[float] = []
+            for v in range(n):
+                p = tree.parents[v]
+                cum.append(own[v] + (cum[p] if p >= 0 else 0.0) if v in own else -float("inf"))
+            return cum
+
+        return cumulative
 
     def describe(self) -> dict:
         return super().describe() | {

@@ -1,6 +1,9 @@
 """`rasd`: Retrieval-Augmented Speculative Decoding (Quan et al., ACL 2025 Findings; arXiv 2503.03434).
 
-Each step, one after the other (as in the paper; running them in parallel is its stated open item):
+Each step, in this order (as in the paper; running them in parallel is its stated open item), though
+on a GPU the host's work overlaps the device's: the tree's forwards are queued, the retrieval runs on
+the host meanwhile, the scoring forward is queued behind them, and the tree is read back and picked
+while that forward runs:
 1. the host draft tree: `sps-tree` (EAGLE-2's dynamic tree grown with --draft-model), up to 60 nodes,
    each with its cumulative draft log-probability; with --draft-head, `eagle2` (the EAGLE head the
    paper builds on) instead;
@@ -159,15 +162,19 @@ class Rasd(Drafter):
         self.last_origin = []
         if budget <= 0:
             return DraftTree.empty()
-        host = self.host.grow(ctx)
-        root_logp = host.root_logprobs
+        # The host tree's forwards are queued first; the retrieval (host work) and the scoring forward
+        # (queued behind them) overlap them, and the tree is read back while the scoring runs.
+        launched = self.host.launch(ctx)
+        root_logp = launched.root_logprobs
         if root_logp is None:  # total_nodes=0: retrieval only, but the draft cache must still catch up
             root_logp = torch.log_softmax(self.host.root_logits(ctx, self.retrieval_nodes + 1), dim=-1)
         start = time.perf_counter()
         cands = self.retriever.candidates(ctx, self.retrieval_nodes)
         self.count("retrieval_seconds", time.perf_counter() - start)
         rtree = DraftTree.from_paths([list(c.tokens) for c in cands], self.retrieval_nodes)
-        rscores = self.host.score(rtree, root_logp)
+        scoring = self.host.score_later(rtree, root_logp)
+        host = launched.finish()
+        rscores = scoring()
         min_logprob = math.log(self.prune_min_prob) if self.prune_min_prob > 0 else -math.inf
         kept = prune_mask(rtree, rscores, min_logprob)
         fused, self.last_origin = fuse_trees(host.tree, host.node_logprobs, rtree, rscores, budget, kept)

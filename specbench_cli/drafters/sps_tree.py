@@ -3,11 +3,14 @@
 EAGLE-2 drafts with a feature-level head (`eagle2`); here a small LM with the target's tokenizer grows
 the same tree (`dynamic_tree.grow_tree`, EAGLE-2's defaults: top_k 10, depth 6 levels, 60 nodes).
 
-Methods built on this tree (rasd, respec) compose it through three public calls and nothing else:
+Methods built on this tree (rasd, respec) compose it through its public calls and nothing else:
 `grow(ctx)` (the tree with every node's draft log-probabilities), `root_logits(ctx, headroom)`
 (the draft cache brought up to the context, and the draft's logits after the root) and
-`score(tree, root_logprobs)` (any other tree hanging off the root, scored by the draft model).
-`eagle2` offers the same three calls, so `host_tree` gives a hybrid either one.
+`score(tree, root_logprobs)` (any other tree hanging off the root, scored by the draft model); and
+their queued halves, `launch(ctx)` (`.finish()` is `grow`) and `score_later(tree, root_logprobs)`
+(calling the result is `score`), so that a hybrid's host work and its scoring forward overlap the
+tree's forwards instead of following them. `eagle2` offers the same calls, so `host_tree` gives a
+hybrid either one.
 
 The draft model keeps its own slot cache in step with the committed tokens (as `sps` does). The
 frontier forwards write their K/V after the committed slots without committing them: each sees the
@@ -25,10 +28,12 @@ from typing import TYPE_CHECKING
 from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
-from .dynamic_tree import ScoredTree, grow_tree
+from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method sps-tree` stays light
+    from collections.abc import Callable
+
     import torch
 
     from .eagle2 import Eagle2
@@ -85,11 +90,15 @@ class DraftModelTree(Drafter):
 
     def grow(self, ctx: DraftContext) -> ScoredTree:
         """The dynamic tree for `ctx`, best node first, with the draft model's scores of every node."""
+        return self.launch(ctx).finish()
+
+    def launch(self, ctx: DraftContext) -> LaunchedTree:
+        """`grow`, queued: the catch-up and every level on the device, nothing read back yet."""
         import torch
 
         budget = min(self.total_nodes, ctx.max_nodes)
         if budget <= 0:
-            return ScoredTree(DraftTree.empty())
+            return LaunchedTree(None, 0)
         k = min(self.top_k, self.runner.model.get_output_embeddings().weight.shape[0])
         root_logp = torch.log_softmax(self.root_logits(ctx, (self.depth - 1) * k + 1), dim=-1)
 
@@ -99,47 +108,59 @@ class DraftModelTree(Drafter):
             # The frontier runs after the earlier levels' pending slots, which it may attend to.
             return self.runner.forward_tensors(tokens, slot_parents)[0]
 
-        return grow_tree(root_logp, expand, self.top_k, self.depth, budget)
+        return launch_tree(root_logp, expand, self.top_k, self.depth, budget)
 
     def score(self, tree: DraftTree, root_logprobs: torch.Tensor) -> list[float]:
         """Cumulative draft log-probability of every node of `tree`, any tree hanging off the current root.
 
-        Call right after `grow` or `root_logits` for the same context. Depth-1 nodes read
+        Call right after `grow` (or `launch`) or `root_logits` for the same context. Depth-1 nodes read
         `root_logprobs`; the others need their parent's output, so the tree's inner nodes go through
         the draft model in one forward. It writes after the committed draft cache without committing
-        (the pending slots of `grow` are done with), and the next catch-up overwrites it.
+        (the pending slots of `grow` are done with: the forward is queued after its levels), and the
+        next catch-up overwrites it.
         """
+        return self.score_later(tree, root_logprobs)()
+
+    def score_later(self, tree: DraftTree, root_logprobs: torch.Tensor) -> Callable[[], list[float]]:
+        """`score`, queued: the forward and the reads go to the device now; the call reads them back."""
         import torch
+
+        from ..engine.transfer import read_later, upload
 
         n = len(tree)
         if n == 0:
-            return []
+            return lambda: []
         inner = sorted({p for p in tree.parents if p >= 0})
         row_of = {node: i for i, node in enumerate(inner)}
-        rows = None
+        roots = [v for v in range(n) if tree.parents[v] < 0]
+        deep = [v for v in range(n) if tree.parents[v] >= 0]
+        dev = root_logprobs.device
+        # Indices go up through pinned memory: a pageable copy would wait for every queued forward.
+        picks = [root_logprobs[upload([tree.tokens[v] for v in roots], dev)]]
+        scored = list(roots)
         with torch.inference_mode():
-            if inner and self.runner.length + len(inner) <= self.runner.max_len:
+            if deep and self.runner.length + len(inner) <= self.runner.max_len:
                 # An inner node's parent is itself inner, so the sub-tree is closed.
                 logits, _ = self.runner.forward(
                     [tree.tokens[v] for v in inner], [row_of.get(tree.parents[v], -1) for v in inner]
                 )
-                rows = torch.log_softmax(logits, dim=-1)
-            roots = [v for v in range(n) if tree.parents[v] < 0]
-            root_index = torch.tensor([tree.tokens[v] for v in roots], device=root_logprobs.device)
-            root_val = dict(zip(roots, root_logprobs[root_index].tolist()))
-            deep = [v for v in range(n) if tree.parents[v] >= 0]
-            if rows is not None and deep:
-                r_idx = torch.tensor([row_of[tree.parents[v]] for v in deep], device=rows.device)
-                t_idx = torch.tensor([tree.tokens[v] for v in deep], device=rows.device)
-                deep_val = dict(zip(deep, rows[r_idx, t_idx].tolist()))
-            else:  # no room in the draft cache (rare): deeper nodes count as unlikely
-                deep_val = {}
-        cum: list[float] = []
-        for v in range(n):
-            p = tree.parents[v]
-            logp = root_val[v] if p < 0 else deep_val.get(v, -math.inf)
-            cum.append(logp + (cum[p] if p >= 0 else 0.0))
-        return cum
+                index = upload([row_of[tree.parents[v]] for v in deep] + [tree.tokens[v] for v in deep], dev)
+                r_idx, t_idx = index[: len(deep)], index[len(deep) :]
+                picks.append(torch.log_softmax(logits, dim=-1)[r_idx, t_idx])
+                scored += deep
+            # else: no room in the draft cache (rare): deeper nodes count as unlikely
+            read = read_later(torch.cat(picks).double())
+
+        def cumulative() -> list[float]:
+            own = dict(zip(scored, read().tolist()))
+            cum: list[float] = []
+            for v in range(n):
+                p = tree.parents[v]
+                logp = own.get(v, -math.inf)
+                cum.append(logp + (cum[p] if p >= 0 else 0.0))
+            return cum
+
+        return cumulative
 
     def describe(self) -> dict:
         return super().describe() | {"draft_model": self.setup.draft.name if self.setup.draft else None}

@@ -180,7 +180,8 @@ def generate(
         r.profile = True
         r.take_forward_times()
     while not stop and len(out) < max_new_tokens:
-        forwards_before = sum(r.forwards for r in draft_runners)
+        for r in draft_runners:  # each draft forward's inputs, this step
+            r.forward_log = []
         t0 = clock.mark()
         room = runner.max_len - runner.length - 1
         if room < 1:
@@ -246,7 +247,8 @@ def generate(
                 draft_depth=tree.depth(),
                 accepted=len(verdict.accepted_nodes),
                 committed=len(committed),
-                draft_forwards=sum(r.forwards for r in draft_runners) - forwards_before,
+                draft_forwards=sum(len(r.forward_log) for r in draft_runners),
+                draft_forward_inputs=[n for r in draft_runners for n in r.forward_log],
                 t_draft_forward=sum(sum(r.take_forward_times()) for r in timed_drafts)
                 if timed_drafts
                 else None,
@@ -257,6 +259,8 @@ def generate(
     wall = time.perf_counter() - wall_start
     for r in timed_drafts:
         r.profile = False
+    for r in draft_runners:
+        r.forward_log = None
     for rec, (t0, t1, t2, t3) in zip(steps, marks):
         rec.t_draft, rec.t_verify, rec.t_other = (
             clock.seconds(t0, t1),

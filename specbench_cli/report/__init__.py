@@ -145,7 +145,7 @@ def write_costs(costs: dict, paths: RunPaths) -> None:
         paths,
         "costs",
         "# Step costs: draft/target ratio c and the speedup the measured MAT predicts\n\n"
-        "predicted speedup = MAT * t_target(1) / (draft forwards * t_draft + t_target(verified inputs)); "
+        "predicted speedup = MAT * t_target(1) / (each draft forward's t_draft(its inputs) + t_target(verified inputs)); "
         "see docs/results.md",
         "methods",
         costs["methods"],

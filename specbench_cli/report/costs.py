@@ -2,11 +2,15 @@
 speedup that the measured MAT predicts, beside the measured speedup.
 
 `eval` measures forward costs on the run's own runners (config.json `forward_costs`, engine/costs.py):
-t_T(N), the target's forward of N inputs, and t_D(N), the draft model's. Per decode step a method
-runs F draft forwards (recorded per step as `draft_forwards`) and one verification of its tree. So
+t_T(N), the target's forward of N inputs, and t_D(N), the draft model's, at each graph bucket. Per
+decode step a method runs draft forwards of n_1, ..., n_F inputs (recorded per step as
+`draft_forward_inputs`: a tree's catch-up, its levels, RASD's scoring forward over the retrieved trie)
+and one verification of its tree. So
 
-    predicted step time = F * t_D(b) + t_T(bucket(nodes + 1))     (b = 1 for chains, 16 for trees)
+    predicted step time = t_D(n_1) + ... + t_D(n_F) + t_T(nodes + 1)     (each at its bucket)
     predicted speedup   = MAT * t_T(1) / mean predicted step time
+
+(Runs recorded before the sizes were: F * t_D(b), b = 1 for chains and 16 for trees.)
 
 with MAT over decode steps (the prefill left out). The measured speedup falls short of the prediction
 by the step's overhead: Python, retrieval, tree building, host syncs. `c = t_D(1) / t_T(1)`.
@@ -70,6 +74,7 @@ def cost_rows(
         )
         nodes, depth = choice.get("draft_nodes") or [], choice.get("draft_depth") or []
         forwards = choice.get("draft_forwards") or [0] * len(nodes)
+        inputs = choice.get("draft_forward_inputs")
         committed, t_draft = choice.get("accept_lengths") or [], choice.get("t_draft") or []
         # The first step of each turn is its prefill: not a decode step.
         first, prefill_steps = 0, set()
@@ -79,12 +84,14 @@ def cost_rows(
         for i in range(len(nodes)):
             if i in prefill_steps:
                 continue
-            size = 1 if nodes[i] == depth[i] else 16
             acc["steps"] += 1
             acc["committed"] += int(committed[i]) if i < len(committed) else 0
             acc["forwards"] += int(forwards[i])
             acc["draft_ms"] += 1000.0 * float(t_draft[i]) if i < len(t_draft) else 0.0
-            acc["pred_draft"] += int(forwards[i]) * (_cost(draft, size) if draft else 0.0)
+            if draft and inputs is not None:
+                acc["pred_draft"] += sum(_cost(draft, int(n)) for n in inputs[i])
+            elif draft:  # a run from before the sizes were recorded: chains at 1 input, trees at 16
+                acc["pred_draft"] += int(forwards[i]) * _cost(draft, 1 if nodes[i] == depth[i] else 16)
             acc["pred_verify"] += _cost(target, int(nodes[i]) + 1)
     rows = []
     for method, acc in by_method.items():

@@ -22,9 +22,18 @@ PER_TURN_OPTIONAL = ("turns", "prefill_time", "output_ids", "stop_reason", "top1
 # One value per decoding step, flat over all turns (all optional: plain Spec-Bench files lack most).
 PER_STEP = (
     "accept_lengths", "draft_nodes", "draft_depth", "accepted", "t_draft", "t_verify", "t_other", "t_draft_forward",
+    "draft_forwards", "draft_forward_inputs",
 )  # fmt: skip
 COUNTS = frozenset(
-    {"new_tokens", "decoding_steps", "accept_lengths", "draft_nodes", "draft_depth", "accepted"}
+    {
+        "new_tokens",
+        "decoding_steps",
+        "accept_lengths",
+        "draft_nodes",
+        "draft_depth",
+        "accepted",
+        "draft_forwards",
+    }
 )
 SECONDS = frozenset({"wall_time", "prefill_time", "t_draft", "t_verify", "t_other", "t_draft_forward"})
 
@@ -57,7 +66,7 @@ def record_problem(record: dict) -> tuple[str, str] | None:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return "choices", "is not a list whose first item is an object"
     choice = choices[0]
-    for check in (_per_turn_lengths, _numbers, _turn_consistency, _step_lengths):
+    for check in (_per_turn_lengths, _numbers, _turn_consistency, _step_lengths, _draft_forward_inputs):
         problem = check(choice)
         if problem is not None:
             field, what = problem
@@ -131,6 +140,23 @@ def _step_lengths(choice: dict) -> tuple[str, str] | None:
                 "accept_lengths",
                 f"commits {sum(present['accept_lengths'])} tokens, but new_tokens sums to "
                 f"{sum(choice['new_tokens'])}",
+            )
+    return None
+
+
+def _draft_forward_inputs(choice: dict) -> tuple[str, str] | None:
+    """Each step's list of draft-forward sizes: whole numbers, as many as its draft_forwards."""
+    inputs = choice.get("draft_forward_inputs")
+    if inputs is None:
+        return None
+    forwards = choice.get("draft_forwards")
+    for i, step in enumerate(inputs):
+        if not isinstance(step, list) or not all(_is_count(n) for n in step):
+            return f"draft_forward_inputs[{i}]", f"is {step!r}, not a list of whole numbers >= 0"
+        if forwards is not None and len(step) != forwards[i]:
+            return (
+                f"draft_forward_inputs[{i}]",
+                f"lists {len(step)} forwards, but draft_forwards[{i}] is {forwards[i]}",
             )
     return None
 
