@@ -107,7 +107,10 @@
 #             SAM and DReSD stores over CodeAlpaca's answers, the draft-model pass (~6 min), the fast
 #             methods, sam without its fallback, rest and dresd 3 times with transformers'
 #             static-cache generate beside them (~11 min), the float32 check through eval (~2 min),
-#             the step profile.
+#             the step profile. Measured 2026-12-03 (ninth session, nothing compiled on the machine
+#             before): stores 1 min, the draft pass 10 min (8 before its first answer), the fast eval
+#             ~7 min before its first answer; the session ended 85% into its first pass. With
+#             REPEATS=1 the fast eval is one pass (~4 min after its compilation).
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -167,9 +170,9 @@ lossless_f32() { # float32 on the GPU: every method's tokens must equal ar's (lo
     bash "$0" eval /root/res/f32 "$suites" "${FAST_METHODS:-ar,pld,sam,recycle,suffix}" \
         --datastore /root/stores/sam15 --dtype float32 --limit 2 --max-new-tokens 128 "$@"
 }
-fast_repeats() { # issue 15: every method 3 times
+fast_repeats() { # issue 15: every method $REPEATS times (default 3)
     bash "$0" eval /root/res/fast3 "$suites" "${FAST_METHODS:-ar,pld,sam,recycle,suffix}" \
-        --datastore /root/stores/sam15 --repeats 3 "$@"
+        --datastore /root/stores/sam15 --repeats "${REPEATS:-3}" "$@"
 }
 
 case $step in

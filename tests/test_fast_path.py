@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from specbench_cli.cli import app
@@ -220,3 +221,29 @@ def test_compiled_eval_makes_no_graph_on_the_clock(tmp_path):
     assert not [r["question_id"] for r in records if r["choices"][0].get("graph_captures")]
     assert json.loads((out / "summary.json").read_text())["graph_captures"] == []
     assert "on the clock" not in result.output
+
+
+def test_the_cost_probe_times_the_sizes_in_turns():
+    # A change of clocks during the probe must reach every size alike: one forward of each per round.
+    from specbench_cli.engine.costs import time_forwards
+
+    class Recorder:
+        device = torch.device("cpu")
+        max_len, length = 64, 0
+
+        def __init__(self):
+            self.sizes: list[int] = []
+
+        def reset(self):
+            self.length = 0
+
+        def commit(self, kept):
+            self.length += len(kept)
+
+        def forward(self, tokens, last_only=False):
+            self.sizes.append(len(tokens))
+
+    runner = Recorder()
+    costs = time_forwards(runner, [1, 16, 100], list(range(20)), reps=3)
+    assert set(costs) == {"1", "16"}  # 20 + 100 slots do not fit in 64
+    assert runner.sizes == [20] + [1, 1, 16, 16] + [1, 16] * 3 and runner.length == 0

@@ -6,8 +6,10 @@ import random
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from specbench_cli.drafters.sps import DraftModelChain
+from specbench_cli.drafters.sps import DraftModelChain, common_prefix
 from specbench_cli.drafters.sps_tree import DraftModelTree
 from specbench_cli.engine.decode import Engine, generate
 from specbench_cli.types import DraftContext, MethodSetup, SpecbenchError
@@ -118,3 +120,13 @@ def test_tree_beats_the_chain_in_accepted_length(tiny, tiny_draft):
     # The random pair agrees often but not always, so the chain's first miss ends its step while the
     # tree still holds the target's choice among the draft's top-10 alternatives.
     assert chain > 1.2 and tree > chain + 0.5, (chain, tree)
+
+
+@given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.integers(0, 3), max_size=40))
+def test_common_prefix_is_the_first_mismatch(a, b):
+    # Small alphabets make long shared prefixes and mismatches at every position likely.
+    want = 0
+    while want < min(len(a), len(b)) and a[want] == b[want]:
+        want += 1
+    assert common_prefix(a, b) == want
+    assert common_prefix(a, a + b) == len(a)

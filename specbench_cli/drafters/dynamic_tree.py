@@ -169,3 +169,23 @@ def launch_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int,
 def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, budget: int) -> ScoredTree:
     """EAGLE-2's tree below a root whose children have draft log-probabilities `root_logp` (V,)."""
     return launch_tree(root_logp, expand, top_k, depth, budget).finish()
+
+
+def path_scores_later(tree: DraftTree, scored: list[int], own: torch.Tensor) -> Callable[[], list[float]]:
+    """A host tree's `score_later` result: `own` (device) holds the log-probability of each node in
+    `scored` given its parent; its copy is queued now, and the call sums them down every path (a node
+    left unscored, for want of room in the draft cache, counts as impossible, and so do its children)."""
+    import math
+
+    from ..engine.transfer import read_later
+
+    read = read_later(own.double())
+
+    def cumulative() -> list[float]:
+        logp = dict(zip(scored, read().tolist()))
+        cum: list[float] = []
+        for v, p in enumerate(tree.parents):
+            cum.append(logp.get(v, -math.inf) + (cum[p] if p >= 0 else 0.0))
+        return cum
+
+    return cumulative

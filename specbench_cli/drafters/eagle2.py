@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
-from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree
+from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree, path_scores_later
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method eagle2` stays light
@@ -169,7 +169,7 @@ class Eagle2(Drafter):
         """`score`, queued: the forwards and the reads go to the device now; the call reads them back."""
         import torch
 
-        from ..engine.transfer import read_later, upload
+        from ..engine.transfer import upload
 
         n = len(tree)
         if n == 0:
@@ -210,17 +210,7 @@ class Eagle2(Drafter):
             index = upload([row_of[tree.parents[v]][1] for v in kids] + [tree.tokens[v] for v in kids], dev)
             picks.append(logp[index[: len(kids)], index[len(kids) :]])
             scored += kids
-        read = read_later(torch.cat(picks).double())
-
-        def cumulative() -> list[float]:
-            own = dict(zip(scored, read().tolist()))
-            cum: list[float] = []
-            for v in range(n):
-                p = tree.parents[v]
-                cum.append(own[v] + (cum[p] if p >= 0 else 0.0) if v in own else -float("inf"))
-            return cum
-
-        return cumulative
+        return path_scores_later(tree, scored, torch.cat(picks))
 
     def describe(self) -> dict:
         return super().describe() | {

@@ -31,11 +31,21 @@ class SpsOptions:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix. Lists compare in C: a draft cache's tokens are almost
+    always a prefix of the next context, found in one comparison instead of a Python loop over the
+    whole context every step (18 us for 700 tokens on a desktop CPU, several times that on a GPU
+    host, while the GPU waits); a mismatch is bisected."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class DraftModelChain(Drafter):

@@ -21,14 +21,13 @@ draw accepts a child with the target's probability of it, so the tree only decid
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
-from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree
+from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree, path_scores_later
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method sps-tree` stays light
@@ -125,7 +124,7 @@ class DraftModelTree(Drafter):
         """`score`, queued: the forward and the reads go to the device now; the call reads them back."""
         import torch
 
-        from ..engine.transfer import read_later, upload
+        from ..engine.transfer import upload
 
         n = len(tree)
         if n == 0:
@@ -149,18 +148,7 @@ class DraftModelTree(Drafter):
                 picks.append(torch.log_softmax(logits, dim=-1)[r_idx, t_idx])
                 scored += deep
             # else: no room in the draft cache (rare): deeper nodes count as unlikely
-            read = read_later(torch.cat(picks).double())
-
-        def cumulative() -> list[float]:
-            own = dict(zip(scored, read().tolist()))
-            cum: list[float] = []
-            for v in range(n):
-                p = tree.parents[v]
-                logp = own.get(v, -math.inf)
-                cum.append(logp + (cum[p] if p >= 0 else 0.0))
-            return cum
-
-        return cumulative
+            return path_scores_later(tree, scored, torch.cat(picks))
 
     def describe(self) -> dict:
         return super().describe() | {"draft_model": self.setup.draft.name if self.setup.draft else None}

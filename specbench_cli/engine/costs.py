@@ -26,27 +26,32 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def time_forwards(runner, sizes: list[int], context_ids: list[int], reps: int = 10) -> dict[str, float]:
     """Median milliseconds of one `runner.forward` of each size (a chain of inputs after `context_ids`),
-    wall time with the device synchronised: what a drafter or the decode loop pays for it."""
+    wall time with the device synchronised: what a drafter or the decode loop pays for it.
+
+    The sizes take turns, one forward of each per round: timed one size after another, a change of
+    GPU clocks between sizes went into their ratios (an H200, 2026-12-03: t(64)/t(1) 1.25 and 1.13 in
+    two runs minutes apart)."""
     runner.reset()
     runner.forward(list(context_ids), last_only=True)
     runner.commit(list(range(len(context_ids))))
-    out: dict[str, float] = {}
-    for size in sizes:
-        if runner.length + size > runner.max_len:
-            continue
-        tokens = [context_ids[i % len(context_ids)] for i in range(size)]
+    chains = {
+        size: [context_ids[i % len(context_ids)] for i in range(size)]
+        for size in sizes
+        if runner.length + size <= runner.max_len
+    }
+    for tokens in chains.values():
         for _ in range(2):  # capture / compile / allocate outside the timing
             runner.forward(tokens)
-        times = []
-        for _ in range(reps):
+    times: dict[int, list[float]] = {size: [] for size in chains}
+    for _ in range(reps):
+        for size, tokens in chains.items():
             _sync(runner.device)
             begin = time.perf_counter()
             runner.forward(tokens)
             _sync(runner.device)
-            times.append(time.perf_counter() - begin)
-        out[str(size)] = 1000.0 * statistics.median(times)
+            times[size].append(time.perf_counter() - begin)
     runner.reset()
-    return out
+    return {str(size): 1000.0 * statistics.median(t) for size, t in times.items()}
 
 
 def probe_costs(engine, prompt_ids: list[int], context: int = 512, reps: int = 10) -> dict:
