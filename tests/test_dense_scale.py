@@ -267,3 +267,43 @@ def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypa
     assert mode.startswith("cuda graph (" if graph_faster else "eager (") and "k=7: graph" in mode
     calibration = torch_index.CALIBRATION_SEARCHES + 1  # the graph's warm-up and timed replays
     assert len(replays) == calibration + (len(queries) if graph_faster else 0)
+
+
+def test_torch_exact_search_of_one_query_replays_a_graph(monkeypatch):
+    """On CUDA a decode step's exact search (one query) replays a captured graph, as IVF's does; a
+    batch still scores in one product per chunk. A stand-in graph here (its replay runs the captured
+    form): the ids must be the exact top-k, and the graph is captured once per k."""
+    from specbench_cli.datastores import torch_index
+
+    rng = np.random.default_rng(9)
+    keys = rng.normal(size=(300, 8)).astype(np.float32)
+    index = torch_index.TorchIndex(keys, "cpu", chunk=128)  # three chunks, the last one short
+    index.use_graphs = True  # as on CUDA; capture and synchronisation are stood in for below
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    replays = []
+
+    class Captured:
+        def __init__(self, query, out, k):
+            self.query, self.out, self.k = query, out, k
+
+        def replay(self):
+            replays.append(1)
+            s, i, total = index._one_query(self.query, self.k, fixed=True)
+            self.out[0].copy_(s), self.out[1].copy_(i), self.out[2].copy_(total)
+
+    def capture(row, k):
+        query = row.clone()
+        out = (torch.empty(k), torch.empty(k, dtype=torch.long), torch.zeros((), dtype=torch.long))
+        return query, out, Captured(query, out, k)
+
+    monkeypatch.setattr(index, "_capture", capture)
+    monkeypatch.setattr(index, "_faster", lambda graph, row, k: graph)  # keep the graph
+    captured_before = torch_index.captures_made()
+    queries = rng.normal(size=(5, 8)).astype(np.float32)
+    for q in queries:
+        got = index.search(torch.from_numpy(q)[None], 7)[1][0]
+        assert got.tolist() == np.argsort(-(keys @ q), kind="stable")[:7].tolist()
+    assert torch_index.captures_made() == captured_before + 1 and len(replays) == len(queries)
+    batch = index.search(torch.from_numpy(queries), 7)[1]  # a batch: no replay
+    assert len(replays) == len(queries) and batch.shape == (5, 7)
+    assert batch[:, 0].tolist() == [int(np.argmax(keys @ q)) for q in queries]

@@ -58,10 +58,8 @@ def candidate_paths(
     first padding slot (-1, a document's end), at most `num_drafts` non-empty candidates."""
     out: list[list[int]] = []
     seen: set[tuple[int, ...]] = set()
-    for row in values:
-        if int(row[0]) != root:
-            continue
-        cand = row[1 : 1 + draft_len]
+    for at in np.flatnonzero(values[:, 0] == root):  # the filter in one comparison, not a row loop
+        cand = values[at, 1 : 1 + draft_len]
         pad = np.flatnonzero(cand < 0)
         cand = cand[: pad[0]] if pad.size else cand
         if cand.size == 0:
