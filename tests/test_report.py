@@ -452,6 +452,13 @@ def _draft_forwards(last_inputs):
     return apply
 
 
+def _sizes_without_forwards(record):
+    """Draft-forward sizes, but no count of the forwards they size."""
+    record = _draft_forwards([16])(record)
+    del record["choices"][0]["draft_forwards"]
+    return record
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -472,6 +479,8 @@ def _draft_forwards(last_inputs):
         (_break("accept_lengths.1", 9), "accept_lengths"),  # commits more tokens than the turn has
         (_draft_forwards([16, 16]), "draft_forward_inputs[-1]"),  # two sizes for one forward
         (_draft_forwards([-16]), "draft_forward_inputs[-1]"),
+        (_draft_forwards([0]), "draft_forward_inputs[-1]"),  # a forward of no inputs
+        (_sizes_without_forwards, "draft_forward_inputs"),
         (_draft_forwards(16), "draft_forward_inputs[-1]"),  # not a list
         (lambda r: r | {"lossless_method": "false"}, "lossless_method"),
         (lambda r: r | {"choices": []}, "choices"),

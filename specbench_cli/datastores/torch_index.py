@@ -326,19 +326,22 @@ class TorchIndex:
         return self._run(graph, row, k)
 
     def _run(self, graph: tuple, row: Any, k: int) -> tuple[Any, Any]:
-        # The count is read now, not later: the caller reads the ids right after anyway.
-        if self._replay_graph(graph, row) > self.graph_budget:  # more candidates than slots: not all scored
+        count = self._replay_graph(graph, row)
+        # IVF: the count is read now, not later (the caller reads the ids right after anyway); more
+        # candidates than slots were not all scored. An exact search scores every key: nothing to read.
+        if self.ivf and int(count) > self.graph_budget:
             return self._one_query(row, k)[:2]
         out = graph[1]
         return out[0].clone(), out[1].clone()
 
     @staticmethod
-    def _replay_graph(graph: tuple, row: Any) -> int:
-        """Search `row` with the captured graph; the probe set's candidate count (results in graph[1])."""
+    def _replay_graph(graph: tuple, row: Any) -> Any:
+        """Search `row` with the captured graph (results in graph[1]); the candidates it scored (a
+        device scalar)."""
         query, out, captured = graph
         query.copy_(row)
         captured.replay()
-        return int(out[2])
+        return out[2]
 
     def _faster(self, graph: tuple, row: Any, k: int, reps: int = CALIBRATION_SEARCHES) -> Any:
         """The graph if it searches faster than the eager form here, else False. The graph saves the
@@ -352,12 +355,14 @@ class TorchIndex:
         import torch
 
         def ms(search) -> float:
+            # Each search waited for, as in use (the caller reads the ids back every time): searches
+            # left to overlap on the GPU would favour whichever form syncs less.
             search()  # warm
             torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(reps):
                 search()
-            torch.cuda.synchronize()
+                torch.cuda.synchronize()
             return (time.perf_counter() - start) * 1000 / reps
 
         # The graph alone: a first query past its slots must not time the eager fallback.

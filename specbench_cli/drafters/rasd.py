@@ -3,7 +3,8 @@
 Each step, in this order (as in the paper; running them in parallel is its stated open item), though
 on a GPU the host's work overlaps the device's: the tree's forwards are queued, the retrieval runs on
 the host meanwhile, the scoring forward is queued behind them, and the tree is read back and picked
-while that forward runs:
+while that forward runs (a retriever searching on the GPU, dresd, reads its neighbours back and so
+waits for the tree first):
 1. the host draft tree: `sps-tree` (EAGLE-2's dynamic tree grown with --draft-model), up to 60 nodes,
    each with its cumulative draft log-probability; with --draft-head, `eagle2` (the EAGLE head the
    paper builds on) instead;

@@ -72,7 +72,8 @@ def probe_costs(engine, prompt_ids: list[int], context: int = 512, reps: int = 1
     for role, runner in engine.runners.made:
         key = "head" if isinstance(runner.model, EagleHead) else "draft"
         if role == "draft" and key not in costs:
-            # Every graph bucket: a tree's levels take 16, RASD's scoring forward up to 64.
-            sizes = sorted({1, 16} | set(getattr(runner, "buckets", ())))
+            # Every bucket (an eager runner has none: the same sizes): a tree's levels take 16,
+            # RASD's scoring forward up to 64; the report prices a forward at the next probed size.
+            sizes = sorted({1, 16} | set(getattr(runner, "buckets", BUCKETS)))
             costs[key] = time_forwards(runner, sizes, ids, reps)
     return costs

@@ -31,8 +31,9 @@ def read_later(values: torch.Tensor) -> Callable[[], torch.Tensor]:
         return lambda: host
     host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
     host.copy_(values, non_blocking=True)
+    # On the stream of the device the copy ran from (cuda:N need not be the current device).
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(values.device))
 
     def read() -> torch.Tensor:
         done.synchronize()

@@ -145,15 +145,17 @@ def _step_lengths(choice: dict) -> tuple[str, str] | None:
 
 
 def _draft_forward_inputs(choice: dict) -> tuple[str, str] | None:
-    """Each step's list of draft-forward sizes: whole numbers, as many as its draft_forwards."""
+    """Each step's list of draft-forward sizes: whole numbers >= 1, as many as its draft_forwards."""
     inputs = choice.get("draft_forward_inputs")
     if inputs is None:
         return None
     forwards = choice.get("draft_forwards")
+    if forwards is None:
+        return "draft_forward_inputs", "is given without draft_forwards"
     for i, step in enumerate(inputs):
-        if not isinstance(step, list) or not all(_is_count(n) for n in step):
-            return f"draft_forward_inputs[{i}]", f"is {step!r}, not a list of whole numbers >= 0"
-        if forwards is not None and len(step) != forwards[i]:
+        if not isinstance(step, list) or not all(_is_count(n) and n > 0 for n in step):
+            return f"draft_forward_inputs[{i}]", f"is {step!r}, not a list of whole numbers >= 1"
+        if len(step) != forwards[i]:
             return (
                 f"draft_forward_inputs[{i}]",
                 f"lists {len(step)} forwards, but draft_forwards[{i}] is {forwards[i]}",
