@@ -16,7 +16,7 @@ from specbench_cli.generation import generate_batch
 from specbench_cli.head.data import Sequence
 from specbench_cli.head.train import TrainSettings, train_head
 from specbench_cli.registry import DRAFTERS
-from specbench_cli.types import MethodSetup, SpecbenchError
+from specbench_cli.types import DraftTree, MethodSetup, SpecbenchError
 
 
 def tiny_sequences(loaded, n: int = 24, new: int = 32, seed: int = 0) -> list[Sequence]:
@@ -123,6 +123,43 @@ def test_head_cache_stays_in_step_after_partial_acceptance(tiny, head_dir):
     assert sum(s.accepted for s in steps) > 0
     # Root and deeper levels: each expanded node's children scores equal the head run pair by pair.
     assert_drafts_match_the_head_from_scratch(tiny, drafter)
+
+
+class Scoring(Eagle2):
+    """Scores a fixed trie below the root at every step (RASD's pruning call), as a hybrid would."""
+
+    trie = DraftTree.from_paths([[3, 9, 4], [3, 9, 7], [11, 2, 8]])
+
+    def propose(self, ctx):
+        grown = self.grow(ctx)
+        self.scored.append((list(ctx.tokens), self.score(self.trie, grown.root_logprobs)))
+        return grown.tree
+
+
+def test_score_gives_the_heads_path_probabilities(tiny, head_dir):
+    # One head forward per trie level, queued, each fed its parent's predicted feature: every node's
+    # cumulative log-probability must be the head's, run pair by pair from scratch along its path.
+    drafter = Scoring(MethodSetup(target=tiny, draft_head=head_dir))
+    drafter.scored = []
+    generate(Engine(tiny, max_len=256), drafter, [5, 17, 99, 4, 230, 8, 61], 12)
+    assert len(drafter.scored) >= 2
+    for tokens, got in drafter.scored[::2]:
+        for node, want in enumerate(_path_logprobs(tiny, drafter.head, tokens, Scoring.trie)):
+            assert got[node] == pytest.approx(want, abs=1e-4)
+
+
+def _path_logprobs(tiny, head, tokens: list[int], tree: DraftTree) -> list[float]:
+    out = []
+    for node in range(len(tree)):
+        path, i = [], node
+        while i >= 0:
+            path.append(tree.tokens[i])
+            i = tree.parents[i]
+        path.reverse()
+        out.append(
+            sum(float(head_from_scratch(tiny, head, tokens, path[:j])[path[j]]) for j in range(len(path)))
+        )
+    return out
 
 
 def test_a_head_for_another_target_is_refused(tiny_draft, head_dir):

@@ -174,6 +174,7 @@ class Eagle2(Drafter):
         n = len(tree)
         if n == 0:
             return lambda: []
+        dev = root_logprobs.device
         depths = tree.depths()
         has_child = {p for p in tree.parents if p >= 0}
         row_of: dict[int, tuple[int, int]] = {}  # inner node -> (level index, row in that level's logits)
@@ -191,16 +192,21 @@ class Eagle2(Drafter):
                 slot_of[v] = len(slot_parents)
                 p = tree.parents[v]
                 slot_parents.append(slot_of[p] if p >= 0 else -1)
-            feats = torch.stack(
-                [self.root_feature if tree.parents[v] < 0 else out[tree.parents[v]] for v in level]
+            self._load_features(
+                torch.stack(
+                    [self.root_feature if tree.parents[v] < 0 else out[tree.parents[v]] for v in level]
+                )
             )
-            logits, hidden = self._run([tree.tokens[v] for v in level], feats, slot_parents)
+            # Tokens and parent slots go up through pinned memory as device inputs: the host-list
+            # forward would first wait for its previous upload, queued behind the host's whole tree.
+            logits, hidden = self.runner.forward_tensors(
+                upload([tree.tokens[v] for v in level], dev), upload(slot_parents, dev), want_hidden=True
+            )
             for i, v in enumerate(level):
                 out[v], row_of[v] = hidden[i], (len(level_logp), i)
             level_logp.append(torch.log_softmax(logits, dim=-1))
         # Each node's own log-probability, read with one gather per level and one host copy; the
         # indices go up through pinned memory (a pageable copy would wait for the queued forwards).
-        dev = root_logprobs.device
         picks = [root_logprobs[upload([t for t, p in zip(tree.tokens, tree.parents) if p < 0], dev)]]
         scored = [v for v in range(n) if tree.parents[v] < 0]
         for li, logp in enumerate(level_logp):
