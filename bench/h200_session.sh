@@ -111,6 +111,10 @@
 #             before): stores 1 min, the draft pass 10 min (8 before its first answer), the fast eval
 #             ~7 min before its first answer; the session ended 85% into its first pass. With
 #             REPEATS=1 the fast eval is one pass (~4 min after its compilation).
+#   chain13   the session after the ninth's (staged as for chain12): the stores, then ONE eval of every
+#             fast method, sam@none, rest, dresd, sps, sps-tree and rasd beside hf-static (one
+#             compilation of the target instead of two; $REPEATS passes, default 1), then `kernels`
+#             (the per-kernel profile) and the float32 check through eval
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -127,7 +131,7 @@ export SPECBENCH_MODEL_QWEN2_5_CODER_1_5B=/root/m/q15/hf SPECBENCH_MODEL_QWEN2_5
 # Suite files on a machine without a network: a copy of shared/data (carried as .data/) and of the
 # pinned downloads (~/.cache/specbench/data, carried as .cache-data/data/), copied to these paths.
 export SPECBENCH_DATA=${SPECBENCH_DATA:-/root/data} SPECBENCH_CACHE=${SPECBENCH_CACHE:-/root/cache}
-BEFORE=bench/results/2026-12-03-h200-session10/profile_forward.json  # the seventh session's, before the 81 bucket
+BEFORE=bench/results/2026-12-03-h200-session11/profile_forward.json  # the eighth session's: the prefix loop
 # The questions of every timed run since 2026-12-02: 20 HumanEval + 48 Spec-Bench (8 per task), carried in .bd2/.
 suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
 step=$1
@@ -449,6 +453,28 @@ chain12)
     echo "chain12: float32 lossless check done $(date +%T)"
     step_profile
     echo "chain12: step profile done $(date +%T)"
+    ;;
+chain13)
+    # The next session's plan (the 1.5B and the 0.5B staged, .st/rest15 copied to /root/stores/rest15):
+    # ONE eval of every fast method, rest, dresd, sam@none and the draft-model methods beside hf-static,
+    # so that the target compiles and captures once (the ninth session's two evals each spent 7-8
+    # minutes before their first answer); then the per-kernel profile and the float32 check.
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
+    prepare_target || exit 1
+    prepare_draft || exit 1
+    bash "$0" store
+    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
+        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+    echo "chain13: stores done $(date +%T)"
+    bash "$0" eval /root/res/all13 "$suites" ar,pld,sam,sam@none,recycle,suffix,rest,dresd,sps,sps-tree,rasd \
+        --datastore /root/stores/sam15 --datastore /root/stores/rest15 --datastore /root/stores/dresd15 \
+        --draft-model qwen2.5-coder-0.5b --baselines hf-static --method-opt sam@none.fallback=none \
+        --repeats "${REPEATS:-1}"
+    echo "chain13: every method with hf-static done $(date +%T)"
+    bash "$0" kernels
+    echo "chain13: kernels done $(date +%T)"
+    FAST_METHODS=ar,pld,sam,recycle,suffix,rest lossless_f32 --datastore /root/stores/rest15
+    echo "chain13: float32 lossless check done $(date +%T)"
     ;;
 poll)
     # A polling call (in the foreground, $OUT set by the device tool): wait, show the stage marks, and
