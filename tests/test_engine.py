@@ -170,3 +170,16 @@ def test_the_drafters_setup_is_the_prefill_steps_drafting_time_not_the_prefills(
     first = gen.steps[0]
     assert first.t_draft >= 0.2 and first.t_verify < 0.2
     assert gen.prefill_time == pytest.approx(first.t_verify)
+
+
+def test_read_later_gives_the_values_at_the_time_of_the_call():
+    # A drafter reads back a runner's output after queueing more work; on the CPU the copy is taken at
+    # once, so a later overwrite of the buffer (the next forward's outputs) cannot change what it reads.
+    from specbench_cli.engine.transfer import read_later, upload
+
+    buffer = torch.arange(6, dtype=torch.float64)
+    read = read_later(buffer)
+    buffer.fill_(-1.0)
+    assert read().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    ids = upload([3, 1, 2], torch.device("cpu"))
+    assert ids.dtype == torch.long and ids.tolist() == [3, 1, 2]
