@@ -176,14 +176,18 @@ class StepRecord:
     draft_depth: int
     accepted: int  # draft tokens accepted (bonus excluded)
     committed: int  # tokens this step added to the output (after EOS / length truncation)
-    draft_forwards: int = 0  # forwards of draft-model runners while proposing this step's tree
-    draft_forward_inputs: list[int] = field(default_factory=list)  # the inputs of each of them
+    # The inputs of each forward of draft-model runners while proposing this step's tree.
+    draft_forward_inputs: list[int] = field(default_factory=list)
     t_draft: float = 0.0
     t_verify: float = 0.0
     t_other: float = 0.0
     # GPU time of the draft runners' graph forwards during this step (None: not measured, e.g. on the
     # CPU). t_draft / t_draft_forward is what drafting pays on top of its forwards (host work, syncs).
     t_draft_forward: float | None = None
+
+    @property
+    def draft_forwards(self) -> int:
+        return len(self.draft_forward_inputs)
 
 
 @dataclass

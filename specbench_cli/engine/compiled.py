@@ -222,7 +222,7 @@ class CompiledRunner(Runner):
             return self._eager_forward(tokens, parents, want_hidden, last_only, all_hidden)
 
         bucket = self._bucket(size, width, want_hidden)
-        self._count_forward(n)
+        self._log_forward(n)
         self._fill(bucket, tokens, parents, self.length, pending)
         logits, hidden = self._run_bucket(bucket, size, width, want_hidden)
         rows = slice(n - 1, n) if last_only else slice(0, n)
@@ -268,7 +268,7 @@ class CompiledRunner(Runner):
         if size is None or width is None:  # as in forward: the eager path (it reads the tensors back)
             return super().forward_tensors(tokens, parents, want_hidden)
         bucket = self._bucket(size, width, want_hidden)
-        self._count_forward(n)
+        self._log_forward(n)
         inputs, used = bucket.inputs, pending + n
         inputs[:n].copy_(tokens)
         inputs[n:size].zero_()

@@ -247,7 +247,6 @@ def generate(
                 draft_depth=tree.depth(),
                 accepted=len(verdict.accepted_nodes),
                 committed=len(committed),
-                draft_forwards=sum(len(r.forward_log) for r in draft_runners),
                 draft_forward_inputs=[n for r in draft_runners for n in r.forward_log],
                 t_draft_forward=sum(sum(r.take_forward_times()) for r in timed_drafts)
                 if timed_drafts

@@ -60,15 +60,13 @@ class Runner:
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.cache = SlotCache(self.num_layers, cache_len or max_len)
         self.length = 0
-        self.forwards = 0  # forwards run so far: the decode loop counts a drafter's per step
         # The inputs of each forward, while a list (the decode loop sets one per step for draft
         # runners: the report prices each draft forward at its own size).
         self.forward_log: list[int] | None = None
         self.captures = 0  # buckets made so far (compiled runners; a CUDA graph each): none on the clock
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def _count_forward(self, inputs: int) -> None:
-        self.forwards += 1
+    def _log_forward(self, inputs: int) -> None:
         if self.forward_log is not None:
             self.forward_log.append(inputs)
 
@@ -125,7 +123,7 @@ class Runner:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward of any length over the live prefix of the cache, with a dense additive mask."""
         n, dev = len(tokens), self.device
-        self._count_forward(n)
+        self._log_forward(n)
         if parents is None:
             parents = list(range(-1, n - 1))
         pending = len(parents) - n
