@@ -594,6 +594,9 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             runner.prepare_seen()
         if lead:  # the costs, and how the target compacts an accepted path (known once its graphs exist)
             config["kv_compaction"] = engine.runner.move_kind
+            # Described again now that each drafter has run: what only a first use settles (a dense
+            # search's CUDA graph or eager form, chosen by timing both) is what the timed answers ran.
+            config["methods_params"] |= {m: drafters[m].describe() for m in cfg.methods}
             config["node_topk"] = topk_kind(engine.runner.device)  # Token Recycling's per-input top-k
             write_json_atomic(paths.config, config)
 

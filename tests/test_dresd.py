@@ -328,3 +328,31 @@ def test_build_index_from_a_generated_corpus_keys_prompt_plus_answer(tiny, tmp_p
     assert m["tokens"] >= len(prompt) * 4
     with pytest.raises(SpecbenchError, match="already exists"):
         build_index("dresd", "tiny-random", f"generate:{fixture}", tmp_path / "g", options, None)
+
+
+def test_eval_records_how_the_dense_search_ran_after_its_warm_up(store, tmp_path):
+    """Which form the search took (faiss, or torch's graph or eager search, chosen by timing both on a
+    GPU) is known only once it has run: the run's config records it after the warm-up."""
+    from typer.testing import CliRunner
+
+    from specbench_cli.cli import app
+
+    path, _ = store
+    out = tmp_path / "run"
+    questions = "tests/fixtures/questions_small.jsonl"
+    args = [
+        "eval",
+        "--model",
+        "tiny-random",
+        "--suite",
+        f"jsonl:{questions}",
+        "--methods",
+        "ar,dresd,dresd@torch",
+    ]
+    args += ["--datastore", str(path), "--method-opt", "dresd@torch.backend=torch", "--limit", "1"]
+    args += ["--max-new-tokens", "6", "--warmup", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    params = json.loads((out / "config.json").read_text())["methods_params"]
+    assert params["dresd"]["search_mode"] == "faiss-cpu"
+    assert params["dresd@torch"]["search_mode"] == "eager"  # no CUDA: torch searches eagerly

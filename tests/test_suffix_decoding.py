@@ -127,6 +127,32 @@ def test_drafts_match_the_brute_force_oracle(corpus, context, depth, factor, min
     assert len(draft.tokens) <= max(0, int(factor * draft.match_len + 1e-6))  # the cap
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(texts, min_size=1, max_size=3),
+    st.lists(st.integers(0, 3), min_size=1, max_size=10),
+    st.integers(2, 7),
+    st.booleans(),
+    st.sampled_from([0.0, 0.3, 0.9, 1.0, 1.5, 2.0, 3.0]),
+)
+def test_a_score_to_beat_keeps_the_draft_that_beats_it_and_drops_the_rest(
+    corpus, context, depth, tree, to_beat
+):
+    opts = SuffixOptions(min_token_prob=0.1, tree=tree)
+    context = context[-depth:]
+    trie = trie_of(corpus, depth)
+    full = trie.speculate(context, opts, 12)
+    pruned = trie.speculate(context, opts, 12, to_beat=to_beat)
+    if full.score > to_beat:  # the same draft, match length and all
+        assert (pruned.tokens, pruned.parents, pruned.match_len) == (
+            full.tokens,
+            full.parents,
+            full.match_len,
+        )
+    else:  # nothing wanted: the empty draft, which loses to (or ties with) the other tree's
+        assert pruned.tokens == [] and pruned.score == 0.0
+
+
 def test_speculation_cap_follows_the_match_length():
     answer = list(range(100, 140))
     trie = trie_of([answer], 24)

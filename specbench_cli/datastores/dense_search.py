@@ -172,6 +172,11 @@ class DenseSearch:
                 self.index = TorchIndex(keys, device, self.folder, nprobe, mmap=mmap)
                 self.params = self.index.params | {"mmap": self.index.mmap}
 
+    def search_mode(self) -> str:
+        """How searches have run so far: faiss's own, or torch's CUDA graph or eager form (with the
+        timings that chose it). Known only after the first search: `eval` records it after its warm-up."""
+        return self.index.search_mode() if self.backend == "torch" else self.backend
+
     def search(self, query: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "torch":
             scores, ids = self.index.search(query, k)

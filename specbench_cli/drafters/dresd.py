@@ -134,6 +134,7 @@ class DReSD(Drafter):
         return super().describe() | {
             "backend": self.store.backend,
             "search": self.store.search_params,
+            "search_mode": self.store.index.search_mode(),
             "index": m.get("index"),
             "vectors": m.get("vectors"),
             "dim": m.get("dim"),

@@ -235,10 +235,17 @@ class SuffixTrie:
         return grown
 
     def speculate(
-        self, context: list[int], opts: SuffixOptions, max_spec_tokens: int, nodes: list[int] | None = None
+        self,
+        context: list[int],
+        opts: SuffixOptions,
+        max_spec_tokens: int,
+        nodes: list[int] | None = None,
+        to_beat: float = 0.0,
     ) -> Draft:
         """The best-scoring draft over every match length of `context`'s suffix (the longer on ties).
-        `nodes`: the context's `matches` when the caller keeps them."""
+        `nodes`: the context's `matches` when the caller keeps them. `to_beat`: only a draft scoring
+        more than this is wanted (the other tree's best); below it the empty draft comes back, and
+        match lengths whose token cap cannot beat it are never grown."""
         if nodes is None:
             nodes = self.matches(context)
         nodes = nodes[: len(context) - 1]
@@ -246,7 +253,7 @@ class SuffixTrie:
         # token cap (every probability is at most 1) and the cap shrinks with m: once the cap cannot
         # beat the best score, no shorter match can.
         # Until a draft scores, the answer is the empty draft of the longest match.
-        best, best_score = Draft(match_len=len(nodes)), 0.0
+        best, best_score = Draft(match_len=len(nodes)), to_beat
         factor, offset, min_prob, tree = (
             opts.max_spec_factor,
             opts.max_spec_offset,
@@ -331,7 +338,9 @@ class SuffixDecoding(Drafter):
         else:
             for tok in new_tokens:
                 self.shared_matches = self.shared.follow(self.shared_matches, int(tok))
-        shared = self.shared.speculate(context, self.opts, limit, self.shared_matches)
+        # The request tree wins ties, so the cross-request one only matters where it scores more: the
+        # match lengths that cannot are skipped (the same choice, fewer drafts grown on the clock).
+        shared = self.shared.speculate(context, self.opts, limit, self.shared_matches, mine.score)
         self.last, self.last_source = (mine, "request") if mine.score >= shared.score else (shared, "shared")
         if self.last.tokens:
             self.count("drafted_steps")
