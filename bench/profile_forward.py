@@ -61,11 +61,11 @@ def profile_size(runner: Any, size: int, args: argparse.Namespace, device: str) 
     runner.reset()
     runner.length = args.context
     tokens, parents = list(range(size)), [-1] + list(range(size - 1))
-    runner.forward(tokens, parents)  # warm, outside the profile
+    runner.forward(tokens, parents, copy=False)  # warm, outside the profile (uncopied, as time_forward)
     sync(device)
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(args.profile_reps):
-            runner.forward(tokens, parents)
+            runner.forward(tokens, parents, copy=False)
         sync(device)
     runner.reset()
     return entry | kernel_table(prof, args.profile_reps, cuda, args.top)

@@ -244,10 +244,31 @@ def test_the_cost_probe_times_the_sizes_in_turns():
         def commit(self, kept):
             self.length += len(kept)
 
-        def forward(self, tokens, last_only=False):
+        def forward(self, tokens, last_only=False, copy=True):
             self.sizes.append(len(tokens))
+            self.copies.append(copy)
 
     runner = Recorder()
-    costs = time_forwards(runner, [1, 16, 100], list(range(20)), reps=3)
+    runner.copies = []
+    costs = time_forwards(runner, [1, 16, 100], list(range(20)), reps=3, copy=False)
     assert set(costs) == {"1", "16"}  # 20 + 100 slots do not fit in 64
     assert runner.sizes == [20] + [1, 1, 16, 16] + [1, 16] * 3 and runner.length == 0
+    assert runner.copies[1:] == [False] * 10  # every timed (and warm-up) forward as the caller runs it
+
+
+def test_the_target_is_probed_as_the_decode_loop_verifies_and_drafts_as_drafters_run(monkeypatch):
+    # The decode loop verifies on the target graph's own outputs (copy=False); drafters take copies.
+    from specbench_cli.engine import costs as costs_module
+
+    calls = []
+    monkeypatch.setattr(
+        costs_module,
+        "time_forwards",
+        lambda runner, sizes, ids, reps, copy=True: calls.append((runner, copy)) or {},
+    )
+    runner = type("R", (), {"model": None, "buckets": (1, 16)})
+    target, draft = runner(), runner()
+    engine = type("E", (), {"max_len": 4096, "max_nodes": 128, "runner": target})()
+    engine.runners = type("F", (), {"made": [("target", target), ("draft", draft)]})()
+    costs_module.probe_costs(engine, [1, 2, 3])
+    assert calls == [(target, False), (draft, True)]

@@ -24,9 +24,13 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def time_forwards(runner, sizes: list[int], context_ids: list[int], reps: int = 10) -> dict[str, float]:
+def time_forwards(
+    runner, sizes: list[int], context_ids: list[int], reps: int = 10, copy: bool = True
+) -> dict[str, float]:
     """Median milliseconds of one `runner.forward` of each size (a chain of inputs after `context_ids`),
-    wall time with the device synchronised: what a drafter or the decode loop pays for it.
+    wall time with the device synchronised: what a drafter or the decode loop pays for it. `copy` as
+    the caller passes it: the decode loop verifies on the graph's own outputs (`copy=False`), drafters
+    take copies.
 
     The sizes take turns, one forward of each per round: timed one size after another, a change of
     GPU clocks between sizes went into their ratios (an H200, 2026-12-03: t(64)/t(1) 1.25 and 1.13 in
@@ -41,13 +45,13 @@ def time_forwards(runner, sizes: list[int], context_ids: list[int], reps: int = 
     }
     for tokens in chains.values():
         for _ in range(2):  # capture / compile / allocate outside the timing
-            runner.forward(tokens)
+            runner.forward(tokens, copy=copy)
     times: dict[int, list[float]] = {size: [] for size in chains}
     for _ in range(reps):
         for size, tokens in chains.items():
             _sync(runner.device)
             begin = time.perf_counter()
-            runner.forward(tokens)
+            runner.forward(tokens, copy=copy)
             _sync(runner.device)
             times[size].append(time.perf_counter() - begin)
     runner.reset()
@@ -63,7 +67,11 @@ def probe_costs(engine, prompt_ids: list[int], context: int = 512, reps: int = 1
     costs: dict = {
         "context": len(ids),
         "reps": reps,
-        "target": time_forwards(engine.runner, target_sizes, ids, reps),
+        # As the decode loop verifies: on the graph's outputs, uncopied. With a copy, a forward of 129
+        # inputs also cloned its (129, 152k) float32 logits, 78 MB that verification never moves, and the
+        # ratio t(N)/t(1) grew with that copy's size (the H200's per-kernel profile, 2026-12-03: a 42.6 us
+        # device-to-device copy at 129 inputs, bench/results/2026-12-03-h200-session11/profile_forward.json).
+        "target": time_forwards(engine.runner, target_sizes, ids, reps, copy=False),
     }
     # Draft networks: the first draft model's runner ("draft") and the first EAGLE head's ("head"); the
     # report prices each method's draft forwards with the network it drafts with.
