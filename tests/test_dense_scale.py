@@ -3,6 +3,7 @@ torch search (the GPU machine has no faiss), memory-mapped loading."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -245,10 +246,10 @@ def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypa
             s, i, total = real_probe(self.query, 7, fixed=True)
             self.out[0].copy_(s), self.out[1].copy_(i), self.out[2].copy_(total)
 
-    def capture(row, k):
+    def capture(row, k, prepare=None):
         query = row.clone()
         out = (torch.empty(k), torch.empty(k, dtype=torch.long), torch.zeros((), dtype=torch.long))
-        return query, out, Captured(query, out)
+        return query, out, Captured(query, out), None
 
     if graph_faster:  # the eager form pays a stand-in for its launches and host sync
         monkeypatch.setattr(index, "_probe", lambda *a, **kw: (time.sleep(0.005), real_probe(*a, **kw))[1])
@@ -277,7 +278,7 @@ def test_torch_exact_search_of_one_query_replays_a_graph(monkeypatch):
 
     rng = np.random.default_rng(9)
     keys = rng.normal(size=(300, 8)).astype(np.float32)
-    index = torch_index.TorchIndex(keys, "cpu", chunk=128)  # three chunks, the last one short
+    index = torch_index.TorchIndex(keys, "cpu", chunk=128)  # a batch: three chunks, the last one short
     index.use_graphs = True  # as on CUDA; capture and synchronisation are stood in for below
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     replays = []
@@ -291,13 +292,13 @@ def test_torch_exact_search_of_one_query_replays_a_graph(monkeypatch):
             s, i, total = index._one_query(self.query, self.k, fixed=True)
             self.out[0].copy_(s), self.out[1].copy_(i), self.out[2].copy_(total)
 
-    def capture(row, k):
+    def capture(row, k, prepare=None):
         query = row.clone()
         out = (torch.empty(k), torch.empty(k, dtype=torch.long), torch.zeros((), dtype=torch.long))
-        return query, out, Captured(query, out, k)
+        return query, out, Captured(query, out, k), None
 
     monkeypatch.setattr(index, "_capture", capture)
-    monkeypatch.setattr(index, "_faster", lambda graph, row, k: graph)  # keep the graph
+    monkeypatch.setattr(index, "_faster", lambda graph, row, k, prepare=None: graph)  # keep the graph
     captured_before = torch_index.captures_made()
     queries = rng.normal(size=(5, 8)).astype(np.float32)
     for q in queries:
@@ -307,3 +308,85 @@ def test_torch_exact_search_of_one_query_replays_a_graph(monkeypatch):
     batch = index.search(torch.from_numpy(queries), 7)[1]  # a batch: no replay
     assert len(replays) == len(queries) and batch.shape == (5, 7)
     assert batch[:, 0].tolist() == [int(np.argmax(keys @ q)) for q in queries]
+
+
+@pytest.mark.parametrize("ivf", [False, True])
+def test_a_step_search_projects_inside_the_graph_and_reads_back_once(tmp_path, monkeypatch, ivf):
+    """`search_one`: a raw query, the store's projection run inside the search (inside the CUDA graph
+    on a GPU), and one read of the packed scores and ids. Here on the CPU, eagerly and through the real
+    capture path with CUDA's calls stood in by running the captured function: both must give what
+    projecting first and searching gives."""
+    from specbench_cli.datastores import torch_index
+
+    rng = np.random.default_rng(11)
+    keys = rng.normal(size=(200, 4)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    folder = None
+    if ivf:
+        folder = tmp_path
+        owner = np.arange(200) % 5
+        centroids = np.stack([keys[owner == j].mean(0) for j in range(5)]).astype(np.float32)
+        np.save(tmp_path / torch_index.CENTROIDS_FILE, centroids)
+        np.save(tmp_path / torch_index.IDS_FILE, np.argsort(owner, kind="stable").astype(np.int64))
+        np.save(tmp_path / torch_index.OFFSETS_FILE, np.arange(0, 201, 40).astype(np.int64))
+    project = torch.from_numpy(rng.normal(size=(9, 4)).astype(np.float32))
+
+    def prepare(raw):  # (1, 9) -> (1, 4) unit rows, as the dense store's projection
+        return torch.nn.functional.normalize(raw.float() @ project, dim=-1)
+
+    index = torch_index.TorchIndex(keys, "cpu", folder=folder, nprobe=2)
+    # bf16 hidden states, as a GPU run's; the projection reads them as float32
+    raws = torch.from_numpy(rng.normal(size=(6, 9)).astype(np.float32)).to(torch.bfloat16)
+    expected = [index.search(prepare(raw[None]), 7) for raw in raws]
+    for raw, (s, i) in zip(raws, expected):  # eager: no graphs on the CPU
+        got_s, got_i = index.search_one(raw, 7, prepare)
+        assert got_i.dtype == np.int64 and got_i.tolist() == i[0].tolist()
+        np.testing.assert_allclose(got_s, s[0].numpy(), rtol=1e-6)
+
+    class Replayable:  # torch.cuda.graph stood in: "replay" reruns what was captured
+        def __init__(self):
+            self.fn = None
+
+        def replay(self):
+            self.fn()
+
+    captured_fns = []
+
+    def fake_graph(graph, **kwargs):
+        class Capture:
+            def __enter__(self):
+                return graph
+
+            def __exit__(self, *exc):
+                return False
+
+        captured_fns.append(graph)
+        return Capture()
+
+    stream = type("Stream", (), {"wait_stream": lambda self, other: None})
+    monkeypatch.setattr(torch.cuda, "Stream", stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Replayable)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    monkeypatch.setattr(index, "_faster", lambda graph, row, k, prepare=None: graph)
+    index.use_graphs = True
+    real_capture = index._capture
+
+    def capture(row, k, prepare=None):  # the real capture; its graph's replay reruns the search
+        query, out, graph, packed = real_capture(row, k, prepare)
+
+        def rerun():
+            found = index._one_query(index._prepared(query, prepare), k, fixed=True)
+            for dst, src in zip((*out, packed), (*found, index._packed(found))):
+                dst.copy_(src)
+
+        graph.fn = rerun
+        return query, out, graph, packed
+
+    monkeypatch.setattr(index, "_capture", capture)
+    for raw, (s, i) in zip(raws, expected):
+        got_s, got_i = index.search_one(raw, 7, prepare)
+        assert got_i.tolist() == i[0].tolist()
+        np.testing.assert_allclose(got_s, s[0].numpy(), rtol=1e-6)
+    assert list(index.graphs) == [(7, True)] and len(captured_fns) == 1  # one graph, projection inside

@@ -177,6 +177,13 @@ class DenseSearch:
         timings that chose it). Known only after the first search: `eval` records it after its warm-up."""
         return self.index.search_mode() if self.backend == "torch" else self.backend
 
+    def search_raw(self, raw: Any, k: int, prepare: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`search` of one raw query (a hidden state), `prepare` mapping it to a key vector: on the torch
+        backend inside the search (its CUDA graph), read back once (`TorchIndex.search_one`)."""
+        if self.backend == "torch":
+            return ordered(*self.index.search_one(raw, k, prepare))
+        return self.search(prepare(raw.reshape(1, -1)), k)
+
     def search(self, query: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "torch":
             scores, ids = self.index.search(query, k)

@@ -173,7 +173,7 @@ class DresdDatastore(Datastore):
         import torch
 
         with torch.inference_mode():
-            return self.index.search(self.query_transform(hidden.reshape(1, -1)), min(k or self.k, len(self)))
+            return self.index.search_raw(hidden, min(k or self.k, len(self)), self.query_transform)
 
 
 def check_model(manifest: dict, target: LoadedModel, path: Path) -> None:

@@ -167,7 +167,8 @@ class TorchIndex:
         )
         self.n, self.chunk = len(keys), chunk
         self.ivf = folder is not None and (Path(folder) / CENTROIDS_FILE).is_file()
-        self.graphs: dict[int, Any] = {}  # k -> captured one-query search (CUDA); False: searched eagerly
+        # (k, with a projection inside) -> captured one-query search (CUDA); False: searched eagerly
+        self.graphs: dict[tuple[int, bool], Any] = {}
         self.graph_error: str | None = None
         self.timed: dict[int, tuple[float, float]] = {}  # k -> (graph, eager) ms of the first searches
         self.use_graphs = self.device.type == "cuda"
@@ -232,7 +233,7 @@ class TorchIndex:
             return "cuda graph (none captured yet)"
         timed = "; ".join(
             f"k={k}: graph {g:.3f} ms, eager {e:.3f} ms" for k, (g, e) in sorted(self.timed.items())
-        )
+        )  # one entry per k: the last form timed (a store searches with or without its projection)
         kinds = {"cuda graph" if graph else "eager" for graph in self.graphs.values()}
         mode = kinds.pop() if len(kinds) == 1 else "cuda graph for some k, eager for others"
         return f"{mode} (first searches timed, {timed})" if timed else mode
@@ -265,6 +266,43 @@ class TorchIndex:
         if len(found) == 1:
             return found[0][0][None], found[0][1][None]
         return torch.stack([s for s, _ in found]), torch.stack([i for _, i in found])
+
+    def search_one(self, query: Any, k: int, prepare: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """A decode step's search: one query (a vector, any float dtype, on any device), its scores and
+        ids read back to the host in ONE copy, as numpy arrays of k (padded with -inf / -1 as `search`).
+
+        `prepare` maps raw queries (1, H) to search vectors (1, dim): the store's projection. On CUDA
+        it runs inside the captured search graph, so a step costs a copy into the graph's input, a
+        replay and a read: on an H200 host each further torch call cost tens of microseconds (dresd's
+        projection, the search's clones and two reads were ~17 calls, 0.8 ms of retrieval a step,
+        bench/results/2026-12-03-h200-every-method/method_stats.md)."""
+        import torch
+
+        k = min(k, self.n)
+        query = query.reshape(-1).to(self.device)
+        with torch.inference_mode():
+            if self.use_graphs and not self.mmap:
+                graph = self._graph(query, k, prepare)
+                if graph is not False:
+                    self._replay_graph(graph, query)
+                    host = graph[3].cpu().numpy()  # scores | ids | candidates, float64: one read
+                    if not (self.ivf and host[2 * k] > self.graph_budget):  # IVF: every candidate scored
+                        return host[:k].astype(np.float32), host[k : 2 * k].astype(np.int64)
+            host = self._packed(self._one_query(self._prepared(query, prepare), k)).cpu().numpy()
+        return host[:k].astype(np.float32), host[k : 2 * k].astype(np.int64)
+
+    @staticmethod
+    def _prepared(query: Any, prepare: Any) -> Any:
+        return prepare(query[None])[0] if prepare is not None else query.float()
+
+    @staticmethod
+    def _packed(found: tuple[Any, Any, Any]) -> Any:
+        """(scores, ids, candidates) as one float64 vector [scores | ids | candidates], read in one copy
+        (ids up to 2^53 are exact in float64)."""
+        import torch
+
+        scores, ids, count = found
+        return torch.cat([scores.double(), ids.double(), count.double().reshape(1)])
 
     def _one_query(self, row: Any, k: int, fixed: bool = False) -> tuple[Any, Any, Any]:
         """One query's search in the form a graph captures: (scores, ids, candidates scored). A decode
@@ -314,16 +352,23 @@ class TorchIndex:
     def _replay(self, row: Any, k: int) -> tuple[Any, Any]:
         """`_one_query` from a CUDA graph captured per k, or eagerly where capture failed or the eager
         search timed faster on this index (`_faster`)."""
-        global _captures
-        graph = self.graphs.get(k)
-        if graph is None:
-            _captures += 1
-            graph = self._capture(row, k)
-            self.graphs[k] = graph and self._faster(graph, row, k)
-            graph = self.graphs[k]
+        graph = self._graph(row, k, None)
         if graph is False:
             return self._one_query(row, k)[:2]
         return self._run(graph, row, k)
+
+    def _graph(self, row: Any, k: int, prepare: Any) -> Any:
+        """The captured search for k (and `prepare`, when given, inside it), captured and timed against
+        the eager form on first use; False where capture failed or the eager form was faster."""
+        global _captures
+        key = (k, prepare is not None)
+        graph = self.graphs.get(key)
+        if graph is None:
+            _captures += 1
+            graph = self._capture(row, k, prepare)
+            self.graphs[key] = graph and self._faster(graph, row, k, prepare)
+            graph = self.graphs[key]
+        return graph
 
     def _run(self, graph: tuple, row: Any, k: int) -> tuple[Any, Any]:
         count = self._replay_graph(graph, row)
@@ -336,14 +381,16 @@ class TorchIndex:
 
     @staticmethod
     def _replay_graph(graph: tuple, row: Any) -> Any:
-        """Search `row` with the captured graph (results in graph[1]); the candidates it scored (a
-        device scalar)."""
-        query, out, captured = graph
+        """Search `row` with the captured graph (results in graph[1], packed in graph[3]); the
+        candidates it scored (a device scalar)."""
+        query, out, captured, _ = graph
         query.copy_(row)
         captured.replay()
         return out[2]
 
-    def _faster(self, graph: tuple, row: Any, k: int, reps: int = CALIBRATION_SEARCHES) -> Any:
+    def _faster(
+        self, graph: tuple, row: Any, k: int, prepare: Any = None, reps: int = CALIBRATION_SEARCHES
+    ) -> Any:
         """The graph if it searches faster than the eager form here, else False. The graph saves the
         eager form's launches and its host sync, but scores a fixed number of slots where the eager
         form scores only the real candidates. Sized for the worst case, on unbalanced lists the graph
@@ -366,36 +413,47 @@ class TorchIndex:
             return (time.perf_counter() - start) * 1000 / reps
 
         # The graph alone: a first query past its slots must not time the eager fallback.
-        graph_ms, eager_ms = ms(lambda: self._replay_graph(graph, row)), ms(lambda: self._one_query(row, k))
+        graph_ms = ms(lambda: self._replay_graph(graph, row))
+        eager_ms = ms(lambda: self._one_query(self._prepared(row, prepare), k))
         self.timed[k] = (graph_ms, eager_ms)
         return graph if graph_ms <= eager_ms else False
 
-    def _capture(self, row: Any, k: int) -> Any:
+    def _capture(self, row: Any, k: int, prepare: Any = None) -> Any:
+        """(query buffer, (scores, ids, candidates), graph, packed): the search of whatever is copied into
+        the query buffer, `prepare` included, with its results also packed for one read (`_packed`)."""
         import torch
 
         query = row.clone()
+
+        def search():
+            found = self._one_query(self._prepared(query, prepare), k, fixed=True)
+            return found, self._packed(found)
+
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         try:
             with torch.cuda.stream(side):
-                self._one_query(query, k, fixed=True)  # warm-up outside the capture (kernels, allocator)
+                search()  # warm-up outside the capture (kernels, allocator)
             torch.cuda.current_stream().wait_stream(side)
             captured = torch.cuda.CUDAGraph()
             with torch.cuda.graph(captured):
-                out = self._one_query(query, k, fixed=True)
+                out, packed = search()
         except RuntimeError as err:  # an op this torch cannot capture: stay eager (`search_mode` says why)
             torch.cuda.current_stream().wait_stream(side)
             self.graph_error = f"{type(err).__name__}: {str(err)[:200]}"
             return False
-        return query, out, captured
+        return query, out, captured, packed
 
     def _exact(self, q: Any, k: int) -> tuple[Any, Any]:
         import torch
 
         best_s = torch.empty(len(q), 0, device=self.device)
         best_i = torch.empty(len(q), 0, dtype=torch.long, device=self.device)
-        for start in range(0, self.n, self.chunk):
-            block = self.keys[start : start + self.chunk]
+        # The chunk bounds a batch's (queries x keys) score block; one query's scores are one row, so
+        # keys in memory are scored at once (one product and one top-k: a step's search, fewer launches).
+        chunk = self.chunk if len(q) > 1 or self.mmap else max(self.chunk, self.n)
+        for start in range(0, self.n, chunk):
+            block = self.keys[start : start + chunk]
             if self.mmap:
                 block = torch.from_numpy(np.asarray(block, dtype=np.float32))
             s, i = torch.topk(q @ block.T, min(k, len(block)), dim=1)
