@@ -183,3 +183,31 @@ def test_read_later_gives_the_values_at_the_time_of_the_call():
     assert read().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     ids = upload([3, 1, 2], torch.device("cpu"))
     assert ids.dtype == torch.long and ids.tolist() == [3, 1, 2]
+
+
+def test_the_step_clock_reuses_its_events_from_one_generation_to_the_next(monkeypatch):
+    """On CUDA each mark records an event; a generation's marks reuse the last one's events (all read
+    after its final synchronisation) instead of making four new ones every step."""
+    from specbench_cli.engine.decode import StepClock
+
+    made, records = [], iter(range(10**6))
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            made.append(self)
+
+        def record(self):
+            self.at = next(records)  # the "time" of this record
+
+        def elapsed_time(self, other):
+            return 1000.0 * (other.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    clock = StepClock(torch.device("cpu"))
+    clock.cuda = True  # as on a GPU; events stood in
+    for generation in range(3):
+        clock.start()
+        marks = [clock.mark() for _ in range(4 + generation)]
+        assert clock.seconds(marks[0], marks[-1]) > 0  # later marks read later
+    assert len(made) == 6  # the longest generation's marks, made once
+    assert len({id(m) for m in marks}) == 6  # no event twice within a generation

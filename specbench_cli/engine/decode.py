@@ -38,10 +38,21 @@ class StepClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        # Events are reused from one generation to the next (each was read after the previous one's
+        # final synchronisation): a step records four, and making them anew is host work on the clock.
+        self._events: list[torch.cuda.Event] = []
+        self._used = 0
+
+    def start(self) -> None:
+        """A new generation: its marks reuse the events of the last one."""
+        self._used = 0
 
     def mark(self):
         if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
+            if self._used == len(self._events):
+                self._events.append(torch.cuda.Event(enable_timing=True))
+            event = self._events[self._used]
+            self._used += 1
             event.record()
             return event
         return time.perf_counter()
@@ -129,6 +140,7 @@ def generate(
     runner.ensure_capacity(len(prompt_ids) + max_new_tokens + engine.max_nodes + 2)
 
     wall_start = time.perf_counter()
+    clock.start()
     start = clock.mark()
     drafter.reset(list(prompt_ids))
     # The drafter's per-turn setup (indexing the prompt: a suffix trie, an automaton state) is the
