@@ -115,6 +115,12 @@
 #             fast method, sam@none, rest, dresd, sps, sps-tree and rasd beside hf-static (one
 #             compilation of the target instead of two; $REPEATS passes, default 1), then `kernels`
 #             (the per-kernel profile) and the float32 check through eval
+#   chain14   the session after the tenth's (the 1.5B staged, .st/rest15 copied; no draft model: the
+#             tenth session measured the draft-model methods): the SAM and DReSD stores, then ONE eval of
+#             the retrieval methods beside BOTH transformers baselines (hf-static and hf-eager, ~7 min of
+#             the 68 answers at ~40 tok/s), then `kernels`. It measures what was built after the tenth
+#             session: the uncopied cost probe, dresd's one-graph step search, suffix's pruned
+#             cross-request search, the reused step-clock events
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -183,11 +189,11 @@ case $step in
 sweep)
     python3 bench/attention_sweep.py --out "$RES/sweep.json" --shapes 2x6x128
     ;;
-kernels)
-    python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
-        --variants tree:efficient:default --time-budget 120
+kernels) # the per-kernel profile first (the tenth session's time ran out before it), then micro
     python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
         --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
+    python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
+        --variants tree:efficient:default --time-budget 120
     ;;
 store)
     python3 -m specbench_cli build-index --method sam --model qwen2.5-coder-1.5b \
@@ -231,6 +237,20 @@ chain)
     wait
     bash "$0" eval-head /root/res/run1 "$suites" "$methods" /root/heads/q15 "${head_eval[@]}" --repeats 3
     echo "chain: eval done $(date +%T)"
+    ;;
+chain14)
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
+    prepare_target || exit 1
+    bash "$0" store
+    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
+        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+    echo "chain14: stores done $(date +%T)"
+    bash "$0" eval /root/res/all14 "$suites" ar,pld,sam,sam@none,recycle,suffix,rest,dresd \
+        --datastore /root/stores/sam15 --datastore /root/stores/rest15 --datastore /root/stores/dresd15 \
+        --baselines hf-static,hf-eager --method-opt sam@none.fallback=none --repeats "${REPEATS:-1}"
+    echo "chain14: the retrieval methods with both baselines done $(date +%T)"
+    bash "$0" kernels
+    echo "chain14: kernels done $(date +%T)"
     ;;
 retrieval)
     prepare_target || exit 1
