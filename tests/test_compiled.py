@@ -541,3 +541,36 @@ def test_the_head_dim_128_table_is_what_the_latest_committed_sweep_measured_best
     assert {str(rows): config.key for rows, config in attn.KERNEL_CONFIGS[128].items()} == measured
     assert attn.KernelConfig(64, 128, 8, 4, stages=2).key == "64/128/8/4/s2"
     assert attn.KernelConfig(16, 128, 2, 4).key == "16/128/2/4"
+
+
+def test_device_inputs_write_only_what_changed_and_stay_exact(tiny):
+    """`forward_tensors` keeps the pads and scalars its last fill of the same layout wrote, and rewrites
+    the rest: a run of same-shaped levels and chain tokens, host forwards of the same bucket in between
+    (they rewrite every entry) and commits that move the start must all give the eager runner's logits."""
+    rng = random.Random(11)
+    prompt = [rng.randrange(tiny.vocab_size) for _ in range(12)]
+    compiled = CompiledRunner(tiny.model, 200, max_nodes=40)
+    eager = ModelRunner(tiny.model, 200)
+    for runner in (compiled, eager):
+        runner.forward(prompt)
+        runner.commit(list(range(len(prompt))))
+    # (inputs, pending slots before them, via device tensors?, commit the first input after?); pending
+    # slots are always the previous forward's inputs, uncommitted, as a tree's levels are
+    plan = [
+        (3, 0, True, False), (3, 0, True, False), (3, 3, True, False), (3, 3, True, False),
+        (3, 0, False, False), (3, 0, True, True), (1, 0, True, True), (1, 0, True, True),
+        (3, 0, True, False), (3, 3, True, False), (2, 0, True, False), (3, 0, True, False),
+        (1, 0, False, True), (1, 0, True, False),
+    ]  # fmt: skip
+    for n, pending, as_tensors, commit in plan:
+        tokens = [rng.randrange(tiny.vocab_size) for _ in range(n)]
+        parents = [rng.randint(-1, j - 1) for j in range(pending + n)]  # each before its child
+        if as_tensors:
+            got, _ = compiled.forward_tensors(torch.tensor(tokens), torch.tensor(parents))
+        else:
+            got, _ = compiled.forward(tokens, parents)
+        want, _ = eager.forward(tokens, parents)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        if commit:
+            for runner in (compiled, eager):
+                runner.commit([pending])  # the first new input becomes the next committed token

@@ -91,7 +91,7 @@ class DraftModelChain(Drafter):
         root = torch.full((1,), -1, dtype=torch.long, device=logits.device)  # a lone input: no parent
         picks = [logits.argmax().view(1)]
         for _ in range(k - 1):
-            logits, _ = self.runner.forward_tensors(picks[-1], root)
+            logits, _ = self.runner.forward_tensors(picks[-1], root, copy=False)  # read by the argmax below
             self.runner.commit([0])
             picks.append(logits[-1].argmax().view(1))
         draft = torch.cat(picks).tolist()

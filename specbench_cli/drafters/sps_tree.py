@@ -104,8 +104,9 @@ class DraftModelTree(Drafter):
         def expand(
             tokens: torch.Tensor, slot_parents: torch.Tensor, rows: torch.Tensor | None
         ) -> torch.Tensor:
-            # The frontier runs after the earlier levels' pending slots, which it may attend to.
-            return self.runner.forward_tensors(tokens, slot_parents)[0]
+            # The frontier runs after the earlier levels' pending slots, which it may attend to. Its
+            # logits go straight into a log-softmax (a new tensor): the graph's own output, uncopied.
+            return self.runner.forward_tensors(tokens, slot_parents, copy=False)[0]
 
         return launch_tree(root_logp, expand, self.top_k, self.depth, budget)
 

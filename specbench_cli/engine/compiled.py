@@ -105,6 +105,11 @@ class Bucket:
     hidden: torch.Tensor | None = None
     graph: Any = None
     want_hidden: bool = False  # this graph also returns the final hidden states
+    # What `forward_tensors` last wrote into `inputs` with device copies: ((inputs, window slots used),
+    # the two destination views) and (start, pending). Kept so that a run of forwards with the same
+    # layout (a tree's levels, a draft chain's tokens) writes only what changed. A host fill resets it.
+    device_layout: tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    device_scalars: tuple[int, int] | None = None
 
 
 class CompiledRunner(Runner):
@@ -257,10 +262,12 @@ class CompiledRunner(Runner):
 
     @torch.inference_mode()
     def forward_tensors(
-        self, tokens: torch.Tensor, parents: torch.Tensor, want_hidden: bool = False
+        self, tokens: torch.Tensor, parents: torch.Tensor, want_hidden: bool = False, copy: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward` for inputs that live on the device: written into the bucket's inputs by device
-        copies (stream-ordered after whatever computed them), so nothing waits for the GPU here."""
+        copies (stream-ordered after whatever computed them), so nothing waits for the GPU here.
+        `copy=False` as in `forward`: views of the graph's outputs, valid until its next replay (a
+        caller that turns them into something else right away, a log-softmax or an argmax)."""
         n = tokens.shape[0]
         pending = parents.shape[0] - n
         self._check_room(pending, n)
@@ -269,15 +276,36 @@ class CompiledRunner(Runner):
             return super().forward_tensors(tokens, parents, want_hidden)
         bucket = self._bucket(size, width, want_hidden)
         self._log_forward(n)
-        inputs, used = bucket.inputs, pending + n
-        inputs[:n].copy_(tokens)
-        inputs[n:size].zero_()
-        inputs[size : size + used].copy_(parents)
-        inputs[size + used : size + width].fill_(-1)  # pads and unused window slots, as _fill
-        inputs[size + width].fill_(self.length)  # scalars ride in the fill kernels' arguments
-        inputs[size + width + 1].fill_(pending)
+        self._fill_on_device(bucket, tokens, parents, pending)
         logits, hidden = self._run_bucket(bucket, size, width, want_hidden)
+        if not copy or bucket.graph is None:  # without graphs every forward's outputs are new tensors
+            return logits[:n], hidden[:n] if want_hidden else None
         return logits[:n].clone(), hidden[:n].clone() if want_hidden else None
+
+    def _fill_on_device(
+        self, bucket: Bucket, tokens: torch.Tensor, parents: torch.Tensor, pending: int
+    ) -> None:
+        """Write device inputs into the bucket as `_fill` writes host ones, with the fewest calls: each
+        is host time on the clock, and a tree's levels, queued back to back, run only as fast as the host
+        feeds them. The pads stay as the last fill of the same layout left them, and the two scalars
+        are rewritten only when they change (both ride in the fill kernels' arguments)."""
+        n, size, width = tokens.shape[0], bucket.size, bucket.width
+        used = pending + n
+        if bucket.device_layout is None or bucket.device_layout[0] != (n, used):
+            inputs = bucket.inputs
+            inputs[n:size].zero_()
+            inputs[size + used : size + width].fill_(-1)  # pads and unused window slots, as _fill
+            bucket.device_layout = ((n, used), (inputs[:n], inputs[size : size + used]))
+            bucket.device_scalars = None
+        token_slots, parent_slots = bucket.device_layout[1]
+        token_slots.copy_(tokens)
+        parent_slots.copy_(parents)
+        old = bucket.device_scalars
+        if old is None or old[0] != self.length:
+            bucket.inputs[size + width].fill_(self.length)
+        if old is None or old[1] != pending:
+            bucket.inputs[size + width + 1].fill_(pending)
+        bucket.device_scalars = (self.length, pending)
 
     def _shape(self, n: int, pending: int) -> tuple[int | None, int | None]:
         """(inputs bucket, window bucket) of a forward of n inputs after `pending` slots; None: no
@@ -467,6 +495,7 @@ class CompiledRunner(Runner):
         host[size + width] = start
         host[size + width + 1] = pending
         self._upload(bucket)
+        bucket.device_layout = bucket.device_scalars = None  # every entry rewritten from the host
 
     def _bucket(self, size: int, width: int, want_hidden: bool) -> Bucket:
         bucket = self._buckets.get((size, width, want_hidden))

@@ -162,9 +162,10 @@ class Runner:
     _static_visible: int | None = None  # what attention sees between forwards (None = the whole cache)
 
     def forward_tensors(
-        self, tokens: torch.Tensor, parents: torch.Tensor, want_hidden: bool = False
+        self, tokens: torch.Tensor, parents: torch.Tensor, want_hidden: bool = False, copy: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`forward(tokens, parents, want_hidden)` with both as 1-D integer tensors (see the module doc)."""
+        """`forward(tokens, parents, want_hidden)` with both as 1-D integer tensors (see the module doc);
+        `copy` as in `forward` (here the outputs are always the caller's own)."""
         return self.forward(tokens.tolist(), parents.tolist(), want_hidden=want_hidden)
 
 
