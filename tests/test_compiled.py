@@ -574,3 +574,32 @@ def test_device_inputs_write_only_what_changed_and_stay_exact(tiny):
         if commit:
             for runner in (compiled, eager):
                 runner.commit([pending])  # the first new input becomes the next committed token
+
+
+@pytest.mark.parametrize("method", ["ar", "pld", "recycle"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_target_with_logits_in_its_own_dtype_decodes_as_with_float32_logits(tiny, method, temperature):
+    """The compiled target hands the verifier its logits in the model's dtype (no (N, V) float32 copy
+    in the graph): the same values, so greedy picks, Token Recycling's top-k and seeded sampling (which
+    casts before its softmax) must give the same tokens as float32 logits did. A bf16 model on the CPU."""
+    import copy
+    from dataclasses import replace
+
+    from specbench_cli.engine.decode import Engine, generate
+    from specbench_cli.registry import DRAFTERS
+    from specbench_cli.types import MethodSetup
+
+    loaded = replace(tiny, model=copy.deepcopy(tiny.model).to(torch.bfloat16), dtype="bfloat16")
+    engine = Engine(loaded, max_len=256, kind="compiled")
+    assert engine.runner.float_logits is False  # the factory's choice for the target
+    rng = random.Random(3)
+    rep = [rng.randrange(tiny.vocab_size) for _ in range(5)]
+    prompt = rep * 4 + [rng.randrange(tiny.vocab_size) for _ in range(4)]
+    outputs = {}
+    for float_logits in (True, False):
+        engine.runner.float_logits = float_logits  # read at every forward (no torch.compile on the CPU)
+        drafter = DRAFTERS.get(method)(MethodSetup(target=loaded, runners=engine.runners))
+        generator = torch.Generator().manual_seed(7)
+        gen = generate(engine, drafter, prompt, 24, temperature=temperature, generator=generator)
+        outputs[float_logits] = gen.output_ids
+    assert outputs[True] == outputs[False] and len(outputs[True]) > 0

@@ -100,3 +100,14 @@ def test_speculative_sampling_matches_autoregressive_sampling(tiny):
     z = ((stat / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / math.sqrt(2 / (9 * dof))
     p_value = 0.5 * math.erfc(z / math.sqrt(2))
     assert p_value > 1e-3, (stat, dof)
+
+
+def test_sampling_draws_from_float32_probabilities_whatever_the_logits_dtype():
+    """The compiled target hands over bf16 logits: the draw must be the one the float32 values give
+    (a softmax in bf16 rounds every probability to 3 significant digits and moves draws)."""
+    from specbench_cli.engine.verifier import choose_tokens
+
+    logits = (torch.randn(512, 1000, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16)
+    as_bf16 = choose_tokens(logits, 0.8, torch.Generator().manual_seed(1))
+    as_f32 = choose_tokens(logits.float(), 0.8, torch.Generator().manual_seed(1))
+    assert torch.equal(as_bf16, as_f32)

@@ -127,6 +127,7 @@ class CompiledRunner(Runner):
         compile_mode: str | None = "default",
         use_graphs: bool | None = None,
         fuse: bool = True,
+        float_logits: bool = True,
     ):
         if attention not in ATTENTIONS:
             raise SpecbenchError(f"unknown attention '{attention}'; choose from: {', '.join(ATTENTIONS)}")
@@ -141,6 +142,11 @@ class CompiledRunner(Runner):
         self.cache_len = self.cache.max_len
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.attention, self.backend = attention, backend
+        # False: logits in the model's dtype. The target's are read by argmax, top-k and softmax, which
+        # take them as they are or cast the rows they use (the same values: a bf16 logit is exactly a
+        # float32 one); a float32 copy of every row cost the graph a (N, 152k) conversion kernel that
+        # grows with N (117 MB of traffic at 129 inputs). Draft runners keep float32 log-probabilities.
+        self.float_logits = float_logits
         register_attention()
         # q/k/v and gate/up as one GEMM each in graph forwards (fusion.py): a copy of those weights.
         self.fusions = build_fusions(model) if fuse else []
@@ -461,7 +467,8 @@ class CompiledRunner(Runner):
             # which torch.compile cannot trace through (graph breaks).
             output_hidden_states=want_hidden,
         )
-        return out.logits[0].float(), (out.hidden_states[-1][0] if want_hidden else None)
+        logits = out.logits[0].float() if self.float_logits else out.logits[0]
+        return logits, (out.hidden_states[-1][0] if want_hidden else None)
 
     def _new_bucket(self, size: int, width: int, length: int) -> Bucket:
         inputs = torch.zeros(length, dtype=torch.long, device=self.device)

@@ -37,7 +37,10 @@ class RunnerFactory:
             from .compiled import CompiledRunner
 
             mode = self.compile_mode if role == "target" else self.draft_compile_mode
-            runner: Runner = CompiledRunner(model, self.max_len, max_nodes, compile_mode=mode)
+            # The target's logits stay in the model's dtype (the verifier casts what it computes with).
+            runner: Runner = CompiledRunner(
+                model, self.max_len, max_nodes, compile_mode=mode, float_logits=role != "target"
+            )
         else:
             runner = ModelRunner(model, self.max_len)
         runner.max_nodes = max_nodes  # what the lookup above matches on

@@ -192,7 +192,8 @@ class ModelRunner(Runner):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One forward over `tokens` (a chain when `parents` is None; see the module doc for pending slots).
 
-        Returns logits (n, V) in float32 (or (1, V) with last_only) and, with want_hidden, the final
+        Returns logits (n, V) in float32 (or (1, V) with last_only; a compiled target's graph forwards
+        keep the model's dtype, `CompiledRunner.float_logits`) and, with want_hidden, the final
         hidden states (n, H) (last row only with last_only, unless all_hidden). `copy=False` allows the
         outputs to be overwritten by the runner's next forward (compiled runners); here they never are.
         """

@@ -50,10 +50,11 @@ def child_by_token(tree: DraftTree) -> dict[tuple[int, int], int]:
 def choose_tokens(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """One token per row, left on the device: argmax at temperature 0, else one draw from softmax(logits / T)."""
+    """One token per row, left on the device: argmax at temperature 0, else one draw from softmax(logits / T)
+    computed in float32 (the compiled target hands over its logits in the model's dtype)."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -110,6 +111,7 @@ def verify(
 
 
 def _relaxed_child(tree, kids, row, temperature, topk, min_prob) -> int | None:
+    row = row.float()
     probs = torch.softmax(row / max(temperature, 1e-6) if temperature > 0 else row, dim=-1)
     top = set(probs.topk(topk).indices.tolist()) if topk > 0 else set()
     best, best_p = None, -1.0
