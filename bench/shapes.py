@@ -146,10 +146,11 @@ def make_runner(loaded: Any, variant: str, max_len: int) -> Any:
 
     if variant == "eager":
         return ModelRunner(loaded.model, max_len)
-    # ATTENTION:BACKEND:MODE[:nofuse], e.g. tree:efficient:default or tree:efficient:default:nofuse
+    # ATTENTION:BACKEND:MODE[:nofuse], e.g. tree:efficient:default or tree:efficient:default:nofuse.
+    # A target's runner, as the engine's factory makes it: logits in the model's dtype.
     attention, backend, mode, *flags = variant.split(":")
     runner = CompiledRunner(
         loaded.model, max_len, 128, attention=attention, backend=backend,
-        compile_mode=None if mode == "eager" else mode, fuse="nofuse" not in flags,
+        compile_mode=None if mode == "eager" else mode, fuse="nofuse" not in flags, float_logits=False,
     )  # fmt: skip
     return runner

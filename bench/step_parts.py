@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = resolve_device(args.device)
     loaded = random_loaded(args.shape, args.dtype, device)
     sizes = [int(s) for s in args.sizes.split(",")]
-    runner = CompiledRunner(loaded.model, args.context + 256, max(sizes) - 1 if max(sizes) > 1 else 1)
+    # The target's runner as the engine makes it (logits in the model's dtype).
+    runner = CompiledRunner(
+        loaded.model, args.context + 256, max(sizes) - 1 if max(sizes) > 1 else 1, float_logits=False
+    )
     context = [(7 * i) % 1000 + 1 for i in range(args.context)]
 
     runner.forward(context[:16])  # allocate, compile the first variant
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reps": args.reps,
         "graphs": runner.use_graphs,
         "kv_compaction": runner.move_kind,
-        "node_topk": topk_kind(runner.device),
+        "node_topk": topk_kind(runner.device, runner.dtype),
         "compile_error": runner.compile_error,
         "rows": rows,
         "move": move,

@@ -597,7 +597,8 @@ def _run_eval(cfg: EvalConfig, console, hold: ExitStack, ranks: Ranks | None = N
             # Described again now that each drafter has run: what only a first use settles (a dense
             # search's CUDA graph or eager form, chosen by timing both) is what the timed answers ran.
             config["methods_params"] |= {m: drafters[m].describe() for m in cfg.methods}
-            config["node_topk"] = topk_kind(engine.runner.device)  # Token Recycling's per-input top-k
+            # Token Recycling's per-input top-k, over the target's logits (in the model's dtype)
+            config["node_topk"] = topk_kind(engine.runner.device, engine.runner.dtype)
             write_json_atomic(paths.config, config)
 
     # Each repeat is one pass over the questions (Spec-Bench's runs), methods interleaved per question.

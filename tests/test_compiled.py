@@ -478,22 +478,48 @@ def test_row_topk_takes_torch_topk_off_cuda_and_says_so():
     assert why_not_chunked(torch.zeros(2, 4096 + 8), 8) == "not on CUDA"
 
 
+class TorchChunks:  # the Triton chunk kernel's contract, written with torch ops
+    def __getitem__(self, grid):
+        def launch(x, values, ids, stride, cols, chunks, K, BLOCK_C, num_warps):
+            rows = x.shape[0]
+            padded = torch.nn.functional.pad(x, (0, chunks * BLOCK_C - cols), value=float("-inf"))
+            top = padded.view(rows, chunks, BLOCK_C).topk(K, dim=-1)
+            offsets = torch.arange(chunks, device=x.device)[None, :, None] * BLOCK_C
+            values.copy_(top.values.flatten(1))
+            ids.copy_((top.indices + offsets).clamp(max=cols - 1).flatten(1))
+
+        return launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_top_k_self_check_runs_in_the_logits_dtype_and_catches_a_wrong_kernel(monkeypatch, dtype):
+    """The compiled target's logits are bf16, a draft's float32: the Triton pass is checked in the dtype
+    it will read, on rows whose top 8 is planted (bf16 has too few values for rows without ties). The
+    kernel and CUDA are stood in by torch on the CPU."""
+    import sys
+    import types
+
+    from specbench_cli.engine import row_topk
+
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(row_topk, "_kernel", TorchChunks)
+    check = row_topk.self_check.__wrapped__  # uncached
+    assert check(torch.device("cpu"), dtype) is None
+
+    class LowestFirst(TorchChunks):  # a broken kernel: each chunk's k smallest
+        def __getitem__(self, grid):
+            launch = super().__getitem__(grid)
+            return lambda x, *rest, **kw: launch(-x, *rest, **kw)
+
+    monkeypatch.setattr(row_topk, "_kernel", LowestFirst)
+    assert "missed the planted top 8" in check(torch.device("cpu"), dtype)
+
+
 def test_chunked_topk_merges_every_chunks_best_into_the_rows_best(monkeypatch):
     """The second pass (on the host side of the Triton kernel) with the kernel replaced by its torch
     equivalent: per chunk of BLOCK columns, its k largest with their column ids."""
     from specbench_cli.engine import row_topk
-
-    class TorchChunks:  # the kernel's contract, written with torch ops
-        def __getitem__(self, grid):
-            def launch(x, values, ids, stride, cols, chunks, K, BLOCK_C, num_warps):
-                rows = x.shape[0]
-                padded = torch.nn.functional.pad(x, (0, chunks * BLOCK_C - cols), value=float("-inf"))
-                top = padded.view(rows, chunks, BLOCK_C).topk(K, dim=-1)
-                offsets = torch.arange(chunks)[None, :, None] * BLOCK_C
-                values.copy_(top.values.flatten(1))
-                ids.copy_((top.indices + offsets).clamp(max=cols - 1).flatten(1))
-
-            return launch
 
     monkeypatch.setattr(row_topk, "_kernel", TorchChunks)
     gen = torch.Generator().manual_seed(2)

@@ -423,7 +423,9 @@ class TorchIndex:
         the query buffer, `prepare` included, with its results also packed for one read (`_packed`)."""
         import torch
 
-        query = row.clone()
+        # float32 whatever the first caller's dtype: `_replay_graph` copies every later query into it
+        # (a bf16 hidden state converts exactly; a float32 query into a bf16 buffer would be rounded).
+        query = row.float().clone()
 
         def search():
             found = self._one_query(self._prepared(query, prepare), k, fixed=True)

@@ -71,26 +71,30 @@ def why_not_chunked(logits: torch.Tensor, k: int) -> str | None:
         return f"logits of shape {tuple(logits.shape)} with k={k}"
     if logits.device.type != "cuda":
         return "not on CUDA"
-    return self_check(logits.device)
+    return self_check(logits.device, logits.dtype)
 
 
-@functools.cache  # once per device and process
-def self_check(device: torch.device) -> str | None:
-    """The Triton pass against torch.topk on random rows the size of a real vocabulary (no ties):
-    None when they agree, else why torch.topk stays."""
+@functools.cache  # once per device, dtype and process
+def self_check(device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
+    """The Triton pass on random rows the size of a real vocabulary, in the dtype it will read (the
+    compiled target's logits are the model's, a draft's log-probs float32): None when it finds each
+    row's top 8, else why torch.topk stays. bf16 has too few values for a row without ties, so the top 8
+    are planted at random columns with distinct values above every other entry: one right answer."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "Triton is not installed"
     gen = torch.Generator(device=device).manual_seed(0)
-    logits = torch.randn(37, 151_936, generator=gen, device=device)
+    logits = torch.randn(37, 151_936, generator=gen, device=device).to(dtype)  # all below 11
+    planted = torch.rand(37, 151_936, generator=gen, device=device).argsort(dim=1)[:, :8]
+    logits.scatter_(1, planted, (18 - torch.arange(8, device=device)).to(dtype).expand(37, 8))
     try:
         got = chunked_topk(logits, 8)
         torch.cuda.synchronize(device)
     except Exception as err:  # a Triton or driver version that cannot build it
         return f"{type(err).__name__}: {str(err)[:200]}"
-    if not torch.equal(got, logits.topk(8, dim=1).indices):
-        return "the chunked top-k disagreed with torch.topk on the self-check"
+    if not torch.equal(got, planted):
+        return f"the chunked top-k missed the planted top 8 on the self-check ({dtype})"
     return None
 
 
@@ -102,11 +106,11 @@ def row_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.topk(k, dim=-1).indices
 
 
-def topk_kind(device: torch.device) -> str:
-    """How `row_topk` runs on this device, for the run's config."""
+def topk_kind(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """How `row_topk` runs on this device for logits of `dtype` (the target's), for the run's config."""
     if device.type != "cuda":
         return "torch.topk (not on CUDA)"
-    problem = self_check(device)
+    problem = self_check(device, dtype)
     return (
         "torch.topk (" + problem + ")"
         if problem
