@@ -121,6 +121,9 @@
 #             the 68 answers at ~40 tok/s), then `kernels`. It measures what was built after the tenth
 #             session: the uncopied cost probe, dresd's one-graph step search, suffix's pruned
 #             cross-request search, the reused step-clock events
+#   chain15   the draft models again (the 1.5B and the 0.5B staged, as for chain12): ar, sps, sps-tree and
+#             rasd, one pass, then `kernels`: measures the device fills of forward_tensors (4-6 torch
+#             calls a tree level where there were 12) against the tenth session's draft-time ratios
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -252,6 +255,15 @@ chain14)
     echo "chain14: the retrieval methods with both baselines done $(date +%T)"
     bash "$0" kernels
     echo "chain14: kernels done $(date +%T)"
+    ;;
+chain15)
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
+    prepare_target || exit 1
+    prepare_draft || exit 1
+    bash "$0" eval /root/res/draft15 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+    echo "chain15: the draft-model methods done $(date +%T)"
+    bash "$0" kernels
+    echo "chain15: kernels done $(date +%T)"
     ;;
 retrieval)
     prepare_target || exit 1
