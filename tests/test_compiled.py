@@ -629,3 +629,37 @@ def test_a_target_with_logits_in_its_own_dtype_decodes_as_with_float32_logits(ti
         gen = generate(engine, drafter, prompt, 24, temperature=temperature, generator=generator)
         outputs[float_logits] = gen.output_ids
     assert outputs[True] == outputs[False] and len(outputs[True]) > 0
+
+
+def test_timed_graph_forwards_reuse_their_events_once_read(tiny, monkeypatch):
+    """A draft runner's graph forwards are timed with CUDA events (the draft host ratio): each pair is
+    recorded again only after `take_forward_times` read it, instead of two new events per forward."""
+    from specbench_cli.engine.compiled import Bucket
+
+    made, clock = [], iter(range(10**6))
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            made.append(self)
+
+        def record(self):
+            self.at = next(clock)
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    runner = CompiledRunner(tiny.model, 64, max_nodes=8)
+    replays = []
+    bucket = Bucket(1, 1, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    bucket.graph = type("G", (), {"replay": lambda self: replays.append(next(clock))})()
+    runner.profile = True
+    for step in (3, 1, 2):
+        for _ in range(step):
+            runner._run_bucket(bucket, 1, 1, False)
+        times = runner.take_forward_times()
+        assert len(times) == step and all(t == 2e-3 for t in times)  # begin, replay, end: 2 ticks (ms)
+    assert len(made) == 2 * 3 and runner.take_forward_times() == []  # the most pairs one read needed

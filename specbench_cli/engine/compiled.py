@@ -183,7 +183,10 @@ class CompiledRunner(Runner):
         # GPU time of every graph forward, read with take_forward_times() (benchmarks, and the decode
         # loop for draft runners: t_draft_forward).
         self.profile = False
+        # (begin, end) event pairs, the first `_timed` of them recorded since the last read; reused
+        # after each read (making two events per forward was host time inside the drafting it times)
         self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._timed = 0
         # Allocate every layer's K/V now, outside any graph pool: one token into a spare slot.
         with torch.inference_mode():
             self.length = self.max_len
@@ -331,11 +334,15 @@ class CompiledRunner(Runner):
             with self._attention():
                 return self._step(bucket.inputs, size, width, want_hidden)
         if self.profile:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if self._timed == len(self._events):
+                self._events.append(
+                    (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                )
+            begin, end = self._events[self._timed]
+            self._timed += 1
             begin.record()
             bucket.graph.replay()
             end.record()
-            self._events.append((begin, end))
         else:
             bucket.graph.replay()
         return bucket.logits, bucket.hidden
@@ -372,11 +379,12 @@ class CompiledRunner(Runner):
 
     def take_forward_times(self) -> list[float]:
         """GPU seconds of each graph forward since the last call, in order (needs `profile = True`)."""
-        if not self._events:
+        if not self._timed:
             return []
-        self._events[-1][1].synchronize()
-        times = [begin.elapsed_time(end) / 1000.0 for begin, end in self._events]
-        self._events.clear()
+        recorded = self._events[: self._timed]
+        recorded[-1][1].synchronize()
+        times = [begin.elapsed_time(end) / 1000.0 for begin, end in recorded]
+        self._timed = 0  # read: the pairs may be recorded again
         return times
 
     # -------------------------------------------------------------------------------------------
