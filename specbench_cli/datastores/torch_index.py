@@ -273,8 +273,8 @@ class TorchIndex:
 
         `prepare` maps raw queries (1, H) to search vectors (1, dim): the store's projection. On CUDA
         it runs inside the captured search graph, so a step costs a copy into the graph's input, a
-        replay and a read: on an H200 host each further torch call cost tens of microseconds (dresd's
-        projection, the search's clones and two reads were ~17 calls, 0.8 ms of retrieval a step,
+        replay and a read, where the projection, the search's clones and two reads were ~17 torch calls
+        on the host (dresd's retrieval took 0.8 ms a step on an H200 host,
         bench/results/2026-12-03-h200-every-method/method_stats.md)."""
         import torch
 
