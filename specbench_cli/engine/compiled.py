@@ -295,7 +295,7 @@ class CompiledRunner(Runner):
         self, bucket: Bucket, tokens: torch.Tensor, parents: torch.Tensor, pending: int
     ) -> None:
         """Write device inputs into the bucket as `_fill` writes host ones, with the fewest calls: each
-        is host time on the clock, and a tree's levels, queued back to back, run only as fast as the host
+        is host time on the clock, and a tree's levels, queued back to back, run no faster than the host
         feeds them. The pads stay as the last fill of the same layout left them, and the two scalars
         are rewritten only when they change (both ride in the fill kernels' arguments)."""
         n, size, width = tokens.shape[0], bucket.size, bucket.width
