@@ -167,6 +167,15 @@ prepare_draft() { # the 0.5B draft, staged like the target (.stage/q05 to /root/
     [ -f /root/m/q05/hf/specbench.json ] || python3 bench/device_prep.py prepare \
         --model qwen2.5-coder-0.5b=/root/m/q05/model.gguf --to /root/m/q05/hf
 }
+prepared_target() { # the target's conversion a staging call started, finished (or done here)
+    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done
+    prepare_target
+}
+code_alpaca_stores() { # the SAM and DReSD stores over CodeAlpaca's answers (rest15 comes staged)
+    bash "$0" store
+    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
+        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+}
 draft_pass() { # issue 9: the draft-model methods with the 0.5B, one pass
     bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
 }
@@ -242,11 +251,8 @@ chain)
     echo "chain: eval done $(date +%T)"
     ;;
 chain14)
-    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
-    prepare_target || exit 1
-    bash "$0" store
-    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
-        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+    prepared_target || exit 1
+    code_alpaca_stores
     echo "chain14: stores done $(date +%T)"
     # hf-eager's 68 answers take ~7-9 minutes (31.6-39.6 tok/s in micro.py's runs): the longest part
     bash "$0" eval /root/res/all14 "$suites" ar,pld,sam,recycle,suffix,rest,dresd \
@@ -257,8 +263,7 @@ chain14)
     echo "chain14: kernels done $(date +%T)"
     ;;
 chain15)
-    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
-    prepare_target || exit 1
+    prepared_target || exit 1
     prepare_draft || exit 1
     bash "$0" eval /root/res/draft15 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
     echo "chain15: the draft-model methods done $(date +%T)"
@@ -435,8 +440,7 @@ pre10)
     echo "pre10: sweep done $(date +%T)"
     ;;
 chain10)
-    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 5; done # started by a staging call
-    prepare_target || exit 1
+    prepared_target || exit 1
     while pgrep -f "h200_session.sh pre10" > /dev/null; do sleep 5; done # its timings alone on the GPU
     bash "$0" kernels
     echo "chain10: kernels done $(date +%T)"
@@ -456,8 +460,7 @@ f32)
 r = micro.correctness("qwen2.5-coder-1.5b", "cuda", 2048); print(r); json.dump(r, open(sys.argv[1], "w"))' "$RES/f32_check.json"
     ;;
 chain11)
-    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
-    prepare_target || exit 1
+    prepared_target || exit 1
     while pgrep -f "h200_session.sh f32" > /dev/null; do sleep 2; done # its GPU work done first
     bash "$0" store
     bash "$0" eval /root/res/fast1 "$suites" ar,pld,sam,recycle,suffix --datastore /root/stores/sam15 --baselines hf-static
@@ -466,11 +469,8 @@ chain11)
 chain12)
     # rest's store is built here (no pydivsufsort there) and carried as .st/rest15; dresd's needs the
     # target's hidden states, so it is built there, from the same CodeAlpaca answers as SAM's.
-    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
-    prepare_target || exit 1
-    bash "$0" store
-    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
-        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+    prepared_target || exit 1
+    code_alpaca_stores
     echo "chain12: stores done $(date +%T)"
     if [ -f /root/m/q05/model.gguf ]; then
         prepare_draft || exit 1
@@ -492,12 +492,9 @@ chain13)
     # ONE eval of every fast method, rest, dresd, sam@none and the draft-model methods beside hf-static,
     # so that the target compiles and captures once (the ninth session's two evals each spent 7-8
     # minutes before their first answer); then the per-kernel profile and the float32 check.
-    while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done # started by a staging call
-    prepare_target || exit 1
+    prepared_target || exit 1
     prepare_draft || exit 1
-    bash "$0" store
-    python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
-        --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+    code_alpaca_stores
     echo "chain13: stores done $(date +%T)"
     bash "$0" eval /root/res/all13 "$suites" ar,pld,sam,sam@none,recycle,suffix,rest,dresd,sps,sps-tree,rasd \
         --datastore /root/stores/sam15 --datastore /root/stores/rest15 --datastore /root/stores/dresd15 \
