@@ -44,6 +44,7 @@ import torch
 from ..types import SpecbenchError
 from .attention import PACKED_ATTENTION, TREE_ATTENTION, register_attention, tree_mask
 from .compaction import fused_move
+from .events import EventPool
 from .fusion import build_fusions, fused
 from .rotary import build_rotary_tables, rotary_tables
 from .runner import Runner
@@ -183,10 +184,8 @@ class CompiledRunner(Runner):
         # GPU time of every graph forward, read with take_forward_times() (benchmarks, and the decode
         # loop for draft runners: t_draft_forward).
         self.profile = False
-        # (begin, end) event pairs, the first `_timed` of them recorded since the last read; reused
-        # after each read (making two events per forward was host time inside the drafting it times)
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self._timed = 0
+        # A begin and an end event per timed forward, recorded again once read (events.py).
+        self._timing = EventPool()
         # Allocate every layer's K/V now, outside any graph pool: one token into a spare slot.
         with torch.inference_mode():
             self.length = self.max_len
@@ -334,15 +333,9 @@ class CompiledRunner(Runner):
             with self._attention():
                 return self._step(bucket.inputs, size, width, want_hidden)
         if self.profile:
-            if self._timed == len(self._events):
-                self._events.append(
-                    (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                )
-            begin, end = self._events[self._timed]
-            self._timed += 1
-            begin.record()
+            self._timing.record()
             bucket.graph.replay()
-            end.record()
+            self._timing.record()
         else:
             bucket.graph.replay()
         return bucket.logits, bucket.hidden
@@ -379,12 +372,12 @@ class CompiledRunner(Runner):
 
     def take_forward_times(self) -> list[float]:
         """GPU seconds of each graph forward since the last call, in order (needs `profile = True`)."""
-        if not self._timed:
+        events = self._timing.recorded()
+        if not events:
             return []
-        recorded = self._events[: self._timed]
-        recorded[-1][1].synchronize()
-        times = [begin.elapsed_time(end) / 1000.0 for begin, end in recorded]
-        self._timed = 0  # read: the pairs may be recorded again
+        events[-1].synchronize()
+        times = [begin.elapsed_time(end) / 1000.0 for begin, end in zip(events[::2], events[1::2])]
+        self._timing.reset()
         return times
 
     # -------------------------------------------------------------------------------------------

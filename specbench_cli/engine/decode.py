@@ -20,6 +20,7 @@ import torch
 
 from ..drafters.base import Drafter
 from ..types import DraftContext, DraftTree, Generation, LoadedModel, StepFeedback, StepRecord
+from .events import EventPool
 from .factory import RunnerFactory
 from .verifier import choices_with_topk, sample_tokens, verify
 
@@ -38,24 +39,15 @@ class StepClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        # Events are reused from one generation to the next (each was read after the previous one's
-        # final synchronisation): a step records four, and making them anew is host work on the clock.
-        self._events: list[torch.cuda.Event] = []
-        self._used = 0
+        # Reused from one generation to the next: each was read after the last one's final sync.
+        self._events = EventPool()
 
     def start(self) -> None:
         """A new generation: its marks reuse the events of the last one."""
-        self._used = 0
+        self._events.reset()
 
     def mark(self):
-        if self.cuda:
-            if self._used == len(self._events):
-                self._events.append(torch.cuda.Event(enable_timing=True))
-            event = self._events[self._used]
-            self._used += 1
-            event.record()
-            return event
-        return time.perf_counter()
+        return self._events.record() if self.cuda else time.perf_counter()
 
     def seconds(self, start, end) -> float:
         if self.cuda:
