@@ -170,7 +170,8 @@ class TorchIndex:
         # (k, with a projection inside) -> captured one-query search (CUDA); False: searched eagerly
         self.graphs: dict[tuple[int, bool], Any] = {}
         self.graph_error: str | None = None
-        self.timed: dict[int, tuple[float, float]] = {}  # k -> (graph, eager) ms of the first searches
+        # the same keys -> (graph, eager) ms of the first searches, which chose between the two
+        self.timed: dict[tuple[int, bool], tuple[float, float]] = {}
         self.use_graphs = self.device.type == "cuda"
         self.graph_budget = self.n  # an exact search scores every key, in the graph too
         self._every_key = torch.tensor(self.n, device=self.device)
@@ -232,8 +233,9 @@ class TorchIndex:
         if not self.graphs:
             return "cuda graph (none captured yet)"
         timed = "; ".join(
-            f"k={k}: graph {g:.3f} ms, eager {e:.3f} ms" for k, (g, e) in sorted(self.timed.items())
-        )  # one entry per k: the last form timed (a store searches with or without its projection)
+            f"k={k}{' projected' if projected else ''}: graph {g:.3f} ms, eager {e:.3f} ms"
+            for (k, projected), (g, e) in sorted(self.timed.items())
+        )
         kinds = {"cuda graph" if graph else "eager" for graph in self.graphs.values()}
         mode = kinds.pop() if len(kinds) == 1 else "cuda graph for some k, eager for others"
         return f"{mode} (first searches timed, {timed})" if timed else mode
@@ -280,15 +282,16 @@ class TorchIndex:
 
         k = min(k, self.n)
         query = query.reshape(-1).to(self.device)
+        host = None  # scores | ids | candidates, float64: one read
         with torch.inference_mode():
-            if self.use_graphs and not self.mmap:
-                graph = self._graph(query, k, prepare)
-                if graph is not False:
-                    self._replay_graph(graph, query)
-                    host = graph[3].cpu().numpy()  # scores | ids | candidates, float64: one read
-                    if not (self.ivf and host[2 * k] > self.graph_budget):  # IVF: every candidate scored
-                        return host[:k].astype(np.float32), host[k : 2 * k].astype(np.int64)
-            host = self._packed(self._one_query(self._prepared(query, prepare), k)).cpu().numpy()
+            graph = self._graph(query, k, prepare) if self.use_graphs and not self.mmap else False
+            if graph is not False:
+                self._replay_graph(graph, query)
+                host = graph[3].cpu().numpy()
+                if self.ivf and host[2 * k] > self.graph_budget:  # more candidates than the graph scored
+                    host = None
+            if host is None:
+                host = self._packed(self._one_query(self._prepared(query, prepare), k)).cpu().numpy()
         return host[:k].astype(np.float32), host[k : 2 * k].astype(np.int64)
 
     @staticmethod
@@ -415,7 +418,7 @@ class TorchIndex:
         # The graph alone: a first query past its slots must not time the eager fallback.
         graph_ms = ms(lambda: self._replay_graph(graph, row))
         eager_ms = ms(lambda: self._one_query(self._prepared(row, prepare), k))
-        self.timed[k] = (graph_ms, eager_ms)
+        self.timed[k, prepare is not None] = (graph_ms, eager_ms)
         return graph if graph_ms <= eager_ms else False
 
     def _capture(self, row: Any, k: int, prepare: Any = None) -> Any:
