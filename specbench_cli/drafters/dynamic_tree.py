@@ -171,6 +171,17 @@ def grow_tree(root_logp: torch.Tensor, expand: Expand, top_k: int, depth: int, b
     return launch_tree(root_logp, expand, top_k, depth, budget).finish()
 
 
+def picked(logp: torch.Tensor, tokens: list[int], rows: list[int] | None = None) -> torch.Tensor:
+    """logp[tokens] of one row (V,), or logp[rows[i], tokens[i]] of a level's (n, V): the indices go up
+    in one copy through pinned memory (a pageable copy would wait for every forward queued before it)."""
+    from ..engine.transfer import upload
+
+    if rows is None:
+        return logp[upload(tokens, logp.device)]
+    index = upload(rows + tokens, logp.device)
+    return logp[index[: len(rows)], index[len(rows) :]]
+
+
 def path_scores_later(tree: DraftTree, scored: list[int], own: torch.Tensor) -> Callable[[], list[float]]:
     """A host tree's `score_later` result: `own` (device) holds the log-probability of each node in
     `scored` given its parent; its copy is queued now, and the call sums them down every path (a node

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ..options import option
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
-from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree, path_scores_later
+from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree, path_scores_later, picked
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method eagle2` stays light
@@ -205,16 +205,16 @@ class Eagle2(Drafter):
             for i, v in enumerate(level):
                 out[v], row_of[v] = hidden[i], (len(level_logp), i)
             level_logp.append(torch.log_softmax(logits, dim=-1))
-        # Each node's own log-probability, read with one gather per level and one host copy; the
-        # indices go up through pinned memory (a pageable copy would wait for the queued forwards).
-        picks = [root_logprobs[upload([t for t, p in zip(tree.tokens, tree.parents) if p < 0], dev)]]
+        # Each node's own log-probability, read with one gather per level and one host copy.
+        picks = [picked(root_logprobs, [t for t, p in zip(tree.tokens, tree.parents) if p < 0])]
         scored = [v for v in range(n) if tree.parents[v] < 0]
         for li, logp in enumerate(level_logp):
             kids = [
                 v for v in range(n) if tree.parents[v] >= 0 and row_of.get(tree.parents[v], (-1,))[0] == li
             ]
-            index = upload([row_of[tree.parents[v]][1] for v in kids] + [tree.tokens[v] for v in kids], dev)
-            picks.append(logp[index[: len(kids)], index[len(kids) :]])
+            picks.append(
+                picked(logp, [tree.tokens[v] for v in kids], [row_of[tree.parents[v]][1] for v in kids])
+            )
             scored += kids
         return path_scores_later(tree, scored, torch.cat(picks))
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..options import option, subset
 from ..types import DraftContext, DraftTree, MethodSetup
 from .base import Drafter
-from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree, path_scores_later
+from .dynamic_tree import LaunchedTree, ScoredTree, launch_tree, path_scores_later, picked
 from .sps import common_prefix
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `ls --method sps-tree` stays light
@@ -125,8 +125,6 @@ class DraftModelTree(Drafter):
         """`score`, queued: the forward and the reads go to the device now; the call reads them back."""
         import torch
 
-        from ..engine.transfer import upload
-
         n = len(tree)
         if n == 0:
             return lambda: []
@@ -134,9 +132,7 @@ class DraftModelTree(Drafter):
         row_of = {node: i for i, node in enumerate(inner)}
         roots = [v for v in range(n) if tree.parents[v] < 0]
         deep = [v for v in range(n) if tree.parents[v] >= 0]
-        dev = root_logprobs.device
-        # Indices go up through pinned memory: a pageable copy would wait for every queued forward.
-        picks = [root_logprobs[upload([tree.tokens[v] for v in roots], dev)]]
+        picks = [picked(root_logprobs, [tree.tokens[v] for v in roots])]
         scored = list(roots)
         with torch.inference_mode():
             if deep and self.runner.length + len(inner) <= self.runner.max_len:
@@ -144,9 +140,10 @@ class DraftModelTree(Drafter):
                 logits, _ = self.runner.forward(
                     [tree.tokens[v] for v in inner], [row_of.get(tree.parents[v], -1) for v in inner]
                 )
-                index = upload([row_of[tree.parents[v]] for v in deep] + [tree.tokens[v] for v in deep], dev)
-                r_idx, t_idx = index[: len(deep)], index[len(deep) :]
-                picks.append(torch.log_softmax(logits, dim=-1)[r_idx, t_idx])
+                logp = torch.log_softmax(logits, dim=-1)
+                picks.append(
+                    picked(logp, [tree.tokens[v] for v in deep], [row_of[tree.parents[v]] for v in deep])
+                )
                 scored += deep
             # else: no room in the draft cache (rare): deeper nodes count as unlikely
             return path_scores_later(tree, scored, torch.cat(picks))
