@@ -236,20 +236,18 @@ def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypa
     replays = []
 
     class Captured:
-        def __init__(self, query, out):
-            self.query, self.out = query, out
+        def __init__(self, query, packed):
+            self.query, self.packed = query, packed
 
         def replay(self):
             replays.append(1)
             if not graph_faster:
                 time.sleep(0.005)
-            s, i, total = real_probe(self.query, 7, fixed=True)
-            self.out[0].copy_(s), self.out[1].copy_(i), self.out[2].copy_(total)
+            self.packed.copy_(index._packed(real_probe(self.query, 7, fixed=True)))
 
     def capture(row, k, prepare=None):
-        query = row.clone()
-        out = (torch.empty(k), torch.empty(k, dtype=torch.long), torch.zeros((), dtype=torch.long))
-        return query, out, Captured(query, out), None
+        query, packed = row.clone(), torch.empty(2 * k + 1, dtype=torch.float64)
+        return query, Captured(query, packed), packed
 
     if graph_faster:  # the eager form pays a stand-in for its launches and host sync
         monkeypatch.setattr(index, "_probe", lambda *a, **kw: (time.sleep(0.005), real_probe(*a, **kw))[1])
@@ -257,7 +255,7 @@ def test_torch_ivf_keeps_the_graph_only_where_it_timed_faster(tmp_path, monkeypa
     queries = torch.from_numpy(rng.normal(size=(6, 6)).astype(np.float32))
     captured_before = torch_index.captures_made()
     for q in queries:
-        got = index.search(q[None], 7)[1][0]
+        got = index.search_one(q, 7)[1]
         probed = torch.topk(index.centroids @ q, 2).indices.numpy()
         members = np.flatnonzero(np.isin(owner, probed))
         assert got.tolist() == members[np.argsort(-(keys[members] @ q.numpy()))][:7].tolist()
@@ -284,25 +282,23 @@ def test_torch_exact_search_of_one_query_replays_a_graph(monkeypatch):
     replays = []
 
     class Captured:
-        def __init__(self, query, out, k):
-            self.query, self.out, self.k = query, out, k
+        def __init__(self, query, packed, k):
+            self.query, self.packed, self.k = query, packed, k
 
         def replay(self):
             replays.append(1)
-            s, i, total = index._one_query(self.query, self.k, fixed=True)
-            self.out[0].copy_(s), self.out[1].copy_(i), self.out[2].copy_(total)
+            self.packed.copy_(index._packed(index._one_query(self.query, self.k, fixed=True)))
 
     def capture(row, k, prepare=None):
-        query = row.clone()
-        out = (torch.empty(k), torch.empty(k, dtype=torch.long), torch.zeros((), dtype=torch.long))
-        return query, out, Captured(query, out, k), None
+        query, packed = row.clone(), torch.empty(2 * k + 1, dtype=torch.float64)
+        return query, Captured(query, packed, k), packed
 
     monkeypatch.setattr(index, "_capture", capture)
     monkeypatch.setattr(index, "_faster", lambda graph, row, k, prepare=None: graph)  # keep the graph
     captured_before = torch_index.captures_made()
     queries = rng.normal(size=(5, 8)).astype(np.float32)
     for q in queries:
-        got = index.search(torch.from_numpy(q)[None], 7)[1][0]
+        got = index.search_one(torch.from_numpy(q), 7)[1]
         assert got.tolist() == np.argsort(-(keys @ q), kind="stable")[:7].tolist()
     assert torch_index.captures_made() == captured_before + 1 and len(replays) == len(queries)
     batch = index.search(torch.from_numpy(queries), 7)[1]  # a batch: no replay
@@ -374,15 +370,13 @@ def test_a_step_search_projects_inside_the_graph_and_reads_back_once(tmp_path, m
     real_capture = index._capture
 
     def capture(row, k, prepare=None):  # the real capture; its graph's replay reruns the search
-        query, out, graph, packed = real_capture(row, k, prepare)
+        query, graph, packed = real_capture(row, k, prepare)
 
         def rerun():
-            found = index._one_query(index._prepared(query, prepare), k, fixed=True)
-            for dst, src in zip((*out, packed), (*found, index._packed(found))):
-                dst.copy_(src)
+            packed.copy_(index._packed(index._one_query(index._prepared(query, prepare), k, fixed=True)))
 
         graph.fn = rerun
-        return query, out, graph, packed
+        return query, graph, packed
 
     monkeypatch.setattr(index, "_capture", capture)
     for raw, (s, i) in zip(raws, expected):

@@ -185,8 +185,8 @@ class DenseSearch:
         return self.search(prepare(raw.reshape(1, -1)), k)
 
     def search(self, query: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids of one search vector's k nearest keys (a (1, dim) tensor), best first."""
         if self.backend == "torch":
-            scores, ids = self.index.search(query, k)
-            return ordered(scores[0].cpu().numpy(), ids[0].cpu().numpy())
+            return ordered(*self.index.search_one(query, k))
         scores, ids = self.index.search(query.cpu().numpy().astype(np.float32), k)
         return ordered(scores[0], ids[0])

@@ -251,22 +251,16 @@ class TorchIndex:
 
     def search(self, queries: Any, k: int) -> tuple[Any, Any]:
         """(scores, ids), each (B, k) on the device, best first; queries (B, dim) float. Fewer than k
-        candidates: the tail is padded with -inf / -1, as an exhausted faiss search is."""
+        candidates: the tail is padded with -inf / -1, as an exhausted faiss search is. Eager (a
+        build's recall check, batches); a decode step's one query goes through `search_one`."""
         import torch
 
         q = queries.float().to(self.device)
         k = min(k, self.n)
-        graphs = self.use_graphs and not self.mmap
-        if not self.ivf and not (graphs and len(q) == 1):
-            return self._exact(q, k)  # a batch (a build's recall check): one product per chunk of keys
-        # Inference mode throughout: the captured query buffer is written by every later call.
+        if not self.ivf:
+            return self._exact(q, k)  # one product per chunk of keys
         with torch.inference_mode():
-            if graphs:
-                found = [self._replay(row, k) for row in q]
-            else:
-                found = [self._probe(row, k)[:2] for row in q]
-        if len(found) == 1:
-            return found[0][0][None], found[0][1][None]
+            found = [self._probe(row, k)[:2] for row in q]
         return torch.stack([s for s, _ in found]), torch.stack([i for _, i in found])
 
     def search_one(self, query: Any, k: int, prepare: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +281,7 @@ class TorchIndex:
             graph = self._graph(query, k, prepare) if self.use_graphs and not self.mmap else False
             if graph is not False:
                 self._replay_graph(graph, query)
-                host = graph[3].cpu().numpy()
+                host = graph[2].cpu().numpy()
                 if self.ivf and host[2 * k] > self.graph_budget:  # more candidates than the graph scored
                     host = None
             if host is None:
@@ -326,7 +320,7 @@ class TorchIndex:
         One query per decode step: every op here is a kernel launch, and at this size launches and a
         host sync, not arithmetic, were the search's time (p50 0.52 ms for 10M keys on an H200 with a
         sync for the candidate count, 2026-12-03). Without that sync the whole search is one CUDA
-        graph (`_replay`)."""
+        graph (`search_one`)."""
         import torch
 
         lists = torch.topk(self.centroids @ row, self.nprobe).indices
@@ -352,14 +346,6 @@ class TorchIndex:
             i = torch.cat([i, torch.full((k - len(i),), -1, dtype=torch.long, device=self.device)])
         return s, i, ends[-1]
 
-    def _replay(self, row: Any, k: int) -> tuple[Any, Any]:
-        """`_one_query` from a CUDA graph captured per k, or eagerly where capture failed or the eager
-        search timed faster on this index (`_faster`)."""
-        graph = self._graph(row, k, None)
-        if graph is False:
-            return self._one_query(row, k)[:2]
-        return self._run(graph, row, k)
-
     def _graph(self, row: Any, k: int, prepare: Any) -> Any:
         """The captured search for k (and `prepare`, when given, inside it), captured and timed against
         the eager form on first use; False where capture failed or the eager form was faster."""
@@ -373,23 +359,12 @@ class TorchIndex:
             graph = self.graphs[key]
         return graph
 
-    def _run(self, graph: tuple, row: Any, k: int) -> tuple[Any, Any]:
-        count = self._replay_graph(graph, row)
-        # IVF: the count is read now, not later (the caller reads the ids right after anyway); more
-        # candidates than slots were not all scored. An exact search scores every key: nothing to read.
-        if self.ivf and int(count) > self.graph_budget:
-            return self._one_query(row, k)[:2]
-        out = graph[1]
-        return out[0].clone(), out[1].clone()
-
     @staticmethod
-    def _replay_graph(graph: tuple, row: Any) -> Any:
-        """Search `row` with the captured graph (results in graph[1], packed in graph[3]); the
-        candidates it scored (a device scalar)."""
-        query, out, captured, _ = graph
+    def _replay_graph(graph: tuple, row: Any) -> None:
+        """Search `row` with the captured graph (its result packed in graph[2])."""
+        query, captured, _ = graph
         query.copy_(row)
         captured.replay()
-        return out[2]
 
     def _faster(
         self, graph: tuple, row: Any, k: int, prepare: Any = None, reps: int = CALIBRATION_SEARCHES
@@ -422,8 +397,8 @@ class TorchIndex:
         return graph if graph_ms <= eager_ms else False
 
     def _capture(self, row: Any, k: int, prepare: Any = None) -> Any:
-        """(query buffer, (scores, ids, candidates), graph, packed): the search of whatever is copied into
-        the query buffer, `prepare` included, with its results also packed for one read (`_packed`)."""
+        """(query buffer, graph, packed result): the search of whatever is copied into the query buffer,
+        `prepare` included, its scores, ids and candidate count packed for one read (`_packed`)."""
         import torch
 
         # float32 whatever the first caller's dtype: `_replay_graph` copies every later query into it
@@ -431,8 +406,7 @@ class TorchIndex:
         query = row.float().clone()
 
         def search():
-            found = self._one_query(self._prepared(query, prepare), k, fixed=True)
-            return found, self._packed(found)
+            return self._packed(self._one_query(self._prepared(query, prepare), k, fixed=True))
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -442,12 +416,12 @@ class TorchIndex:
             torch.cuda.current_stream().wait_stream(side)
             captured = torch.cuda.CUDAGraph()
             with torch.cuda.graph(captured):
-                out, packed = search()
+                packed = search()
         except RuntimeError as err:  # an op this torch cannot capture: stay eager (`search_mode` says why)
             torch.cuda.current_stream().wait_stream(side)
             self.graph_error = f"{type(err).__name__}: {str(err)[:200]}"
             return False
-        return query, out, captured, packed
+        return query, captured, packed
 
     def _exact(self, q: Any, k: int) -> tuple[Any, Any]:
         import torch
