@@ -120,7 +120,8 @@
 #             the retrieval methods beside BOTH transformers baselines (hf-static and hf-eager, ~7 min of
 #             the 68 answers at ~40 tok/s), then `kernels`. It measures what was built after the tenth
 #             session: the uncopied cost probe, dresd's one-graph step search, suffix's pruned
-#             cross-request search, the reused step-clock events
+#             cross-request search, the reused step-clock events; sam@none (SAM's own drafts) rides along,
+#             and the step profile of ar, pld, recycle and sam comes last, if the time allows
 #   chain15   the draft models again (the 1.5B and the 0.5B staged, as for chain12): ar, sps, sps-tree and
 #             rasd, one pass, then `kernels`: measures the device fills of forward_tensors (4-6 torch
 #             calls a tree level where there were 12) against the tenth session's draft-time ratios
@@ -255,12 +256,14 @@ chain14)
     code_alpaca_stores
     echo "chain14: stores done $(date +%T)"
     # hf-eager's 68 answers take ~7-9 minutes (31.6-39.6 tok/s in micro.py's runs): the longest part
-    bash "$0" eval /root/res/all14 "$suites" ar,pld,sam,recycle,suffix,rest,dresd \
+    bash "$0" eval /root/res/all14 "$suites" ar,pld,sam,sam@none,recycle,suffix,rest,dresd \
         --datastore /root/stores/sam15 --datastore /root/stores/rest15 --datastore /root/stores/dresd15 \
-        --baselines hf-static,hf-eager --repeats "${REPEATS:-1}"
+        --baselines hf-static,hf-eager --repeats "${REPEATS:-1}" --method-opt sam@none.fallback=none
     echo "chain14: the retrieval methods with both baselines done $(date +%T)"
     bash "$0" kernels
     echo "chain14: kernels done $(date +%T)"
+    step_profile  # where a tree step's time goes beyond its forward (recycle, sam), if time is left
+    echo "chain14: step profile done $(date +%T)"
     ;;
 chain15)
     prepared_target || exit 1
