@@ -16,7 +16,7 @@ from specbench_cli.drafters.ar import Autoregressive
 from specbench_cli.drafters.base import Drafter
 from specbench_cli.drafters.pld import PromptLookup
 from specbench_cli.drafters.sps import DraftModelChain
-from specbench_cli.engine.compiled import CompiledRunner, ancestor_closure
+from specbench_cli.engine.compiled import CompiledRunner, ancestor_closure, closure_rounds
 from specbench_cli.engine.decode import Engine, generate
 from specbench_cli.engine.factory import RunnerFactory
 from specbench_cli.engine.runner import ModelRunner, ancestor_matrix
@@ -35,15 +35,25 @@ def random_parents(rng: random.Random, n: int) -> list[int]:
 
 def test_ancestor_closure_matches_host_matrix():
     rng = random.Random(0)
-    for n in [1, 2, 3, 5, 16, 17, 33, 65, 129]:
+    for n in [1, 2, 3, 4, 5, 16, 17, 33, 65, 129]:
         for _ in range(3):
             parents = random_parents(rng, n)
-            got = ancestor_closure(torch.tensor(parents), torch.arange(n))
-            assert torch.equal(got, torch.from_numpy(ancestor_matrix(parents)))
-    chain = list(range(-1, 128))  # the deepest tree the largest default bucket holds
+            expected = torch.from_numpy(ancestor_matrix(parents))
+            assert torch.equal(ancestor_closure(torch.tensor(parents), torch.arange(n)), expected)
+            # The compiled graphs run the largest bucket's rounds in every bucket: extra rounds change nothing.
+            rounds = closure_rounds(129)
+            assert torch.equal(ancestor_closure(torch.tensor(parents), torch.arange(n), rounds), expected)
+    # A window holds several roots (inputs whose parent is committed) and pads at depth 0.
+    forest = [-1, 0, -1, 2, 3, 1, -1, -1]
     assert torch.equal(
-        ancestor_closure(torch.tensor(chain), torch.arange(129)), torch.ones(129, 129).tril().bool()
+        ancestor_closure(torch.tensor(forest), torch.arange(8)), torch.from_numpy(ancestor_matrix(forest))
     )
+    chain = list(range(-1, 128))  # the deepest tree the largest default bucket holds
+    full = torch.ones(129, 129).tril().bool()
+    assert torch.equal(ancestor_closure(torch.tensor(chain), torch.arange(129)), full)
+    # One round fewer leaves the chain's deepest input without its farthest ancestors.
+    short = ancestor_closure(torch.tensor(chain), torch.arange(129), closure_rounds(129) - 1)
+    assert not torch.equal(short, full) and not short[128, 0]
 
 
 @pytest.mark.parametrize("attention", ["tree", "packed", "sdpa"])

@@ -94,6 +94,12 @@ class Draft:
         return sum(self.probs)
 
 
+# The children of every leaf, one shared empty dict that is never written: `extend` gives a leaf its own
+# dict when it gets a child. A text seen once makes ~max_tree_depth new leaves per token, most of which
+# stay leaves (a dict each was time on the clock and memory).
+LEAF: dict[int, int] = {}
+
+
 class SuffixTrie:
     """Every substring of at most `max_depth` tokens of the stored texts, with its occurrence count.
 
@@ -133,10 +139,14 @@ class SuffixTrie:
             fresh = len(suffixes) - len(grown)
             if fresh:
                 first = len(kids)
-                kids.extend([{} for _ in range(fresh)])
+                kids.extend([LEAF] * fresh)
                 count.extend([1] * fresh)
                 for child, node in enumerate(suffixes[len(grown) :], first):
-                    kids[node][tok] = child
+                    children = kids[node]
+                    if children is LEAF:
+                        kids[node] = {tok: child}
+                    else:
+                        children[tok] = child
                 grown.extend(range(first, first + fresh))
             count[0] += 1
             active = grown
@@ -191,6 +201,18 @@ class SuffixTrie:
         while True:
             total = count[parent_node]
             children = kids[parent_node]
+            if not heap and len(children) == 1:
+                # The only candidate (a text seen once is a chain of these): it goes next if it is
+                # probable enough, without the push and pop the heap would spend on it.
+                ((tok, child),) = children.items()
+                p = prob * count[child] / total
+                if p < min_prob or len(tokens) >= max_tokens:
+                    return draft
+                tokens.append(tok)
+                parents.append(parent_index)
+                probs.append(p)
+                parent_node, parent_index, prob = child, len(tokens) - 1, p
+                continue
             # Most frequent first (the rest are less probable); a node with one child, most nodes of a
             # text's trie, needs no ranking (the replay of fast-repeats-8: 0.6 children per ranking).
             for tok, child in children.items() if len(children) < 2 else ranked_kids(parent_node):

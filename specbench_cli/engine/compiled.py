@@ -15,7 +15,7 @@ the levels of a dynamic draft tree and its catch-up forwards all replay graphs t
   themselves only (no NaN), and no live input sees them;
 - per (B, W), one int64 vector [tokens (B) | window parents (W) | start | m] is all the host writes per
   step (one copy). Positions, write slots and the mask are derived from it on the GPU, inside the graph
-  (the ancestor relation by repeated squaring of the parent matrix);
+  (the ancestor relation by pointer jumping over the parents);
 - each (B, W)'s forward is captured once in a CUDA graph, either of the eager HF forward or of a
   torch.compile'd one (`compile_mode`). A chain longer than the largest bucket (a prompt) runs as
   consecutive forwards of that bucket, each after the ones before it (`_chunked_forward`); only
@@ -33,7 +33,6 @@ Without CUDA the same static-shape code runs without graphs; the CPU tests compa
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -72,26 +71,42 @@ ATTENTIONS = ("tree", "packed", "sdpa")  # graph forwards: our kernel, packed-GQ
 COMPILED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 
 
+JUMP_BASE = 4  # levels a round of `ancestor_closure` multiplies its reach by
+
+
 def closure_rounds(n: int) -> int:
-    """Squarings that `ancestor_closure` needs for n inputs (paths up to n - 1 edges)."""
-    return math.ceil(math.log2(n - 1)) if n > 2 else 0
+    """Rounds `ancestor_closure` needs for n inputs: each covers JUMP_BASE times the levels of the
+    last, from one (the input itself), until they reach n (paths of up to n - 1 edges)."""
+    rounds, levels = 0, 1
+    while levels < n:
+        rounds, levels = rounds + 1, levels * JUMP_BASE
+    return rounds
 
 
 def ancestor_closure(parents: torch.Tensor, idx: torch.Tensor, rounds: int | None = None) -> torch.Tensor:
     """anc[i, j]: input j is input i or one of its ancestors; `parents` (n,) int64, -1 = root, idx = arange(n).
 
-    Without a host loop, so that it runs inside a graph: squaring (parent | self) doubles the path
-    length the relation covers; clamping keeps the entries 0/1, so float32 stays exact. Extra rounds
-    change nothing (a fixed count lets one compiled graph serve every size).
+    Without a host loop, so that it runs inside a graph, by pointer jumping: `reach[i]` holds i's
+    ancestors less than L levels up and `jump[i]` the one exactly L up (a root stands in for anything
+    above it); a round adds the reach of the nodes L, 2L and 3L levels up, so L grows JUMP_BASE-fold.
+    Row gathers and ORs of booleans, exact on any device, that torch.compile fuses into a few small
+    kernels. It replaced squaring the (parent | self) matrix in float32: seven 129 x 129 matrix
+    products (38 us per 129-input forward on an H200, bench/results/2026-12-04-h200-session14/
+    profile.json) in every bucket but the 1-input one. Extra rounds change nothing (a fixed count
+    lets one compiled graph serve every size).
     """
-    n = parents.shape[0]
-    anc = (parents[:, None] == idx[None, :]) | (idx[:, None] == idx[None, :])
-    if n <= 2:
-        return anc
-    reach = anc.float()
-    for _ in range(closure_rounds(n) if rounds is None else rounds):
-        reach = (reach @ reach).clamp_(max=1.0)
-    return reach > 0
+    if parents.shape[0] <= 2:  # (parent | self) is the whole relation; no round in the 1-input graph
+        return (parents[:, None] == idx[None, :]) | (idx[:, None] == idx[None, :])
+    jump = torch.where(parents < 0, idx, parents)
+    reach = idx[:, None] == idx[None, :]
+    for _ in range(closure_rounds(parents.shape[0]) if rounds is None else rounds):
+        hop = jump
+        levels_up = reach
+        for _ in range(JUMP_BASE - 1):
+            levels_up = levels_up | reach.index_select(0, hop)
+            hop = jump.index_select(0, hop)
+        reach, jump = levels_up, hop
+    return reach
 
 
 @dataclass
