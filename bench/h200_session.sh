@@ -122,9 +122,12 @@
 #             session: the uncopied cost probe, dresd's one-graph step search, suffix's pruned
 #             cross-request search, the reused step-clock events; sam@none (SAM's own drafts) rides along,
 #             and the step profile of ar, pld, recycle and sam comes last, if the time allows
-#   chain15   the draft models again (the 1.5B and the 0.5B staged, as for chain12): ar, sps, sps-tree and
-#             rasd, one pass, then `kernels`: measures the device fills of forward_tensors (4-6 torch
-#             calls a tree level where there were 12) against the tenth session's draft-time ratios
+#   chain15   the draft models again (the 1.5B and the 0.5B staged, as for chain12): ar, pld, recycle, sps,
+#             sps-tree and rasd, one pass, then `kernels`: measures the device fills of forward_tensors
+#             (4-6 torch calls a tree level where there were 12) against the tenth session's draft-time
+#             ratios, and the ancestor closure by pointer jumping (session 14's profile: seven float32
+#             129 x 129 products, 38 us of a 129-input forward) in the buckets pld (16) and recycle (81)
+#             verify with and in `kernels`' per-size profile
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -141,7 +144,7 @@ export SPECBENCH_MODEL_QWEN2_5_CODER_1_5B=/root/m/q15/hf SPECBENCH_MODEL_QWEN2_5
 # Suite files on a machine without a network: a copy of shared/data (carried as .data/) and of the
 # pinned downloads (~/.cache/specbench/data, carried as .cache-data/data/), copied to these paths.
 export SPECBENCH_DATA=${SPECBENCH_DATA:-/root/data} SPECBENCH_CACHE=${SPECBENCH_CACHE:-/root/cache}
-BEFORE=bench/results/2026-12-03-h200-session11/profile_forward.json  # the eighth session's: the prefix loop
+BEFORE=bench/results/2026-12-04-h200-session14/profile.json  # session 14: the closure by float32 products
 # The questions of every timed run since 2026-12-02: 20 HumanEval + 48 Spec-Bench (8 per task), carried in .bd2/.
 suites=${SUITES:-humaneval:/root/bd/HumanEval-20.jsonl,jsonl:/root/bd/spec-bench-48.jsonl}
 step=$1
@@ -268,7 +271,7 @@ chain14)
 chain15)
     prepared_target || exit 1
     prepare_draft || exit 1
-    bash "$0" eval /root/res/draft15 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
+    bash "$0" eval /root/res/draft15 "$suites" ar,pld,recycle,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
     echo "chain15: the draft-model methods done $(date +%T)"
     bash "$0" kernels
     echo "chain15: kernels done $(date +%T)"
