@@ -48,6 +48,13 @@ def test_ancestor_closure_matches_host_matrix():
     assert torch.equal(
         ancestor_closure(torch.tensor(forest), torch.arange(8)), torch.from_numpy(ancestor_matrix(forest))
     )
+    # A parent that is no window index (never written by the runner) counts as a root, never a gather
+    # out of bounds.
+    stray = [-1, 0, 9, 2]
+    assert torch.equal(
+        ancestor_closure(torch.tensor(stray), torch.arange(4)),
+        torch.from_numpy(ancestor_matrix([-1, 0, -1, 2])),
+    )
     chain = list(range(-1, 128))  # the deepest tree the largest default bucket holds
     full = torch.ones(129, 129).tril().bool()
     assert torch.equal(ancestor_closure(torch.tensor(chain), torch.arange(129)), full)

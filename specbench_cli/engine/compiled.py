@@ -97,7 +97,9 @@ def ancestor_closure(parents: torch.Tensor, idx: torch.Tensor, rounds: int | Non
     """
     if parents.shape[0] <= 2:  # (parent | self) is the whole relation; no round in the 1-input graph
         return (parents[:, None] == idx[None, :]) | (idx[:, None] == idx[None, :])
-    jump = torch.where(parents < 0, idx, parents)
+    # Anything but a window index is a root, as it was for the matrix product: an index past the window
+    # would make a gather read out of bounds inside a graph.
+    jump = torch.where((parents < 0) | (parents >= parents.shape[0]), idx, parents)
     reach = idx[:, None] == idx[None, :]
     for _ in range(closure_rounds(parents.shape[0]) if rounds is None else rounds):
         hop = jump
