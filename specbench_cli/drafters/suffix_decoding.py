@@ -204,32 +204,29 @@ class SuffixTrie:
             if not heap and len(children) == 1:
                 # The only candidate (a text seen once is a chain of these): it goes next if it is
                 # probable enough, without the push and pop the heap would spend on it.
-                ((tok, child),) = children.items()
-                p = prob * count[child] / total
+                ((tok, parent_node),) = children.items()
+                p = prob * count[parent_node] / total
                 if p < min_prob or len(tokens) >= max_tokens:
                     return draft
-                tokens.append(tok)
-                parents.append(parent_index)
-                probs.append(p)
-                parent_node, parent_index, prob = child, len(tokens) - 1, p
-                continue
-            # Most frequent first (the rest are less probable); a node with one child, most nodes of a
-            # text's trie, needs no ranking (the replay of fast-repeats-8: 0.6 children per ranking).
-            for tok, child in children.items() if len(children) < 2 else ranked_kids(parent_node):
-                p = prob * count[child] / total
-                if p < min_prob:
-                    break
-                push(heap, (-p, order, tok, child, parent_index))
-                order += 1
-                if not tree:  # a single path: the most frequent child only
-                    break
-            if not heap or len(tokens) >= max_tokens:
-                return draft
-            neg_p, _, tok, parent_node, parent_index = pop(heap)
+            else:
+                # Most frequent first (the rest are less probable); a node with one child, most nodes of
+                # a text's trie, needs no ranking (the replay of fast-repeats-8: 0.6 children per ranking).
+                for tok, child in children.items() if len(children) < 2 else ranked_kids(parent_node):
+                    p = prob * count[child] / total
+                    if p < min_prob:
+                        break
+                    push(heap, (-p, order, tok, child, parent_index))
+                    order += 1
+                    if not tree:  # a single path: the most frequent child only
+                        break
+                if not heap or len(tokens) >= max_tokens:
+                    return draft
+                neg_p, _, tok, parent_node, parent_index = pop(heap)
+                p = -neg_p
             tokens.append(tok)
             parents.append(parent_index)
-            probs.append(-neg_p)
-            parent_index, prob = len(tokens) - 1, -neg_p
+            probs.append(p)
+            parent_index, prob = len(tokens) - 1, p
 
     def matches(self, context) -> list[int]:
         """nodes[m - 1]: the node of `context`'s last m tokens, for every m below its length that occurs."""
