@@ -95,13 +95,14 @@ def ancestor_closure(parents: torch.Tensor, idx: torch.Tensor, rounds: int | Non
     profile.json) in every bucket but the 1-input one. Extra rounds change nothing (a fixed count
     lets one compiled graph serve every size).
     """
-    if parents.shape[0] <= 2:  # (parent | self) is the whole relation; no round in the 1-input graph
+    n = parents.shape[0]
+    if n <= 2:  # (parent | self) is the whole relation; no round in the 1-input graph
         return (parents[:, None] == idx[None, :]) | (idx[:, None] == idx[None, :])
     # Anything but a window index is a root, as it was for the matrix product: an index past the window
     # would make a gather read out of bounds inside a graph.
-    jump = torch.where((parents < 0) | (parents >= parents.shape[0]), idx, parents)
+    jump = torch.where((parents < 0) | (parents >= n), idx, parents)
     reach = idx[:, None] == idx[None, :]
-    for _ in range(closure_rounds(parents.shape[0]) if rounds is None else rounds):
+    for _ in range(closure_rounds(n) if rounds is None else rounds):
         hop = jump
         levels_up = reach
         for _ in range(JUMP_BASE - 1):
