@@ -122,12 +122,15 @@
 #             session: the uncopied cost probe, dresd's one-graph step search, suffix's pruned
 #             cross-request search, the reused step-clock events; sam@none (SAM's own drafts) rides along,
 #             and the step profile of ar, pld, recycle and sam comes last, if the time allows
-#   chain15   the draft models again (the 1.5B and the 0.5B staged, as for chain12): ar, pld, recycle, sps,
-#             sps-tree and rasd, one pass, then `kernels`: measures the device fills of forward_tensors
-#             (4-6 torch calls a tree level where there were 12) against the tenth session's draft-time
-#             ratios, and the ancestor closure by pointer jumping (session 14's profile: seven float32
-#             129 x 129 products, 38 us of a 129-input forward) in the buckets pld (16) and recycle (81)
-#             verify with and in `kernels`' per-size profile
+#   chain15   the draft models again with the retrieval methods whose host time changed (the 1.5B and
+#             the 0.5B staged, as for chain12): the DReSD store, then ONE eval of ar, pld, recycle,
+#             suffix, dresd, sps, sps-tree and rasd, then micro.py (the float32 check and the forward
+#             ratios on random weights), then the per-kernel profile. It measures the device fills of
+#             forward_tensors (4-6 torch calls a tree level where there were 12) against the tenth
+#             session's draft-time ratios; the ancestor closure by pointer jumping (session 14's
+#             profile: seven float32 129 x 129 products, 38 us of a 129-input forward) in the buckets
+#             pld (16) and recycle (81) verify with and in the probe's t(129); suffix's and dresd's
+#             drafting after this session's host work
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -175,10 +178,13 @@ prepared_target() { # the target's conversion a staging call started, finished (
     while pgrep -f "device_prep.py prepare" > /dev/null; do sleep 2; done
     prepare_target
 }
-code_alpaca_stores() { # the SAM and DReSD stores over CodeAlpaca's answers (rest15 comes staged)
-    bash "$0" store
+dresd_store() { # the DReSD store over CodeAlpaca's answers (~30 s)
     python3 -m specbench_cli build-index --method dresd --model qwen2.5-coder-1.5b \
         --corpus "$SPECBENCH_DATA/code_alpaca/new_codealpaca.json" --text-key output --out /root/stores/dresd15 --force
+}
+code_alpaca_stores() { # the SAM and DReSD stores over CodeAlpaca's answers (rest15 comes staged)
+    bash "$0" store
+    dresd_store
 }
 draft_pass() { # issue 9: the draft-model methods with the 0.5B, one pass
     bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
@@ -271,10 +277,17 @@ chain14)
 chain15)
     prepared_target || exit 1
     prepare_draft || exit 1
-    bash "$0" eval /root/res/draft15 "$suites" ar,pld,recycle,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
-    echo "chain15: the draft-model methods done $(date +%T)"
-    bash "$0" kernels
-    echo "chain15: kernels done $(date +%T)"
+    dresd_store
+    echo "chain15: dresd store done $(date +%T)"
+    bash "$0" eval /root/res/all15 "$suites" ar,pld,recycle,suffix,dresd,sps,sps-tree,rasd \
+        --draft-model qwen2.5-coder-0.5b --datastore /root/stores/dresd15
+    echo "chain15: the eval done $(date +%T)"
+    python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
+        --variants tree:efficient:default --time-budget 120
+    echo "chain15: micro done $(date +%T)"
+    python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
+        --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
+    echo "chain15: profile done $(date +%T)"
     ;;
 retrieval)
     prepare_target || exit 1

@@ -262,6 +262,36 @@ def test_first_token_filter():
     assert candidate_paths(rows, 42) == []
 
 
+def first_token_filter_by_rows(rows, root, num_drafts, draft_len, distinct):
+    """DReSD's filter written row by row, as the paper states it: the reference for the fast one."""
+    out = []
+    for row in rows.tolist():
+        if row[0] != root:
+            continue
+        path = []
+        for tok in row[1 : 1 + draft_len]:
+            if tok < 0:
+                break
+            path.append(tok)
+        if path and not (distinct and path in out):
+            out.append(path)
+        if len(out) == num_drafts:
+            break
+    return out
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_first_token_filter_matches_the_row_by_row_filter(distinct):
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        rows = rng.integers(0, 4, size=(50, 12)).astype(np.int32)  # few tokens: many repeats and roots
+        for r in rng.choice(50, size=10):
+            rows[r, rng.integers(1, 12) :] = PAD
+        num_drafts, draft_len = int(rng.integers(1, 12)), int(rng.integers(1, 14))
+        want = first_token_filter_by_rows(rows, 1, num_drafts, draft_len, distinct)
+        assert candidate_paths(rows, 1, num_drafts, draft_len, distinct) == want
+
+
 def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
     path, docs = store
     drafter = DReSD(MethodSetup(target=tiny, datastores={"dresd": path}, options={"draft_len": 6}))
@@ -283,6 +313,20 @@ def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
     assert drafter.describe()["backend"] == "faiss-cpu"
     # Same query, same tree: ties are broken by id.
     assert drafter.propose(ctx) == tree
+
+
+def test_padded_search_ids_are_no_store_rows(store, tiny):
+    """An IVF search that scored fewer than k keys pads its ids with -1, which numpy would read as the
+    store's last row: a candidate nobody retrieved."""
+    path, docs = store
+    drafter = DReSD(MethodSetup(target=tiny, datastores={"dresd": path}, options={"draft_len": 4}))
+    values = drafter.store.values.copy()
+    values[-1] = np.arange(7, 7 + values.shape[1])  # the last row: a full continuation of root 7
+    drafter.store.values, root = values, 7
+    drafter.store.search = lambda hidden, k: (np.array([-np.inf]), np.array([-1]))
+    ctx = DraftContext(tokens=[root], max_nodes=64, hidden=torch.zeros(4))
+    assert drafter.propose(ctx).tokens == ()
+    assert drafter.stats()["candidates"] == 0
 
 
 def test_torch_backend_matches_faiss(store, tiny):

@@ -56,15 +56,16 @@ def candidate_paths(
 ) -> list[list[int]]:
     """DReSD's filter: rows (neighbour order) whose first token is `root`, that token dropped, cut at the
     first padding slot (-1, a document's end), at most `num_drafts` non-empty candidates."""
+    # One comparison finds the rows to keep (first token the root, a second token that is no padding)
+    # and one `tolist` reads them: per-row numpy calls cost ~11 us a step for a few rows, this ~4.
+    keep = np.flatnonzero((values[:, 0] == root) & (values[:, 1] >= 0))
+    if not distinct:  # every kept row is a candidate: the first num_drafts are the answer
+        keep = keep[:num_drafts]
     out: list[list[int]] = []
     seen: set[tuple[int, ...]] = set()
-    for at in np.flatnonzero(values[:, 0] == root):  # the filter in one comparison, not a row loop
-        cand = values[at, 1 : 1 + draft_len]
-        pad = np.flatnonzero(cand < 0)
-        cand = cand[: pad[0]] if pad.size else cand
-        if cand.size == 0:
-            continue
-        path = cand.tolist()
+    for path in values[keep, 1 : 1 + draft_len].tolist():
+        if min(path) < 0:
+            path = path[: next(i for i, tok in enumerate(path) if tok < 0)]
         if distinct:
             if tuple(path) in seen:
                 continue
@@ -121,7 +122,8 @@ class DReSD(Drafter):
             return DraftTree.empty()
         start = time.perf_counter()
         _, ids = self.store.search(ctx.hidden, self.neighbours)
-        rows = self.store.values[ids]  # (k, 20), neighbour order
+        # An IVF search that scored fewer than k keys pads with -1, which would index the last row.
+        rows = self.store.values[ids[ids >= 0]]  # (k, 20), neighbour order
         paths = candidate_paths(rows, int(ctx.tokens[-1]), self.num_drafts, self.draft_len, self.distinct)
         tree = DraftTree.from_paths(paths, ctx.max_nodes)
         self.count("retrieval_seconds", time.perf_counter() - start)
