@@ -122,15 +122,15 @@
 #             session: the uncopied cost probe, dresd's one-graph step search, suffix's pruned
 #             cross-request search, the reused step-clock events; sam@none (SAM's own drafts) rides along,
 #             and the step profile of ar, pld, recycle and sam comes last, if the time allows
-#   chain15   the draft models again with the retrieval methods whose host time changed (the 1.5B and
-#             the 0.5B staged, as for chain12): the DReSD store, then ONE eval of ar, pld, recycle,
-#             suffix, dresd, sps, sps-tree and rasd, then micro.py (the float32 check and the forward
+#   chain15   the draft models again with the retrieval methods (the 1.5B and the 0.5B staged, as for
+#             chain12): the SAM and DReSD stores, then ONE eval of ar, pld, recycle, sam, suffix, dresd,
+#             sps, sps-tree and rasd (~15 min), then micro.py (the float32 check and the forward
 #             ratios on random weights), then the per-kernel profile. It measures the device fills of
 #             forward_tensors (4-6 torch calls a tree level where there were 12) against the tenth
 #             session's draft-time ratios; the ancestor closure by pointer jumping (session 14's
 #             profile: seven float32 129 x 129 products, 38 us of a 129-input forward) in the buckets
-#             pld (16) and recycle (81) verify with and in the probe's t(129); suffix's and dresd's
-#             drafting after this session's host work
+#             pld (16), recycle and sam (81) verify with and in the probe's t(129); suffix's and
+#             dresd's drafting after this session's host work
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -277,10 +277,10 @@ chain14)
 chain15)
     prepared_target || exit 1
     prepare_draft || exit 1
-    dresd_store
-    echo "chain15: dresd store done $(date +%T)"
-    bash "$0" eval /root/res/all15 "$suites" ar,pld,recycle,suffix,dresd,sps,sps-tree,rasd \
-        --draft-model qwen2.5-coder-0.5b --datastore /root/stores/dresd15
+    code_alpaca_stores
+    echo "chain15: stores done $(date +%T)"
+    bash "$0" eval /root/res/all15 "$suites" ar,pld,recycle,sam,suffix,dresd,sps,sps-tree,rasd \
+        --draft-model qwen2.5-coder-0.5b --datastore /root/stores/sam15 --datastore /root/stores/dresd15
     echo "chain15: the eval done $(date +%T)"
     python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
         --variants tree:efficient:default --time-budget 120
