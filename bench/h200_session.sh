@@ -124,13 +124,14 @@
 #             and the step profile of ar, pld, recycle and sam comes last, if the time allows
 #   chain15   the draft models again with the retrieval methods (the 1.5B and the 0.5B staged, as for
 #             chain12): the SAM and DReSD stores, then ONE eval of ar, pld, recycle, sam, suffix, dresd,
-#             sps, sps-tree and rasd (~15 min), then micro.py (the float32 check and the forward
-#             ratios on random weights), then the per-kernel profile. It measures the device fills of
-#             forward_tensors (4-6 torch calls a tree level where there were 12) against the tenth
-#             session's draft-time ratios; the ancestor closure by pointer jumping (session 14's
-#             profile: seven float32 129 x 129 products, 38 us of a 129-input forward) in the buckets
-#             pld (16), recycle and sam (81) verify with and in the probe's t(129); suffix's and
-#             dresd's drafting after this session's host work
+#             sps, sps-tree and rasd (~15 min), then micro.py (the float32 check and the forward ratios
+#             on random weights), the step profile of ar, dresd, sam and suffix, and the per-kernel
+#             profile, as far as the time goes. It measures the device fills of forward_tensors (4-6
+#             torch calls a tree level where there were 12) against the tenth session's draft-time
+#             ratios; the ancestor closure by pointer jumping (session 14's profile: seven float32
+#             129 x 129 products, 38 us of a 129-input forward) in the buckets pld (16), recycle and
+#             sam (81) verify with and in the probe's t(129); suffix's and dresd's drafting after this
+#             session's host work
 #   poll [SECONDS]
 #             a polling call: sleep (default 280), print the stage marks of $RES/chain.log, and pack
 #             $RES into $OUT/res.tgz (niced; written under another name, then renamed)
@@ -285,6 +286,10 @@ chain15)
     python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
         --variants tree:efficient:default --time-budget 120
     echo "chain15: micro done $(date +%T)"
+    # Where dresd's and sam's host time goes beyond their forward (the closing note's limits), if time is left
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,dresd,sam,suffix \
+        --datastore /root/stores/sam15 --datastore /root/stores/dresd15 --out "$RES/profile_step.json"
+    echo "chain15: step profile done $(date +%T)"
     python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
         --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
     echo "chain15: profile done $(date +%T)"
