@@ -426,16 +426,19 @@ class TorchIndex:
     def _exact(self, q: Any, k: int) -> tuple[Any, Any]:
         import torch
 
-        best_s = torch.empty(len(q), 0, device=self.device)
-        best_i = torch.empty(len(q), 0, dtype=torch.long, device=self.device)
         # The chunk bounds a batch's (queries x keys) score block; one query's scores are one row, so
         # keys in memory are scored at once (one product and one top-k: a step's search, fewer launches).
         chunk = self.chunk if len(q) > 1 or self.mmap else max(self.chunk, self.n)
+        best_s = torch.empty(len(q), 0, device=self.device)
+        best_i = torch.empty(len(q), 0, dtype=torch.long, device=self.device)
         for start in range(0, self.n, chunk):
             block = self.keys[start : start + chunk]
             if self.mmap:
                 block = torch.from_numpy(np.asarray(block, dtype=np.float32))
             s, i = torch.topk(q @ block.T, min(k, len(block)), dim=1)
+            if start == 0:  # the first chunk's top-k needs no merge (a step's search: the only chunk)
+                best_s, best_i = s, i
+                continue
             scores, ids = torch.cat([best_s, s], 1), torch.cat([best_i, i + start], 1)
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
             best_s, best_i = scores.gather(1, top), ids.gather(1, top)
