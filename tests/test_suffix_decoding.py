@@ -75,11 +75,12 @@ def trie_of(texts, depth, chunks=1) -> SuffixTrie:
 
 
 def trie_strings(trie: SuffixTrie) -> dict[tuple[int, ...], int]:
+    """Every string the trie holds with its count; a string seen once (`~q`, no node) counts 1."""
     out, stack = {}, [(0, ())]
     while stack:
         node, string = stack.pop()
-        for tok, child in trie.kids[node].items():
-            out[string + (tok,)] = trie.count[child]
+        for tok, child in trie.children(node, len(string)):
+            out[string + (tok,)] = trie.count[child] if child >= 0 else 1
             stack.append((child, string + (tok,)))
     return out
 
@@ -96,6 +97,9 @@ def test_trie_counts_every_substring_up_to_the_depth(corpus, depth, chunks):
     assert not LEAF, "a leaf's shared children dict was written to"  # checked first: trie_strings would loop
     assert trie_strings(trie) == expected
     assert trie.count[0] == sum(map(len, corpus))
+    assert trie.strings == len(expected)  # the request-tree-nodes statistic: a plain trie's nodes
+    # Only strings seen twice or more are nodes (the root aside): a string seen once is its occurrence.
+    assert len(trie.kids) - 1 == sum(c >= 2 for c in expected.values())
 
 
 @settings(max_examples=40, deadline=None)
@@ -260,7 +264,7 @@ def test_statistics_say_which_tree_drafted_and_how_well_it_matched(tiny):
     d = drafter(tiny)
     d.finish_answer([7, 8, 9, 10, 11])
     tree = propose(d, [1, 2, 3, 1, 2])  # the prompt itself holds "1 2 -> 3"
-    trie_nodes = len(d.local.kids) - 1
+    trie_nodes = d.local.strings
     stats = d.stats()
     assert tree.tokens[:1] == (3,) and d.last_source == "request"
     assert stats["drafted_steps"] == 1 and stats["shared_steps"] == 0
@@ -286,7 +290,7 @@ def test_statistics_over_a_decode(tiny):
     assert stats["drafted_steps"] == sum(s.draft_nodes > 0 for s in gen.steps)
     assert stats["match_len"] >= stats["drafted_steps"]  # every draft matched at least one token
     assert stats["shared_steps"] == 0  # nothing finished yet
-    assert stats["request_tree_nodes"] == len(d.local.kids) - 1
+    assert stats["request_tree_nodes"] == d.local.strings == len(trie_strings(d.local))
 
 
 @settings(max_examples=60, deadline=None)
@@ -316,7 +320,7 @@ def test_kept_matches_equal_matching_from_the_root_every_step(
         tree = d.propose(DraftContext(tokens=list(tokens), max_nodes=128))
         context = tokens[-depth:]
         assert d.shared_matches[: len(context) - 1] == d.shared.matches(context)
-        assert d.local.active[: len(context) - 1] == d.local.matches(context)
+        assert d.local.open_matches()[: len(context) - 1] == d.local.matches(context)
         limit = min(d.max_spec, 128)
         fresh = [t.speculate(context, d.opts, limit) for t in (d.local, d.shared)]
         best = fresh[0] if fresh[0].score >= fresh[1].score else fresh[1]

@@ -17,9 +17,10 @@ Its score is the sum of its probabilities (the expected number of accepted token
 m wins (the longer match on ties), then the better of the two trees (the per-request one on ties). With
 `tree=false` the draft is a single path (the most frequent child each time), as vLLM speculates.
 
-The trees are plain depth-capped suffix tries (arctic-inference's `SuffixTree` compresses single-child
-paths, which saves memory, not drafts): appending a token extends every open suffix shorter than the
-cap by one node, so it costs `max_tree_depth` dictionary steps.
+The trees are depth-capped suffix tries whose strings seen once are no nodes: such a string stands for
+its one occurrence in the stored text, and its extensions are that occurrence's continuation
+(arctic-inference's `SuffixTree` compresses those paths too, which saves memory and time, not drafts).
+Appending a token costs a dictionary step for each open suffix seen before, not one per suffix.
 
 Statistics (per answer): steps with a draft, and of those the ones the cross-request tree won; the
 chosen draft's match length and its score (the tree's own estimate of accepted tokens, to set beside
@@ -94,134 +95,177 @@ class Draft:
         return sum(self.probs)
 
 
-# The children of every leaf, one shared empty dict that is never written: `extend` gives a leaf its own
-# dict when it gets a child. A text seen once makes ~max_tree_depth new leaves per token, most of which
-# stay leaves (a dict each was time on the clock and memory).
+# The children of every explicit leaf, one shared empty dict that is never written: a node gets its own
+# dict when it gets a child.
 LEAF: dict[int, int] = {}
+SEP = -1  # ends each closed text in `SuffixTrie.text`: no string continues past it
 
 
 class SuffixTrie:
     """Every substring of at most `max_depth` tokens of the stored texts, with its occurrence count.
 
-    Node 0 is the root (its count is the number of stored tokens); `kids[n]` maps a token to the child
-    node, `count[n]` is how often the node's string occurs. One text grows at a time (`extend`), its
-    open suffixes in `active`; `close()` ends it. `remove` takes a closed text's counts out again.
+    A string seen twice or more is a node: node 0 is the root (its count is the number of stored
+    tokens), `kids[n]` maps a token to the child, `count[n]` is how often the node's string occurs. A
+    string seen once is no node of its own: its child entry is `~q` (negative), q the position in `text`
+    (every stored token, each closed text followed by SEP) where its one occurrence ends, and all its
+    extensions are that occurrence's continuation, with count 1. A text seen once (most of them) thus
+    costs no node per token and depth, and a draft of it is a slice of `text` (arctic-inference's
+    `SuffixTree` compresses such paths the same way).
+
+    One text grows at a time (`extend`); `close()` ends it. `remove` takes a closed text's counts out.
     """
 
     def __init__(self, max_depth: int):
         self.max_depth = max_depth
         self.kids: list[dict[int, int]] = [{}]
         self.count: list[int] = [0]
-        # Nodes of the current text's suffixes shorter than max_depth, the shortest first: active[m - 1]
-        # is the node of its last m tokens (the matches of the text itself, as `matches` lists them).
+        self.text: list[int] = []
+        # The current text's suffixes seen before (nodes, not `~q`), the shortest first: active[m - 1] is
+        # the node of its last m tokens. The longer ones, up to `open` tokens, are seen only here.
         self.active: list[int] = []
+        self.open = 0  # the current text's suffixes of at most max_depth tokens
+        self.strings = 0  # substrings ever stored (a plain trie's nodes; `remove` leaves it)
         # node -> its children ranked, valid until the counts change: the cross-request tree changes only
         # when an answer is added, so a common token's thousands of children are sorted once per answer.
         self.ranked: dict[int, list[tuple[int, int]]] = {}
 
     def extend(self, tokens) -> None:
         self.ranked.clear()
-        kids, count, depth = self.kids, self.count, self.max_depth
+        kids, count, depth, text = self.kids, self.count, self.max_depth, self.text
         active = self.active
         for tok in tokens:
             tok = int(tok)
-            # The empty suffix and the open ones shorter than max_depth each grow by `tok`, shortest
-            # first: once one has no `tok` child, no longer one has (had the longer string + tok
-            # occurred, so would its suffix + tok), so the rest are new nodes, made in one go.
-            suffixes = [0, *active[: depth - 1]]
+            end = len(text)
+            text.append(tok)
+            # The empty suffix and the open ones seen before, shortest first, each grow by `tok`. Once
+            # one has no `tok` child, no longer one has (had the longer string + tok occurred, so would
+            # its suffix + tok): from there on each gets the new string `~end`. The open suffixes seen
+            # only here need nothing: their extensions are this occurrence's continuation already.
             grown = []
-            for node in suffixes:
-                child = kids[node].get(tok)
+            for node in [0, *active[: depth - 1]]:
+                children = kids[node]
+                child = children.get(tok)
                 if child is None:
-                    break
-                count[child] += 1
-                grown.append(child)
-            fresh = len(suffixes) - len(grown)
-            if fresh:
-                first = len(kids)
-                kids.extend([LEAF] * fresh)
-                count.extend([1] * fresh)
-                for child, node in enumerate(suffixes[len(grown) :], first):
-                    children = kids[node]
                     if children is LEAF:
-                        kids[node] = {tok: child}
+                        kids[node] = {tok: ~end}
                     else:
-                        children[tok] = child
-                grown.extend(range(first, first + fresh))
+                        children[tok] = ~end
+                    continue
+                if child >= 0:
+                    count[child] += 1
+                else:  # seen once before, ending at q: now twice, a node of its own
+                    q = ~child + 1
+                    after = text[q]  # what followed that occurrence (q <= end)
+                    child = len(kids)
+                    kids.append({after: ~q} if len(grown) + 1 < depth and after != SEP else LEAF)
+                    count.append(2)
+                    children[tok] = child
+                grown.append(child)
+            self.strings += min(self.open, depth - 1) + 1 - len(grown)
+            self.open = min(self.open + 1, depth)
             count[0] += 1
             active = grown
         self.active = active
 
     def close(self) -> None:
-        self.active = []
+        self.text.append(SEP)
+        self.active, self.open = [], 0
+
+    def open_matches(self) -> list[int]:
+        """`matches` of the current text itself: the suffixes seen before, then those seen only here."""
+        return self.active + [~(len(self.text) - 1)] * (self.open - len(self.active))
 
     def remove(self, tokens: list[int]) -> None:
-        """Forget a text added earlier with `extend` + `close` (nodes left at count 0 are unlinked)."""
+        """Forget a text added earlier with `extend` + `close` (strings left at count 0 are unlinked)."""
         self.ranked.clear()
         for start in range(len(tokens)):
             node = 0
             for tok in tokens[start : start + self.max_depth]:
                 child = self.kids[node][tok]
+                if child < 0:  # seen once, here: the string and its extensions go
+                    del self.kids[node][tok]
+                    break
                 self.count[child] -= 1
                 if self.count[child] == 0:
                     del self.kids[node][tok]  # its whole subtree is at 0 too: unreachable from now on
                 node = child
         self.count[0] -= len(tokens)
 
-    def find(self, pattern) -> int | None:
-        node = 0
-        for tok in pattern:
-            node = self.kids[node].get(tok)
-            if node is None:
-                return None
-        return node
+    def child(self, node: int, depth: int, tok: int) -> int | None:
+        """The child by `tok` of `node`, whose string has `depth` tokens (None: never seen)."""
+        if node >= 0:
+            return self.kids[node].get(tok)
+        q = ~node + 1
+        if depth < self.max_depth and q < len(self.text) and self.text[q] == tok:
+            return ~q
+        return None
 
-    def ranked_kids(self, node: int) -> list[tuple[int, int]]:
+    def children(self, node: int, depth: int) -> list[tuple[int, int]]:
         """(token, child) pairs, most frequent first (the smaller token on equal counts)."""
+        if node < 0:
+            q = ~node + 1
+            after = self.text[q] if q < len(self.text) and depth < self.max_depth else SEP
+            return [] if after == SEP else [(after, ~q)]
         ranked = self.ranked.get(node)
         if ranked is None:
             count = self.count
-            ranked = sorted(self.kids[node].items(), key=lambda kv: (-count[kv[1]], kv[0]))
+            ranked = sorted(
+                self.kids[node].items(), key=lambda kv: (-count[kv[1]] if kv[1] >= 0 else -1, kv[0])
+            )
             self.ranked[node] = ranked
         return ranked
 
-    def grow(self, node: int, max_tokens: int, min_prob: float, tree: bool) -> Draft:
-        """The draft below `node`: the most probable candidate next, until full or none reaches min_prob.
+    def grow(self, node: int, depth: int, max_tokens: int, min_prob: float, tree: bool) -> Draft:
+        """The draft below `node` (a string of `depth` tokens): the most probable candidate next, until
+        full or none reaches min_prob.
 
         Written for speed (it runs once per match length per step, in Python, on the clock): the
         children offered are walked in rank order and the walk stops at the first one below min_prob,
         so at most 1 / min_prob of a node's children are ever read."""
         draft = Draft()
         tokens, parents, probs = draft.tokens, draft.parents, draft.probs
-        count, kids, ranked_kids = self.count, self.kids, self.ranked_kids
+        count, kids, text, children_of = self.count, self.kids, self.text, self.children
         push, pop = heapq.heappush, heapq.heappop
-        heap: list[tuple[float, int, int, int, int]] = []  # (-prob, order, token, child, parent index)
+        heap: list[tuple[float, int, int, int, int, int]] = []  # (-prob, order, token, child, parent, depth)
         order = 0  # equal probabilities: the candidate offered first goes first
         parent_node, parent_index, prob = node, -1, 1.0
         while True:
-            total = count[parent_node]
-            children = kids[parent_node]
+            if not heap and parent_node < 0:
+                # A string seen once, and no other candidate: the rest of the draft is its occurrence's
+                # continuation, every token as probable as the last (a count of 1 under 1).
+                q = ~parent_node + 1
+                n = min(max_tokens - len(tokens), self.max_depth - depth, len(text) - q)
+                chain = text[q : q + n] if prob >= min_prob else []
+                if SEP in chain:
+                    chain = chain[: chain.index(SEP)]
+                tokens += chain
+                parents += range(parent_index, parent_index + len(chain))
+                probs += [prob] * len(chain)
+                return draft
+            total, children = (1, LEAF) if parent_node < 0 else (count[parent_node], kids[parent_node])
             if not heap and len(children) == 1:
-                # The only candidate (a text seen once is a chain of these): it goes next if it is
-                # probable enough, without the push and pop the heap would spend on it.
+                # The only candidate (a string seen twice is often a chain of these): it goes next if it
+                # is probable enough, without the push and pop the heap would spend on it.
                 ((tok, parent_node),) = children.items()
-                p = prob * count[parent_node] / total
+                p = prob * (count[parent_node] if parent_node >= 0 else 1) / total
                 if p < min_prob or len(tokens) >= max_tokens:
                     return draft
+                depth += 1
             else:
-                # Most frequent first (the rest are less probable); a node with one child, most nodes of
-                # a text's trie, needs no ranking (the replay of fast-repeats-8: 0.6 children per ranking).
-                for tok, child in children.items() if len(children) < 2 else ranked_kids(parent_node):
-                    p = prob * count[child] / total
+                # Most frequent first (the rest are less probable); a node with one child needs no
+                # ranking (the replay of fast-repeats-8: 0.6 children per ranking).
+                offered = children.items() if len(children) == 1 else children_of(parent_node, depth)
+                for tok, child in offered:
+                    p = prob * (count[child] if child >= 0 else 1) / total
                     if p < min_prob:
                         break
-                    push(heap, (-p, order, tok, child, parent_index))
+                    push(heap, (-p, order, tok, child, parent_index, depth + 1))
                     order += 1
                     if not tree:  # a single path: the most frequent child only
                         break
                 if not heap or len(tokens) >= max_tokens:
                     return draft
-                neg_p, _, tok, parent_node, parent_index = pop(heap)
+                neg_p, _, tok, parent_node, parent_index, depth = pop(heap)
                 p = -neg_p
             tokens.append(tok)
             parents.append(parent_index)
@@ -232,24 +276,32 @@ class SuffixTrie:
         """nodes[m - 1]: the node of `context`'s last m tokens, for every m below its length that occurs."""
         nodes = []
         for m in range(1, len(context)):
-            node = self.find(context[-m:])
-            if node is None:
-                break
+            node = 0
+            for depth, tok in enumerate(context[-m:]):
+                node = self.child(node, depth, tok)
+                if node is None:
+                    return nodes
             nodes.append(node)
         return nodes
 
     def follow(self, nodes: list[int], tok: int) -> list[int]:
         """`matches` of a context one token longer, from the shorter context's (depth steps, not
         depth^2 / 2): the last m tokens now end in `tok`, so each node is a child of the last m - 1's."""
-        kids = self.kids
+        kids, text = self.kids, self.text
         first = kids[0].get(tok)
         if first is None:
             return []
         grown = [first]
-        for node in nodes[: self.max_depth - 2]:
-            child = kids[node].get(tok)
-            if child is None:
-                break
+        for node in nodes[: self.max_depth - 2]:  # strings shorter than max_depth - 1: no cap to check
+            if node >= 0:
+                child = kids[node].get(tok)
+                if child is None:
+                    break
+            else:
+                q = ~node + 1
+                if q >= len(text) or text[q] != tok:
+                    break
+                child = ~q
             grown.append(child)
         return grown
 
@@ -282,13 +334,21 @@ class SuffixTrie:
         # Matches that something ever followed come first: had a longer match been followed by a
         # token, so would every shorter one. The longer ones (most, in a text's own tree) draft
         # nothing, so the walk starts at the longest followed match, found by bisection.
-        kids = self.kids
-        followed = bisect.bisect_left(range(len(nodes)), True, key=lambda i: not kids[nodes[i]])
+        kids, text, depth = self.kids, self.text, self.max_depth
+
+        def drafts_nothing(m: int) -> bool:  # the match of m tokens has no child
+            node = nodes[m - 1]
+            if node >= 0:
+                return not kids[node]
+            q = ~node + 1
+            return m >= depth or q >= len(text) or text[q] == SEP
+
+        followed = bisect.bisect_left(range(1, len(nodes) + 1), True, key=drafts_nothing)
         for m in range(followed, 0, -1):
             cap = min(max_spec_tokens, max(0, int(m * factor + offset + 1e-6)))
             if cap <= best_score:
                 break
-            draft = self.grow(nodes[m - 1], cap, min_prob, tree)
+            draft = self.grow(nodes[m - 1], m, cap, min_prob, tree)
             score = draft.score
             if score > best_score:
                 draft.match_len = m
@@ -340,18 +400,18 @@ class SuffixDecoding(Drafter):
         self.local.extend(prompt_ids)
         self.fed = len(prompt_ids)
         self.shared_matches = None
-        self.count("request_tree_nodes", len(self.local.kids) - 1)  # the root is no substring
+        self.count("request_tree_nodes", self.local.strings)  # the root is no substring
 
     def propose(self, ctx: DraftContext) -> DraftTree:
-        grown_from = len(self.local.kids)
+        grown_from = self.local.strings
         new_tokens = ctx.tokens[self.fed :]  # the engine only appends: the new committed tokens
         self.local.extend(new_tokens)
         self.fed = len(ctx.tokens)
-        self.count("request_tree_nodes", len(self.local.kids) - grown_from)
+        self.count("request_tree_nodes", self.local.strings - grown_from)
         context = ctx.tokens[-self.depth :]
         limit = min(self.max_spec, ctx.max_nodes)
         # The request tree holds this very text: its open suffixes are the matches, shortest first.
-        mine = self.local.speculate(context, self.opts, limit, self.local.active)
+        mine = self.local.speculate(context, self.opts, limit, self.local.open_matches())
         if self.shared_matches is None:  # a new turn or a changed tree: matched from the root once
             self.shared_matches = self.shared.matches(context)
         else:
