@@ -315,20 +315,6 @@ def test_drafter_proposes_the_stored_continuation_as_one_tree(store, tiny):
     assert drafter.propose(ctx) == tree
 
 
-def test_padded_search_ids_are_no_store_rows(store, tiny):
-    """An IVF search that scored fewer than k keys pads its ids with -1, which numpy would read as the
-    store's last row: a candidate nobody retrieved."""
-    path, docs = store
-    drafter = DReSD(MethodSetup(target=tiny, datastores={"dresd": path}, options={"draft_len": 4}))
-    values = drafter.store.values.copy()
-    values[-1] = np.arange(7, 7 + values.shape[1])  # the last row: a full continuation of root 7
-    drafter.store.values, root = values, 7
-    drafter.store.search = lambda hidden, k: (np.array([-np.inf]), np.array([-1]))
-    ctx = DraftContext(tokens=[root], max_nodes=64, hidden=torch.zeros(4))
-    assert drafter.propose(ctx).tokens == ()
-    assert drafter.stats()["candidates"] == 0
-
-
 def test_torch_backend_matches_faiss(store, tiny):
     """The exact torch search (the GPU path when faiss-gpu is missing) returns what FAISS returns."""
     path, docs = store

@@ -122,8 +122,7 @@ class DReSD(Drafter):
             return DraftTree.empty()
         start = time.perf_counter()
         _, ids = self.store.search(ctx.hidden, self.neighbours)
-        # An IVF search that scored fewer than k keys pads with -1, which would index the last row.
-        rows = self.store.values[ids[ids >= 0]]  # (k, 20), neighbour order
+        rows = self.store.values[ids]  # (k, 20), neighbour order (the search drops padding ids)
         paths = candidate_paths(rows, int(ctx.tokens[-1]), self.num_drafts, self.draft_len, self.distinct)
         tree = DraftTree.from_paths(paths, ctx.max_nodes)
         self.count("retrieval_seconds", time.perf_counter() - start)
