@@ -190,9 +190,19 @@ code_alpaca_stores() { # the SAM and DReSD stores over CodeAlpaca's answers (res
 draft_pass() { # issue 9: the draft-model methods with the 0.5B, one pass
     bash "$0" eval /root/res/draft05 "$suites" ar,sps,sps-tree,rasd --draft-model qwen2.5-coder-0.5b
 }
-step_profile() { # where a step's time goes, per method (bench/profile_step.py)
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,pld,recycle,sam \
-        --datastore /root/stores/sam15 --out "$RES/profile_step.json"
+step_profile() { # where a step's time goes, per method (bench/profile_step.py): [METHODS [OPTIONS]]
+    local methods=${1:-ar,pld,recycle,sam}
+    [ $# -gt 0 ] && shift
+    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods "$methods" \
+        --datastore /root/stores/sam15 "$@" --out "$RES/profile_step.json"
+}
+kernel_profile() { # the per-kernel profile per size, compared with $BEFORE's
+    python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
+        --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
+}
+micro_run() { # the float32 check and the forward times on random weights
+    python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
+        --variants tree:efficient:default --time-budget 120
 }
 step_parts() { # a step's parts on random weights of the 1.5B's shape (no model files)
     python3 bench/step_parts.py --out "$RES/step_parts.json"
@@ -213,10 +223,8 @@ sweep)
     python3 bench/attention_sweep.py --out "$RES/sweep.json" --shapes 2x6x128
     ;;
 kernels) # the per-kernel profile first (the tenth session's time ran out before it), then micro
-    python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
-        --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
-    python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
-        --variants tree:efficient:default --time-budget 120
+    kernel_profile
+    micro_run
     ;;
 store)
     python3 -m specbench_cli build-index --method sam --model qwen2.5-coder-1.5b \
@@ -283,15 +291,12 @@ chain15)
     bash "$0" eval /root/res/all15 "$suites" ar,pld,recycle,sam,suffix,dresd,sps,sps-tree,rasd \
         --draft-model qwen2.5-coder-0.5b --datastore /root/stores/sam15 --datastore /root/stores/dresd15
     echo "chain15: the eval done $(date +%T)"
-    python3 bench/micro.py --out "$RES/micro.json" --shape qwen2.5-coder-1.5b \
-        --variants tree:efficient:default --time-budget 120
+    micro_run
     echo "chain15: micro done $(date +%T)"
     # Where dresd's and sam's host time goes beyond their forward (the closing note's limits), if time is left
-    python3 bench/profile_step.py --model qwen2.5-coder-1.5b --methods ar,dresd,sam,suffix \
-        --datastore /root/stores/sam15 --datastore /root/stores/dresd15 --out "$RES/profile_step.json"
+    step_profile ar,dresd,sam,suffix --datastore /root/stores/dresd15
     echo "chain15: step profile done $(date +%T)"
-    python3 bench/profile_forward.py --out "$RES/profile.json" --shape qwen2.5-coder-1.5b \
-        --variants tree:efficient:default --sizes 1,16,32,48,64,80,81,96,129 --context 1000 --compare "$BEFORE"
+    kernel_profile
     echo "chain15: profile done $(date +%T)"
     ;;
 retrieval)
